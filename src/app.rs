@@ -1,0 +1,339 @@
+//! Application state, router assembly, the middleware stack, the OpenAPI
+//! document, and the server loop with graceful shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use sqlx::PgPool;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::Instrument as _;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as OpenApiDoc, Ref, RefOr, ResponseBuilder};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+use uuid::Uuid;
+
+use crate::auth::jwt::Verifier;
+use crate::config::Config;
+use crate::core::error::{ApiError, FieldError, Problem};
+use crate::core::telemetry;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub verifier: Arc<Verifier>,
+    pub config: Arc<Config>,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tenantry",
+        description = "Multi-tenant SaaS backend: organizations, members, roles, invitations and an audit log, \
+                       isolated per tenant by Postgres Row Level Security. Errors are application/problem+json \
+                       (RFC 9457) with a stable `code`; lists are keyset-paginated (`limit`, `cursor` → `next_cursor`)."
+    ),
+    components(schemas(Problem, FieldError)),
+    tags(
+        (name = "organizations"), (name = "members"), (name = "roles"),
+        (name = "invitations"), (name = "audit"), (name = "users"), (name = "health")
+    )
+)]
+struct ApiDoc;
+
+/// The router with its OpenAPI document.
+pub fn router(state: AppState) -> axum::Router {
+    let (api_router, api) = api();
+    let cfg = state.config.clone();
+    let router = api_router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .fallback(|| async {
+            ApiError::Status {
+                status: StatusCode::NOT_FOUND,
+                code: "route_not_found",
+                detail: "no such route".into(),
+            }
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Status {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "method_not_allowed",
+                detail: "this route does not support this method".into(),
+            }
+        })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
+    let router = match cors(&cfg.cors_allowed_origins) {
+        Some(c) => router.layer(c),
+        None => router,
+    };
+    let timeout = cfg.request_timeout;
+    router
+        .layer(middleware::from_fn(move |req, next| {
+            with_timeout(timeout, req, next)
+        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(middleware::from_fn(request_context))
+}
+
+/// The API routes and the OpenAPI document describing exactly them.
+pub fn api() -> (axum::Router<AppState>, OpenApiDoc) {
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .merge(crate::users::router())
+        .merge(crate::organizations::router())
+        .split_for_parts();
+    document_errors(&mut api);
+    (router, api)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: Postgres answers within two seconds.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = Problem)))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let ping = sqlx::query("select 1").execute(&state.pool);
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => Ok(Json(Health { status: "ok" })),
+        _ => Err(ApiError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "not_ready",
+            detail: "the database is not reachable".into(),
+        }),
+    }
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Request id (kept from `x-request-id` when sane, else a new UUID), a span
+/// per request, one log line per response, and the id on every response.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let header_value = HeaderValue::from_str(&id).expect("request id is a valid header value");
+    req.headers_mut()
+        .insert(X_REQUEST_ID.clone(), header_value.clone());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let started = Instant::now();
+    let mut res = telemetry::with_request_id(id, next.run(req))
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = res.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "response"
+        )
+    });
+    res.headers_mut().insert(X_REQUEST_ID.clone(), header_value);
+    res
+}
+
+async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "timeout",
+            detail: "the request took too long and was abandoned".into(),
+        }
+        .into_response(),
+    }
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            X_REQUEST_ID.clone(),
+            HeaderName::from_static("apikey"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([X_REQUEST_ID.clone()])
+        .max_age(Duration::from_secs(600));
+    Some(if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        layer.allow_origin(AllowOrigin::list(
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+        ))
+    })
+}
+
+/// Adds the bearer scheme and the error responses every route shares, so the
+/// document lists each status a route can answer with.
+fn document_errors(api: &mut OpenApiDoc) {
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .build(),
+        ),
+    );
+    let problem = |desc: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(desc)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in api.paths.paths.iter_mut() {
+        let has_path_params = path.contains('{');
+        let in_org = path.starts_with("/api/v1/orgs/{org_id}");
+        let authenticated = path.starts_with("/api/v1/");
+        for (method, op) in [
+            ("get", item.get.as_mut()),
+            ("post", item.post.as_mut()),
+            ("put", item.put.as_mut()),
+            ("patch", item.patch.as_mut()),
+            ("delete", item.delete.as_mut()),
+        ] {
+            let Some(op) = op else { continue };
+            let responses = &mut op.responses.responses;
+            // Problems declared on handlers are problem+json too.
+            for (status, resp) in responses.iter_mut() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    if let RefOr::T(r) = resp
+                        && let Some(c) = r.content.shift_remove("application/json")
+                    {
+                        r.content.insert("application/problem+json".into(), c);
+                    }
+                }
+            }
+            let mut add = |status: &str, desc: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(desc));
+            };
+            add("500", "Internal error; the body carries the request id");
+            add("503", "Timed out or not ready");
+            if authenticated {
+                add("401", "Missing or invalid bearer token (`unauthorized`)");
+                add(
+                    "400",
+                    "Malformed query or path (`invalid_query`, `invalid_path`, `invalid_cursor`, `invalid_limit`)",
+                );
+                op.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+            }
+            if has_path_params || in_org {
+                add(
+                    "404",
+                    "Not found, or belongs to an organization the caller is not in",
+                );
+            }
+            if in_org {
+                add(
+                    "403",
+                    "The caller's role lacks the permission this route needs",
+                );
+            }
+            if matches!(method, "post" | "put" | "patch") && op.request_body.is_some() {
+                add("400", "Body is not valid JSON (`invalid_json`)");
+                add("413", "Body larger than the limit (`payload_too_large`)");
+                add(
+                    "415",
+                    "Body is not application/json (`unsupported_media_type`)",
+                );
+                add(
+                    "422",
+                    "Fields failed validation (`validation_failed`, with `errors`)",
+                );
+            }
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then finishes in-flight requests.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let pool =
+        crate::core::db::connect_pool(&config.database_url, config.db_max_connections).await?;
+    let verifier = Verifier::new(&config.jwt)?;
+    verifier.warm_up().await;
+    let bind = config.bind_addr;
+    let state = AppState {
+        pool: pool.clone(),
+        verifier: Arc::new(verifier),
+        config: Arc::new(config),
+    };
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

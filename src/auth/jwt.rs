@@ -1,0 +1,304 @@
+//! Access-token verification (RFC 8725): the algorithm comes from the key,
+//! never from the token. HS256 tokens are checked with `JWT_SECRET`;
+//! ES256/RS256 tokens name a key by `kid` from the JWKS at `JWKS_URL`, cached
+//! for at most ten minutes and refetched on an unknown `kid` at most once per
+//! `min_refetch`. `jku`, `x5u` and embedded `jwk` headers are ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+use url::Url;
+
+use crate::config::JwtConfig;
+
+/// Longest token accepted; Supabase tokens are around 1 KiB.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("token signed with an unknown key")]
+    UnknownKey,
+    #[error("token algorithm does not match its key")]
+    AlgorithmMismatch,
+    #[error("token is expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    Audience,
+    #[error("token issuer is not accepted")]
+    Issuer,
+    #[error("invalid token signature")]
+    Signature,
+    #[error("invalid token: {0}")]
+    Invalid(&'static str),
+}
+
+/// The claims Tenantry reads from a Supabase access token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claims {
+    pub sub: Option<String>,
+    pub email: Option<String>,
+    pub role: Option<String>,
+    pub exp: Option<i64>,
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub is_anonymous: bool,
+    pub email_verified: Option<bool>,
+    #[serde(default)]
+    pub user_metadata: serde_json::Value,
+}
+
+impl Claims {
+    /// Supabase issues sessions to email users only once the address is
+    /// confirmed (or confirmation is off); an explicit `email_verified: false`,
+    /// top-level or in `user_metadata`, and anonymous users count as unverified.
+    pub fn email_verified(&self) -> bool {
+        if self.is_anonymous || self.email.is_none() {
+            return false;
+        }
+        let meta = self
+            .user_metadata
+            .get("email_verified")
+            .and_then(|v| v.as_bool());
+        self.email_verified.or(meta).unwrap_or(true)
+    }
+}
+
+pub struct Verifier {
+    secret: Option<Arc<DecodingKey>>,
+    jwks: Option<JwksCache>,
+    validation_base: Validation,
+}
+
+impl Verifier {
+    pub fn new(cfg: &JwtConfig) -> anyhow::Result<Self> {
+        Self::with_jwks_timing(cfg, Duration::from_secs(600), Duration::from_secs(30))
+    }
+
+    /// `max_age`: how long fetched keys are trusted; `min_refetch`: least time
+    /// between two fetches triggered by unknown `kid`s.
+    pub fn with_jwks_timing(
+        cfg: &JwtConfig,
+        max_age: Duration,
+        min_refetch: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = cfg.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "aud"]);
+        v.set_audience(&[&cfg.audience]);
+        if let Some(iss) = &cfg.issuer {
+            v.set_issuer(&[iss]);
+        }
+        let jwks = match &cfg.jwks_url {
+            Some(url) => Some(JwksCache::new(url.clone(), max_age, min_refetch)?),
+            None => None,
+        };
+        Ok(Verifier {
+            secret: cfg
+                .secret
+                .as_deref()
+                .map(|s| Arc::new(DecodingKey::from_secret(s))),
+            jwks,
+            validation_base: v,
+        })
+    }
+
+    /// Fetches the JWKS once at start so the first requests need not wait.
+    pub async fn warm_up(&self) {
+        if let Some(jwks) = &self.jwks
+            && let Err(e) = jwks.refresh(true).await
+        {
+            tracing::warn!(error = %e, "could not fetch JWKS at start; will retry on demand");
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
+            return Err(TokenError::Malformed);
+        }
+        // Only `alg` and `kid` are read from the header; `jku`, `x5u` and `jwk`
+        // are never followed or trusted.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        // Asymmetric tokens name their key; HS256 tokens (which may also carry
+        // a `kid` in Supabase) use the shared secret. Either way the key fixes
+        // the one algorithm it verifies.
+        let (key, alg) = match (&header.kid, &self.jwks, header.alg) {
+            (_, _, Algorithm::HS256) => match &self.secret {
+                Some(secret) => (secret.clone(), Algorithm::HS256),
+                None => return Err(TokenError::UnknownKey),
+            },
+            (Some(kid), Some(jwks), _) => {
+                let k = jwks.key(kid).await.ok_or(TokenError::UnknownKey)?;
+                (k.key.clone(), k.alg)
+            }
+            _ => return Err(TokenError::UnknownKey),
+        };
+        if header.alg != alg {
+            return Err(TokenError::AlgorithmMismatch);
+        }
+        let mut validation = self.validation_base.clone();
+        validation.algorithms = vec![alg];
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => TokenError::Expired,
+                K::ImmatureSignature => TokenError::NotYetValid,
+                K::InvalidAudience => TokenError::Audience,
+                K::InvalidIssuer => TokenError::Issuer,
+                K::InvalidSignature => TokenError::Signature,
+                K::InvalidAlgorithm => TokenError::AlgorithmMismatch,
+                K::MissingRequiredClaim(_) => TokenError::Invalid("a required claim is missing"),
+                _ => TokenError::Malformed,
+            }
+        })?;
+        Ok(data.claims)
+    }
+}
+
+struct JwkKey {
+    alg: Algorithm,
+    key: Arc<DecodingKey>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    keys: HashMap<String, Arc<JwkKey>>,
+    fetched_at: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+struct JwksCache {
+    url: Url,
+    client: reqwest::Client,
+    state: RwLock<JwksState>,
+    fetch_lock: Mutex<()>,
+    max_age: Duration,
+    min_refetch: Duration,
+}
+
+impl JwksCache {
+    fn new(url: Url, max_age: Duration, min_refetch: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(JwksCache {
+            url,
+            client,
+            state: RwLock::default(),
+            fetch_lock: Mutex::new(()),
+            max_age,
+            min_refetch,
+        })
+    }
+
+    async fn key(&self, kid: &str) -> Option<Arc<JwkKey>> {
+        {
+            let s = self.state.read().await;
+            let fresh = s.fetched_at.is_some_and(|t| t.elapsed() < self.max_age);
+            if fresh && let Some(k) = s.keys.get(kid) {
+                return Some(k.clone());
+            }
+        }
+        // Stale cache or unknown kid: one rate-limited refetch.
+        if let Err(e) = self.refresh(false).await {
+            tracing::warn!(error = %e, "JWKS refresh failed");
+        }
+        let s = self.state.read().await;
+        let fresh = s.fetched_at.is_some_and(|t| t.elapsed() < self.max_age);
+        if fresh {
+            s.keys.get(kid).cloned()
+        } else {
+            None
+        }
+    }
+
+    async fn refresh(&self, force: bool) -> anyhow::Result<()> {
+        let _guard = self.fetch_lock.lock().await;
+        {
+            let s = self.state.read().await;
+            if !force
+                && let Some(t) = s.last_attempt
+                && t.elapsed() < self.min_refetch
+            {
+                return Ok(());
+            }
+        }
+        self.state.write().await.last_attempt = Some(Instant::now());
+        let body: JwkSet = self
+            .client
+            .get(self.url.clone())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let keys = body
+            .keys
+            .iter()
+            .filter_map(|k| Some((k.kid.clone()?, Arc::new(k.decoding_key()?))))
+            .collect();
+        let mut s = self.state.write().await;
+        s.keys = keys;
+        s.fetched_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct JwkSet {
+    keys: Vec<RawJwk>,
+}
+
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+}
+
+impl RawJwk {
+    /// The key and the one algorithm it may verify; keys of other kinds,
+    /// curves or uses are skipped.
+    fn decoding_key(&self) -> Option<JwkKey> {
+        if self.use_.as_deref().is_some_and(|u| u != "sig") {
+            return None;
+        }
+        let (alg, key) = match (self.kty.as_str(), self.crv.as_deref()) {
+            ("EC", Some("P-256")) => (
+                Algorithm::ES256,
+                DecodingKey::from_ec_components(self.x.as_deref()?, self.y.as_deref()?).ok()?,
+            ),
+            ("RSA", _) => (
+                Algorithm::RS256,
+                DecodingKey::from_rsa_components(self.n.as_deref()?, self.e.as_deref()?).ok()?,
+            ),
+            _ => return None,
+        };
+        let declared = self.alg.as_deref();
+        let matches = match alg {
+            Algorithm::ES256 => declared.is_none_or(|a| a == "ES256"),
+            _ => declared.is_none_or(|a| a == "RS256"),
+        };
+        matches.then(|| JwkKey {
+            alg,
+            key: Arc::new(key),
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! Role-based access control. Permissions are a closed set; a route names the
+//! one it needs in the type of its [`OrgContext`], so it cannot forget it.
+//! Built-in roles are `owner`, `admin`, `member` and `viewer`; orgs add custom
+//! roles as named permission sets.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::core::db::TenantTx;
+use crate::core::error::ApiError;
+use crate::core::extract::path_uuid;
+
+macro_rules! permissions {
+    ($($variant:ident = $name:literal : $desc:literal,)*) => {
+        /// Every permission Tenantry knows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Permission { $($variant,)* }
+
+        impl Permission {
+            pub const ALL: &'static [Permission] = &[$(Permission::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Permission::$variant => $name,)* }
+            }
+
+            pub fn description(self) -> &'static str {
+                match self { $(Permission::$variant => $desc,)* }
+            }
+
+            pub fn parse(s: &str) -> Option<Permission> {
+                match s { $($name => Some(Permission::$variant),)* _ => None }
+            }
+        }
+
+        /// Marker types naming one permission each, for `OrgContext<P>`.
+        pub mod perm {
+            $(
+                #[doc = $desc]
+                pub struct $variant;
+                impl super::Requirement for $variant {
+                    fn allows(_role: &str, perms: super::PermSet) -> bool {
+                        perms.contains(super::Permission::$variant)
+                    }
+                    fn describe() -> &'static str { $name }
+                }
+            )*
+
+            /// Any member, whatever their role (leaving an org).
+            pub struct AnyMember;
+            impl super::Requirement for AnyMember {
+                fn allows(_role: &str, _perms: super::PermSet) -> bool {
+                    true
+                }
+                fn describe() -> &'static str { "membership" }
+            }
+
+            /// Only an owner of the org (transfer of ownership).
+            pub struct Owner;
+            impl super::Requirement for Owner {
+                fn allows(role: &str, _perms: super::PermSet) -> bool {
+                    role == super::OWNER
+                }
+                fn describe() -> &'static str { "the owner role" }
+            }
+        }
+    };
+}
+
+permissions! {
+    OrgRead = "org:read": "See the organization",
+    OrgUpdate = "org:update": "Rename the organization or change its slug",
+    OrgDelete = "org:delete": "Delete the organization (owners only)",
+    MembersRead = "members:read": "List members and roles",
+    MembersManage = "members:manage": "Change members' roles and remove members",
+    InvitationsManage = "invitations:manage": "Invite people and revoke invitations",
+    RolesManage = "roles:manage": "Create, change and delete custom roles",
+    AuditRead = "audit:read": "Read the audit log",
+    BillingRead = "billing:read": "See plan, subscription and invoices",
+    BillingManage = "billing:manage": "Change plan and payment details",
+    CreditsRead = "credits:read": "See the credit balance and ledger",
+    CreditsSpend = "credits:spend": "Spend credits",
+    ApikeysManage = "apikeys:manage": "Create and revoke API keys",
+    ReportsCreate = "reports:create": "Start report jobs",
+    ReportsRead = "reports:read": "See and download reports",
+}
+
+pub const OWNER: &str = "owner";
+pub const ADMIN: &str = "admin";
+pub const MEMBER: &str = "member";
+pub const VIEWER: &str = "viewer";
+pub const BUILTIN_ROLES: [&str; 4] = [OWNER, ADMIN, MEMBER, VIEWER];
+
+/// Permissions only the built-in owner role may hold; custom roles cannot.
+pub const OWNER_ONLY: &[Permission] = &[Permission::OrgDelete];
+
+/// A set of permissions as a bit set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PermSet(u32);
+
+impl PermSet {
+    pub fn all() -> Self {
+        PermSet::from_iter(Permission::ALL.iter().copied())
+    }
+
+    pub fn contains(self, p: Permission) -> bool {
+        self.0 & (1 << p as u32) != 0
+    }
+
+    pub fn is_subset_of(self, other: PermSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    /// Permissions stored in the database; unknown names are ignored.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Self {
+        PermSet::from_iter(names.iter().filter_map(|n| Permission::parse(n.as_ref())))
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Permission> {
+        Permission::ALL
+            .iter()
+            .copied()
+            .filter(move |p| self.contains(*p))
+    }
+
+    pub fn names(self) -> Vec<String> {
+        self.iter().map(|p| p.as_str().to_owned()).collect()
+    }
+}
+
+impl FromIterator<Permission> for PermSet {
+    fn from_iter<I: IntoIterator<Item = Permission>>(iter: I) -> Self {
+        PermSet(iter.into_iter().fold(0, |acc, p| acc | (1 << p as u32)))
+    }
+}
+
+/// The permissions of a built-in role.
+pub fn builtin_permissions(role: &str) -> Option<PermSet> {
+    use Permission::*;
+    Some(match role {
+        OWNER => PermSet::all(),
+        ADMIN => PermSet::from_iter(
+            Permission::ALL
+                .iter()
+                .copied()
+                .filter(|p| !OWNER_ONLY.contains(p)),
+        ),
+        MEMBER => PermSet::from_iter([
+            OrgRead,
+            MembersRead,
+            BillingRead,
+            CreditsRead,
+            CreditsSpend,
+            ReportsCreate,
+            ReportsRead,
+        ]),
+        VIEWER => PermSet::from_iter([OrgRead, MembersRead, CreditsRead, ReportsRead]),
+        _ => return None,
+    })
+}
+
+/// What a route requires of the caller's membership.
+pub trait Requirement: Send + Sync + 'static {
+    fn allows(role: &str, perms: PermSet) -> bool;
+    fn describe() -> &'static str;
+}
+
+/// An authorised caller inside one org, with the tenant transaction open.
+///
+/// Extraction verifies the token, reads `{org_id}` from the path, opens a
+/// [`TenantTx`] and checks membership and `R` in the same statement. Not a
+/// member (or no such org): 404. A member without `R`: 403.
+pub struct OrgContext<R> {
+    pub tx: TenantTx,
+    pub org_id: Uuid,
+    pub user: AuthUser,
+    pub role: String,
+    pub perms: PermSet,
+    _requirement: PhantomData<R>,
+}
+
+impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let org_id = path_uuid(parts, "org_id").await?;
+        let (tx, membership) = TenantTx::enter(&state.pool, org_id, user.id).await?;
+        let Some(m) = membership else {
+            return Err(ApiError::NotFound("organization"));
+        };
+        let perms = PermSet::from_names(&m.permissions);
+        if !R::allows(&m.role, perms) {
+            return Err(ApiError::Forbidden {
+                code: "permission_denied",
+                detail: format!("this action needs {}", R::describe()),
+            });
+        }
+        Ok(OrgContext {
+            tx,
+            org_id,
+            user,
+            role: m.role,
+            perms,
+            _requirement: PhantomData,
+        })
+    }
+}
+
+/// One permission as listed by `GET /api/v1/permissions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PermissionInfo {
+    #[schema(example = "members:read")]
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+pub fn permission_catalog() -> Vec<PermissionInfo> {
+    Permission::ALL
+        .iter()
+        .map(|p| PermissionInfo {
+            name: p.as_str(),
+            description: p.description(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_roles_nest() {
+        let owner = builtin_permissions(OWNER).unwrap();
+        let admin = builtin_permissions(ADMIN).unwrap();
+        let member = builtin_permissions(MEMBER).unwrap();
+        let viewer = builtin_permissions(VIEWER).unwrap();
+        assert!(viewer.is_subset_of(member));
+        assert!(member.is_subset_of(admin));
+        assert!(admin.is_subset_of(owner));
+        assert!(!admin.contains(Permission::OrgDelete));
+        assert!(owner.contains(Permission::OrgDelete));
+        assert!(!viewer.contains(Permission::CreditsSpend));
+        assert!(builtin_permissions("custom").is_none());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Permission::ALL {
+            assert_eq!(Permission::parse(p.as_str()), Some(*p));
+        }
+        let set = PermSet::from_names(&["org:read", "nope", "audit:read"]);
+        assert_eq!(set.names(), vec!["org:read", "audit:read"]);
+    }
+}

@@ -1,0 +1,324 @@
+//! Configuration from environment variables (12-factor). `.env` is read in
+//! development. A missing or malformed setting stops the process at start with
+//! one line naming it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use url::Url;
+
+/// Which defaults apply: `dev` fills in everything for a local machine,
+/// production roles (`serve`, `migrate`) require the essentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    pub migration_database_url: String,
+    pub redis_url: Url,
+    pub bind_addr: SocketAddr,
+    pub jwt: JwtConfig,
+    pub log_format: LogFormat,
+    pub cors_allowed_origins: Vec<String>,
+    pub db_max_connections: u32,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub invitation_ttl: Duration,
+    /// Create the database named in `MIGRATION_DATABASE_URL` when it is missing.
+    pub create_database: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    /// HS256 secret (Supabase's "JWT secret").
+    pub secret: Option<Vec<u8>>,
+    /// JWKS endpoint for ES256/RS256 keys.
+    pub jwks_url: Option<Url>,
+    pub issuer: Option<String>,
+    pub audience: String,
+    pub leeway: Duration,
+}
+
+/// A setting that could not be used; its `Display` is the one line printed at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {name} is required{hint}")]
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
+    #[error("configuration error: {name} is malformed: {reason}")]
+    Malformed { name: &'static str, reason: String },
+}
+
+pub const DEV_DATABASE_URL: &str = "postgres://tenantry_api:tenantry_api@127.0.0.1:5432/tenantry";
+pub const DEV_MIGRATION_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantry";
+pub const DEV_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Only used by `tenantry dev` when `JWT_SECRET` is unset; never in production.
+pub const DEV_JWT_SECRET: &str = "tenantry-dev-secret-do-not-use-in-production-0123456789";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env(profile: Profile) -> Result<Self, ConfigError> {
+        Self::from_lookup(profile, |k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `get`, so tests can supply their own.
+    pub fn from_lookup(
+        profile: Profile,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let dev = profile == Profile::Dev;
+
+        let DbConfig {
+            database_url,
+            migration_database_url,
+        } = DbConfig::from_lookup(profile, &get)?;
+
+        let redis_url = get("REDIS_URL").unwrap_or_else(|| DEV_REDIS_URL.to_owned());
+        let redis_url = Url::parse(&redis_url).map_err(|e| malformed("REDIS_URL", e))?;
+        if !matches!(redis_url.scheme(), "redis" | "rediss") {
+            return Err(malformed(
+                "REDIS_URL",
+                "scheme must be redis:// or rediss://",
+            ));
+        }
+
+        let bind_addr = match (get("BIND_ADDR"), get("PORT")) {
+            (Some(addr), _) => addr
+                .parse::<SocketAddr>()
+                .map_err(|e| malformed("BIND_ADDR", e))?,
+            (None, port) => {
+                let port = match port {
+                    Some(p) => p.parse::<u16>().map_err(|e| malformed("PORT", e))?,
+                    None => 8080,
+                };
+                let host = if dev { [127, 0, 0, 1] } else { [0, 0, 0, 0] };
+                SocketAddr::from((host, port))
+            }
+        };
+
+        let secret = match get("JWT_SECRET") {
+            Some(s) if s.len() < 32 => {
+                return Err(malformed("JWT_SECRET", "must be at least 32 characters"));
+            }
+            Some(s) => Some(s.into_bytes()),
+            None if dev => Some(DEV_JWT_SECRET.as_bytes().to_vec()),
+            None => None,
+        };
+        let jwks_url = get("JWKS_URL")
+            .map(|u| Url::parse(&u).map_err(|e| malformed("JWKS_URL", e)))
+            .transpose()?;
+        if let Some(u) = &jwks_url
+            && !matches!(u.scheme(), "http" | "https")
+        {
+            return Err(malformed("JWKS_URL", "scheme must be http or https"));
+        }
+        if secret.is_none() && jwks_url.is_none() {
+            return Err(ConfigError::Missing {
+                name: "JWT_SECRET",
+                hint: " (or JWKS_URL): no way to verify access tokens",
+            });
+        }
+        let jwt = JwtConfig {
+            secret,
+            jwks_url,
+            issuer: get("JWT_ISSUER"),
+            audience: get("JWT_AUDIENCE").unwrap_or_else(|| "authenticated".to_owned()),
+            leeway: Duration::from_secs(30),
+        };
+
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None if dev => LogFormat::Pretty,
+            None => LogFormat::Json,
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(malformed(
+                    "LOG_FORMAT",
+                    format!("{other:?} is not json or pretty"),
+                ));
+            }
+        };
+
+        let cors_allowed_origins = match get("CORS_ALLOWED_ORIGINS") {
+            Some(v) => {
+                let origins: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
+                for o in &origins {
+                    if o != "*" && Url::parse(o).is_err() {
+                        return Err(malformed(
+                            "CORS_ALLOWED_ORIGINS",
+                            format!("{o:?} is not an origin"),
+                        ));
+                    }
+                }
+                origins
+            }
+            None if dev => vec!["*".to_owned()],
+            None => Vec::new(),
+        };
+
+        Ok(Config {
+            database_url,
+            migration_database_url,
+            redis_url,
+            bind_addr,
+            jwt,
+            log_format,
+            cors_allowed_origins,
+            db_max_connections: parse_or(&get, "DB_MAX_CONNECTIONS", 16)?,
+            request_timeout: Duration::from_secs(parse_or(&get, "REQUEST_TIMEOUT_SECS", 30)?),
+            max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", 256 * 1024)?,
+            invitation_ttl: Duration::from_secs(
+                3600 * parse_or::<u64>(&get, "INVITATION_TTL_HOURS", 7 * 24)?,
+            ),
+            create_database: dev,
+        })
+    }
+}
+
+/// The two database URLs: the API's login role and the owner role for migrations.
+#[derive(Clone, Debug)]
+pub struct DbConfig {
+    pub database_url: String,
+    pub migration_database_url: String,
+}
+
+impl DbConfig {
+    pub fn from_env(profile: Profile) -> Result<Self, ConfigError> {
+        Self::from_lookup(profile, &|k: &str| {
+            std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+        })
+    }
+
+    pub fn from_lookup(
+        profile: Profile,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let dev = profile == Profile::Dev;
+        let database_url = match get("DATABASE_URL") {
+            Some(v) => v,
+            None if dev => DEV_DATABASE_URL.to_owned(),
+            None => {
+                return Err(ConfigError::Missing {
+                    name: "DATABASE_URL",
+                    hint: " (postgres://user:password@host:5432/db, the API's login role)",
+                });
+            }
+        };
+        check_postgres_url("DATABASE_URL", &database_url)?;
+        let migration_database_url = match get("MIGRATION_DATABASE_URL") {
+            Some(v) => v,
+            None if dev && get("DATABASE_URL").is_none() => DEV_MIGRATION_DATABASE_URL.to_owned(),
+            None => database_url.clone(),
+        };
+        check_postgres_url("MIGRATION_DATABASE_URL", &migration_database_url)?;
+
+        Ok(DbConfig {
+            database_url,
+            migration_database_url,
+        })
+    }
+}
+
+fn malformed(name: &'static str, reason: impl ToString) -> ConfigError {
+    ConfigError::Malformed {
+        name,
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match get(name) {
+        Some(v) => v.trim().parse().map_err(|e| malformed(name, e)),
+        None => Ok(default),
+    }
+}
+
+fn check_postgres_url(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    let url = Url::parse(value).map_err(|e| malformed(name, e))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(malformed(name, "scheme must be postgres://"));
+    }
+    if url.path().trim_start_matches('/').is_empty() {
+        return Err(malformed(name, "names no database"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(profile: Profile, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(profile, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn dev_needs_no_configuration() {
+        let c = cfg(Profile::Dev, &[]).unwrap();
+        assert_eq!(c.database_url, DEV_DATABASE_URL);
+        assert_eq!(c.migration_database_url, DEV_MIGRATION_DATABASE_URL);
+        assert_eq!(c.bind_addr.port(), 8080);
+        assert_eq!(c.jwt.audience, "authenticated");
+        assert!(c.create_database);
+    }
+
+    #[test]
+    fn production_names_the_missing_setting() {
+        let err = cfg(Profile::Production, &[]).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL is required"), "{err}");
+        let err = cfg(
+            Profile::Production,
+            &[("DATABASE_URL", "postgres://a:b@h/db")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn malformed_settings_are_named() {
+        for (name, value) in [
+            ("PORT", "eighty"),
+            ("DATABASE_URL", "mysql://x/y"),
+            ("LOG_FORMAT", "xml"),
+            ("JWT_SECRET", "short"),
+            ("REDIS_URL", "http://x"),
+            ("JWKS_URL", "not a url"),
+        ] {
+            let err = cfg(Profile::Dev, &[(name, value)]).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn migration_url_defaults_to_database_url_when_that_is_set() {
+        let c = cfg(Profile::Dev, &[("DATABASE_URL", "postgres://u:p@h/db")]).unwrap();
+        assert_eq!(c.migration_database_url, "postgres://u:p@h/db");
+    }
+}

@@ -1,0 +1,326 @@
+//! Database access: pools, migrations, the app role, and the tenant wall.
+//!
+//! Tenant data is reachable only through [`TenantTx`] (one org, one user) or
+//! [`UserTx`] (one user, no org). Both are transactions that switch to the
+//! restricted `tenantry_app` role and set the tenant context with
+//! `set_config(..., true)`, so the context dies with the transaction and can
+//! never leak into the next request that gets the pooled connection.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The NOLOGIN role that holds the application's grants; created by the migrations.
+pub const APP_GROUP_ROLE: &str = "tenantry_app";
+
+pub async fn connect_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let opts: PgConnectOptions = url.parse().context("DATABASE_URL is malformed")?;
+    let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .context("cannot connect to Postgres (DATABASE_URL)")
+}
+
+/// Creates the database named by `url` when it does not exist (development only).
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    let opts: PgConnectOptions = url.parse().context("MIGRATION_DATABASE_URL is malformed")?;
+    let name = opts.get_database().unwrap_or("postgres").to_owned();
+    let mut conn = opts
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .context("cannot connect to Postgres (MIGRATION_DATABASE_URL)")?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let sql = format!("create database {}", quote_ident(&name));
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it first.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context("cannot create database"),
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Applies pending migrations with the owner role, then makes sure the API's
+/// login role (user and password of `database_url`) exists with the grants it
+/// needs and no more.
+pub async fn migrate_up(migration_url: &str, database_url: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(migration_url)
+        .await
+        .context("cannot connect to Postgres (MIGRATION_DATABASE_URL)")?;
+    MIGRATOR.run(&mut conn).await.context("migration failed")?;
+    ensure_app_role(&mut conn, database_url).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Reverts the most recent applied migration.
+pub async fn migrate_down(migration_url: &str) -> anyhow::Result<Option<i64>> {
+    let mut conn = PgConnection::connect(migration_url).await?;
+    let applied = applied_versions(&mut conn).await?;
+    let Some(&last) = applied.last() else {
+        return Ok(None);
+    };
+    let target = applied.iter().rev().nth(1).copied().unwrap_or(0);
+    MIGRATOR
+        .undo(&mut conn, target)
+        .await
+        .context("revert failed")?;
+    conn.close().await?;
+    Ok(Some(last))
+}
+
+/// `(version, description, applied)` for every known migration.
+pub async fn migrate_status(migration_url: &str) -> anyhow::Result<Vec<(i64, String, bool)>> {
+    let mut conn = PgConnection::connect(migration_url).await?;
+    let applied = applied_versions(&mut conn).await?;
+    conn.close().await?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| {
+            (
+                m.version,
+                m.description.to_string(),
+                applied.contains(&m.version),
+            )
+        })
+        .collect())
+}
+
+async fn applied_versions(conn: &mut PgConnection) -> anyhow::Result<Vec<i64>> {
+    let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
+            .fetch_all(&mut *conn)
+            .await?,
+    )
+}
+
+/// Creates or updates the login role named in `database_url`: LOGIN with its
+/// password, member of `tenantry_app`, never superuser or BYPASSRLS.
+pub async fn ensure_app_role(conn: &mut PgConnection, database_url: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(database_url).context("DATABASE_URL is malformed")?;
+    let user = percent_decode(url.username());
+    if user.is_empty() {
+        anyhow::bail!("DATABASE_URL names no user");
+    }
+    let current: String = sqlx::query_scalar("select current_user::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    if user == current {
+        tracing::warn!(
+            role = %user,
+            "DATABASE_URL uses the migration role; tenant transactions still switch to {APP_GROUP_ROLE}"
+        );
+        return Ok(());
+    }
+    let password = url.password().map(percent_decode);
+    let db: String = sqlx::query_scalar("select current_database()::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    let role = quote_ident(&user);
+    let password_sql = match &password {
+        Some(p) => format!("password {}", quote_literal(p)),
+        None => "password null".to_owned(),
+    };
+    let statements = [
+        format!(
+            "do $$ begin create role {role} login; \
+             exception when duplicate_object or unique_violation then null; end $$"
+        ),
+        format!(
+            "alter role {role} login nosuperuser nobypassrls nocreatedb nocreaterole inherit {password_sql}"
+        ),
+        format!("grant {APP_GROUP_ROLE} to {role}"),
+        format!("grant connect on database {} to {role}", quote_ident(&db)),
+    ];
+    for sql in statements {
+        // Roles are cluster-wide: concurrent migrations of different databases
+        // (parallel tests) may touch the same role at once. Retry those races.
+        let mut attempt = 0;
+        loop {
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => break,
+                Err(sqlx::Error::Database(e))
+                    if attempt < 20
+                        && matches!(
+                            e.code().as_deref(),
+                            Some("XX000" | "23505" | "40001" | "40P01")
+                        ) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e))
+                        .with_context(|| format!("cannot set up the app role {user:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The caller's role in an org and the permissions it carries, as read by
+/// `app.enter_org` in the same statement that set the context.
+#[derive(Debug, Clone)]
+pub struct MembershipRow {
+    pub role: String,
+    pub permissions: Vec<String>,
+}
+
+/// A transaction inside one org's tenant context, as one user.
+///
+/// Built only by the authorisation layer (`OrgContext`, org creation, invitation
+/// acceptance); there is no other way to run a query that sees tenant rows.
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    org_id: Uuid,
+    user_id: Uuid,
+}
+
+impl TenantTx {
+    /// Begins a transaction, switches to the app role, sets the org and user
+    /// context and reads the user's membership, in one statement.
+    pub(crate) async fn enter(
+        pool: &PgPool,
+        org_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<(TenantTx, Option<MembershipRow>), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let row: Option<(String, Vec<String>)> =
+            sqlx::query_as("select role, permissions from app.enter_org($1, $2)")
+                .bind(org_id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let membership = row.map(|(role, permissions)| MembershipRow { role, permissions });
+        Ok((
+            TenantTx {
+                tx,
+                org_id,
+                user_id,
+            },
+            membership,
+        ))
+    }
+
+    /// Moves a user-only transaction into an org it has just proved a right to
+    /// (creating the org, or holding an invitation to it).
+    pub(crate) async fn from_user_tx(
+        user_tx: UserTx,
+        org_id: Uuid,
+    ) -> Result<TenantTx, sqlx::Error> {
+        let UserTx { mut tx, user_id } = user_tx;
+        sqlx::query("select 1 from app.enter_org($1, $2)")
+            .bind(org_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(TenantTx {
+            tx,
+            org_id,
+            user_id,
+        })
+    }
+
+    pub fn org_id(&self) -> Uuid {
+        self.org_id
+    }
+
+    pub fn user_id(&self) -> Uuid {
+        self.user_id
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+/// A transaction as one user with no org context: their profile, and their
+/// own memberships across orgs (RLS shows nothing else).
+pub struct UserTx {
+    tx: Transaction<'static, Postgres>,
+    user_id: Uuid,
+}
+
+impl UserTx {
+    pub(crate) async fn enter(
+        pool: &PgPool,
+        user_id: Uuid,
+        invite_token_hash: Option<&[u8]>,
+    ) -> Result<UserTx, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("select app.enter_user($1, $2)")
+            .bind(user_id)
+            .bind(invite_token_hash.map(hex))
+            .execute(&mut *tx)
+            .await?;
+        Ok(UserTx { tx, user_id })
+    }
+
+    pub fn user_id(&self) -> Uuid {
+        self.user_id
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

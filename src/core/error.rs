@@ -1,0 +1,192 @@
+//! One error type at the HTTP edge, rendered as `application/problem+json`
+//! (RFC 9457) with a stable machine `code`. Internal errors are logged once,
+//! here, with their chain; the client only gets the request id.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::core::telemetry;
+
+/// A problem document (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the problem type.
+    #[schema(example = "https://tenantry.dev/problems/not_found")]
+    pub r#type: String,
+    /// Short human-readable summary.
+    pub title: String,
+    pub status: u16,
+    /// Explanation specific to this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// Id of the request, as in the `x-request-id` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Field-level validation errors (422 only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the offending field, e.g. `slug` or `members[2].role`.
+    pub field: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no or bad credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated member, but the role lacks what the action needs.
+    #[error("{detail}")]
+    Forbidden { code: &'static str, detail: String },
+    /// 404: missing, or belonging to another org.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 400: a request that cannot be understood.
+    #[error("{detail}")]
+    BadRequest { code: &'static str, detail: String },
+    /// 409: conflicts with current state.
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    /// 410: existed, but no longer usable (expired invitation).
+    #[error("{detail}")]
+    Gone { code: &'static str, detail: String },
+    /// 422: the body is well-formed but its fields are not valid.
+    #[error("request body failed validation")]
+    Validation(Vec<FieldError>),
+    /// Any status with a code and detail (413, 415, 405, 503 ...).
+    #[error("{detail}")]
+    Status {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+    },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl ApiError {
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            code: "forbidden",
+            detail: detail.into(),
+        }
+    }
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            detail: detail.into(),
+        }
+    }
+    pub fn field(field: &str, code: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, code, message)])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Gone { .. } => StatusCode::GONE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Status { status, .. } => *status,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden { code, .. } => code,
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::Conflict { code, .. } => code,
+            ApiError::Gone { code, .. } => code,
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::Status { code, .. } => code,
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let request_id = telemetry::current_request_id();
+        let detail = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "an internal error occurred; quote the request id when reporting it".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let code = self.code();
+        let errors = match self {
+            ApiError::Validation(errors) => errors,
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            r#type: format!("https://tenantry.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            code: code.to_owned(),
+            request_id,
+            errors,
+        };
+        let mut res = (status, axum::Json(problem)).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        res
+    }
+}
+
+/// Postgres error codes the services translate into conflicts.
+pub fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505")
+        && db.constraint() == Some(constraint))
+}
+
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
+}

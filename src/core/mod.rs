@@ -1,0 +1,9 @@
+//! Shared machinery: errors, database access and the tenant wall, pagination,
+//! request extraction and telemetry.
+
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod pagination;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,10 @@
+//! Tenantry: a multi-tenant SaaS backend. Organizations with members and
+//! roles, Supabase-compatible authentication, and tenant isolation enforced by
+//! Postgres Row Level Security behind a single door, [`core::db::TenantTx`].
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod organizations;
+pub mod users;

@@ -1,0 +1,9 @@
+//! Organizations (tenants): the org itself, its members and their roles,
+//! custom roles, invitations, ownership, and the audit log of every change.
+
+pub mod model;
+pub mod repo;
+pub mod routes;
+pub mod service;
+
+pub use routes::router;

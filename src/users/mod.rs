@@ -1,0 +1,9 @@
+//! Users: the profile of the signed-in user, provisioned from their token on
+//! first sight, and the organizations they belong to.
+
+pub mod model;
+pub mod repo;
+pub mod routes;
+pub mod service;
+
+pub use routes::router;

@@ -1,0 +1,75 @@
+//! SQL of the users domain.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::model::User;
+use crate::organizations::model::MyOrganization;
+
+/// Inserts the user on first sight and keeps the email in step with the token;
+/// writes nothing when nothing changed.
+pub async fn upsert(conn: &mut PgConnection, id: Uuid, email: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into users (id, email) values ($1, $2)
+         on conflict (id) do update set email = excluded.email, updated_at = now()
+         where users.email is distinct from excluded.email and excluded.email is not null",
+    )
+    .bind(id)
+    .bind(email)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<User>> {
+    sqlx::query_as(
+        "select id, email, display_name, avatar_url, created_at, updated_at from users where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn update_profile(
+    conn: &mut PgConnection,
+    id: Uuid,
+    display_name: Option<Option<&str>>,
+    avatar_url: Option<Option<&str>>,
+) -> sqlx::Result<User> {
+    sqlx::query_as(
+        "update users set
+            display_name = case when $2 then $3 else display_name end,
+            avatar_url = case when $4 then $5 else avatar_url end,
+            updated_at = now()
+         where id = $1
+         returning id, email, display_name, avatar_url, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(display_name.is_some())
+    .bind(display_name.flatten())
+    .bind(avatar_url.is_some())
+    .bind(avatar_url.flatten())
+    .fetch_one(conn)
+    .await
+}
+
+/// The user's orgs, visible through the user-only context (RLS shows only the
+/// user's own memberships and their orgs).
+pub async fn list_organizations(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<MyOrganization>> {
+    sqlx::query_as(
+        "select o.id, o.name, o.slug, m.role, m.created_at as joined_at
+         from memberships m join organizations o on o.id = m.org_id
+         where m.user_id = $1 and ($2::uuid is null or o.id > $2)
+         order by o.id limit $3",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,69 @@
+//! Business rules of the users domain.
+
+use super::model::{UpdateMe, User};
+use super::repo;
+use crate::auth::AuthUser;
+use crate::core::db::UserTx;
+use crate::core::error::ApiError;
+use crate::core::pagination::{Page, PageQuery};
+use crate::core::validate::{self, Fields};
+use crate::organizations::model::MyOrganization;
+
+/// Makes sure the token's user exists (id = `sub`, email from the claim).
+pub async fn provision(tx: &mut UserTx, user: &AuthUser) -> Result<(), ApiError> {
+    let id = tx.user_id();
+    repo::upsert(tx.conn(), id, user.email.as_deref()).await?;
+    Ok(())
+}
+
+pub async fn me(tx: &mut UserTx, user: &AuthUser) -> Result<User, ApiError> {
+    provision(tx, user).await?;
+    let id = tx.user_id();
+    repo::get(tx.conn(), id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))
+}
+
+pub async fn update_me(
+    tx: &mut UserTx,
+    user: &AuthUser,
+    input: UpdateMe,
+) -> Result<User, ApiError> {
+    let mut f = Fields::default();
+    let display_name = match &input.display_name {
+        Some(Some(n)) => f
+            .check(validate::display_name("display_name", n))
+            .map(|n| Some(Some(n))),
+        Some(None) => Some(Some(None)),
+        None => Some(None),
+    };
+    let avatar_url = match &input.avatar_url {
+        Some(Some(u)) => f
+            .check(validate::http_url("avatar_url", u))
+            .map(|u| Some(Some(u))),
+        Some(None) => Some(Some(None)),
+        None => Some(None),
+    };
+    f.finish()?;
+    let (display_name, avatar_url) = (display_name.expect("checked"), avatar_url.expect("checked"));
+    provision(tx, user).await?;
+    let id = tx.user_id();
+    Ok(repo::update_profile(
+        tx.conn(),
+        id,
+        display_name.as_ref().map(|o| o.as_deref()),
+        avatar_url.as_ref().map(|o| o.as_deref()),
+    )
+    .await?)
+}
+
+pub async fn my_organizations(
+    tx: &mut UserTx,
+    q: &PageQuery,
+) -> Result<Page<MyOrganization>, ApiError> {
+    let limit = q.limit()?;
+    let after = q.after()?;
+    let id = tx.user_id();
+    let rows = repo::list_organizations(tx.conn(), id, after, limit + 1).await?;
+    Ok(Page::from_rows(rows, limit, |o| o.id))
+}
