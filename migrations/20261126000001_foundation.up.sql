@@ -115,7 +115,10 @@ create table audit_log (
 );
 create index audit_log_org_page_idx on audit_log (org_id, id desc);
 
--- Row Level Security: enabled and forced on every tenant table.
+-- Row Level Security: enabled and forced on every tenant table, and on users:
+-- a user's profile is visible to themselves and to members of an org they share.
+alter table users enable row level security;
+alter table users force row level security;
 alter table organizations enable row level security;
 alter table organizations force row level security;
 alter table roles enable row level security;
@@ -126,6 +129,14 @@ alter table invitations enable row level security;
 alter table invitations force row level security;
 alter table audit_log enable row level security;
 alter table audit_log force row level security;
+
+create policy users_self_or_same_org on users
+    using (
+        id = app.current_user_id()
+        or exists (select 1 from memberships m
+                   where m.user_id = users.id and m.org_id = app.current_org_id())
+    )
+    with check (id = app.current_user_id());
 
 -- An org context sees its own org. A user context without an org (GET /me/organizations)
 -- sees the orgs the user belongs to, and nothing else.

@@ -244,12 +244,11 @@ fn document_errors(api: &mut OpenApiDoc) {
             let responses = &mut op.responses.responses;
             // Problems declared on handlers are problem+json too.
             for (status, resp) in responses.iter_mut() {
-                if status.starts_with('4') || status.starts_with('5') {
-                    if let RefOr::T(r) = resp
-                        && let Some(c) = r.content.shift_remove("application/json")
-                    {
-                        r.content.insert("application/problem+json".into(), c);
-                    }
+                if (status.starts_with('4') || status.starts_with('5'))
+                    && let RefOr::T(r) = resp
+                    && let Some(c) = r.content.shift_remove("application/json")
+                {
+                    r.content.insert("application/problem+json".into(), c);
                 }
             }
             let mut add = |status: &str, desc: &str| {

@@ -25,3 +25,28 @@ async fn org_lifecycle_smoke() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn docs_and_spec_are_served() {
+    let app = TestApp::spawn().await;
+    let spec: serde_json::Value = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(spec["paths"]["/api/v1/orgs/{org_id}/members"]["get"].is_object());
+    assert!(spec["components"]["schemas"]["Problem"].is_object());
+    let docs = app
+        .client
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+}

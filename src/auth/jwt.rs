@@ -93,10 +93,13 @@ impl Verifier {
         v.leeway = cfg.leeway.as_secs();
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "aud"]);
         v.set_audience(&[&cfg.audience]);
+        // jsonwebtoken checks `iss` only when present: require it when configured.
         if let Some(iss) = &cfg.issuer {
             v.set_issuer(&[iss]);
+            v.set_required_spec_claims(&["exp", "aud", "iss"]);
+        } else {
+            v.set_required_spec_claims(&["exp", "aud"]);
         }
         let jwks = match &cfg.jwks_url {
             Some(url) => Some(JwksCache::new(url.clone(), max_age, min_refetch)?),

@@ -213,6 +213,51 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
     }
 }
 
+/// The caller's role and permissions as read under the org's row lock.
+///
+/// Only [`OrgContext::lock`] makes one, so a service that takes an
+/// `&Actor` decides on state no concurrent change can move under it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    role: String,
+    perms: PermSet,
+}
+
+impl Actor {
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+    pub fn perms(&self) -> PermSet {
+        self.perms
+    }
+    pub fn is_owner(&self) -> bool {
+        self.role == OWNER
+    }
+}
+
+impl<R: Requirement> OrgContext<R> {
+    /// Serialises this request with every other change to the org: takes the
+    /// org row lock, re-reads the caller's membership and checks `R` again.
+    pub async fn lock(&mut self) -> Result<Actor, ApiError> {
+        let Some(m) = self.tx.lock_org().await? else {
+            return Err(ApiError::NotFound("organization"));
+        };
+        let perms = PermSet::from_names(&m.permissions);
+        if !R::allows(&m.role, perms) {
+            return Err(ApiError::Forbidden {
+                code: "permission_denied",
+                detail: format!("this action needs {}", R::describe()),
+            });
+        }
+        self.role = m.role.clone();
+        self.perms = perms;
+        Ok(Actor {
+            role: m.role,
+            perms,
+        })
+    }
+}
+
 /// One permission as listed by `GET /api/v1/permissions`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PermissionInfo {

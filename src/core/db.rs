@@ -26,6 +26,9 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> anyhow::Result<PgP
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
+        // A broken connection fails its query and is discarded; pinging every
+        // connection on checkout would add a round trip to every request.
+        .test_before_acquire(false)
         .connect_with(opts)
         .await
         .context("cannot connect to Postgres (DATABASE_URL)")
@@ -267,6 +270,30 @@ impl TenantTx {
             org_id,
             user_id,
         })
+    }
+
+    /// Takes the org's row lock, then reads the user's membership again: a
+    /// statement after the lock sees what concurrent changes committed while
+    /// this transaction waited. `None`: the user (or the org) is gone.
+    pub(crate) async fn lock_org(&mut self) -> Result<Option<MembershipRow>, sqlx::Error> {
+        let locked: Option<(Uuid,)> =
+            sqlx::query_as("select id from organizations where id = $1 for update")
+                .bind(self.org_id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let row: Option<(String, Vec<String>)> = sqlx::query_as(
+            "select m.role, r.permissions from memberships m
+             join roles r on r.org_id = m.org_id and r.name = m.role
+             where m.org_id = $1 and m.user_id = $2",
+        )
+        .bind(self.org_id)
+        .bind(self.user_id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.map(|(role, permissions)| MembershipRow { role, permissions }))
     }
 
     pub fn org_id(&self) -> Uuid {

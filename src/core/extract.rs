@@ -52,36 +52,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
     }
 }
 
-/// Parses a JSON document into `T`, reporting where it failed.
+/// Parses a JSON object into `T`, reporting where it failed: 400 when the
+/// body is not JSON at all, 422 (with the field) when it is JSON of the wrong
+/// shape. Only objects are accepted: serde would otherwise read a struct from
+/// an array of its fields.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    if value.is_ok() {
-        de.end().map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
-        })?;
+    // A full parse first, so that every syntax error (including bad escapes
+    // and invalid UTF-8 inside strings) is a 400 whatever the target type.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::field(
+            "",
+            "invalid_type",
+            "the body must be a JSON object",
+        ));
     }
-    value.map_err(|err| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
         let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let msg = inner.to_string();
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-                let (field, code) = if let Some(name) = backticked(&msg, "unknown field `") {
-                    (join_path(&path, &name), "unknown_field")
-                } else if let Some(name) = backticked(&msg, "missing field `") {
-                    (join_path(&path, &name), "missing_field")
-                } else {
-                    (
-                        if path == "." { String::new() } else { path },
-                        "invalid_type",
-                    )
-                };
-                ApiError::Validation(vec![FieldError::new(field, code, msg)])
-            }
-            _ => ApiError::bad_request("invalid_json", format!("body is not valid JSON: {inner}")),
-        }
+        let msg = inner.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+        let (field, code) = if let Some(name) = backticked(&msg, "unknown field `") {
+            // The path already ends at the unknown field.
+            let field = if path.is_empty() { name } else { path };
+            (field, "unknown_field")
+        } else if let Some(name) = backticked(&msg, "missing field `") {
+            (join_path(&path, &name), "missing_field")
+        } else {
+            (path, "invalid_type")
+        };
+        ApiError::Validation(vec![FieldError::new(field, code, msg)])
     })
 }
 

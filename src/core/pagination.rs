@@ -44,7 +44,28 @@ impl PageQuery {
             return Err(bad());
         }
         let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
-        serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        if !storable(&value) {
+            return Err(bad());
+        }
+        serde_json::from_value(value).map(Some).map_err(|_| bad())
+    }
+}
+
+/// Whether Postgres can take every value of a decoded cursor as a parameter:
+/// no NUL in strings, and timestamps within years 1..=9999.
+fn storable(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => {
+            !s.contains('\0')
+                && s.len() <= 256
+                && s.parse::<chrono::DateTime<chrono::Utc>>()
+                    .map(|t| (1..=9999).contains(&chrono::Datelike::year(&t)))
+                    .unwrap_or(true)
+        }
+        serde_json::Value::Array(items) => items.iter().all(storable),
+        serde_json::Value::Object(map) => map.values().all(storable),
+        _ => true,
     }
 }
 
@@ -94,10 +115,17 @@ mod tests {
         let last = Page::from_rows(vec![1, 2], 2, |v| *v);
         assert!(last.next_cursor.is_none());
 
-        for bad in ["!!!", "e30", "bm90IGpzb24"] {
+        let forged = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        for bad in [
+            "!!!".to_owned(),
+            "e30".to_owned(),
+            "bm90IGpzb24".to_owned(),
+            forged(serde_json::json!("admin\u{0}")),
+            forged(serde_json::json!(["-10000-01-01T00:00:00Z", "k"])),
+        ] {
             let q = PageQuery {
                 limit: None,
-                cursor: Some(bad.into()),
+                cursor: Some(bad.clone()),
             };
             assert!(q.after::<(i32, String)>().is_err(), "{bad}");
         }

@@ -246,7 +246,7 @@ mod tests {
             "ÄÖ",
             "a",
             "  Hello   World  ",
-            &"Long name ".repeat(20),
+            &"Long name ".repeat(9),
         ] {
             let slug = OrgSlug::from_name(&OrgName::parse("name", name).unwrap());
             assert!(

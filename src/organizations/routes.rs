@@ -67,7 +67,8 @@ async fn update_org(
     mut ctx: OrgContext<perm::OrgUpdate>,
     ValidJson(input): ValidJson<UpdateOrganization>,
 ) -> Result<Json<Organization>, ApiError> {
-    let org = service::update_org(&mut ctx.tx, input).await?;
+    let actor = ctx.lock().await?;
+    let org = service::update_org(&mut ctx.tx, &actor, input).await?;
     ctx.tx.commit().await?;
     Ok(Json(org))
 }
@@ -77,7 +78,8 @@ async fn update_org(
     params(("org_id" = Uuid, Path)),
     responses((status = 204, description = "Deleted")))]
 async fn delete_org(mut ctx: OrgContext<perm::OrgDelete>) -> Result<StatusCode, ApiError> {
-    service::delete_org(&mut ctx.tx).await?;
+    let actor = ctx.lock().await?;
+    service::delete_org(&mut ctx.tx, &actor).await?;
     ctx.tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -105,7 +107,8 @@ async fn update_member(
     ids: IdPath<2>,
     ValidJson(input): ValidJson<UpdateMember>,
 ) -> Result<Json<Member>, ApiError> {
-    let member = service::change_member_role(&mut ctx.tx, ids.0[1], input).await?;
+    let actor = ctx.lock().await?;
+    let member = service::change_member_role(&mut ctx.tx, &actor, ids.0[1], input).await?;
     ctx.tx.commit().await?;
     Ok(Json(member))
 }
@@ -119,7 +122,8 @@ async fn remove_member(
     mut ctx: OrgContext<perm::AnyMember>,
     ids: IdPath<2>,
 ) -> Result<StatusCode, ApiError> {
-    service::remove_member(&mut ctx.tx, ids.0[1]).await?;
+    let actor = ctx.lock().await?;
+    service::remove_member(&mut ctx.tx, &actor, ids.0[1]).await?;
     ctx.tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -133,7 +137,8 @@ async fn transfer_ownership(
     mut ctx: OrgContext<perm::Owner>,
     ValidJson(input): ValidJson<TransferOwnership>,
 ) -> Result<Json<Member>, ApiError> {
-    let member = service::transfer_ownership(&mut ctx.tx, input).await?;
+    let actor = ctx.lock().await?;
+    let member = service::transfer_ownership(&mut ctx.tx, &actor, input).await?;
     ctx.tx.commit().await?;
     Ok(Json(member))
 }
@@ -158,7 +163,8 @@ async fn create_role(
     mut ctx: OrgContext<perm::RolesManage>,
     ValidJson(input): ValidJson<CreateRole>,
 ) -> Result<(StatusCode, Json<Role>), ApiError> {
-    let role = service::create_role(&mut ctx.tx, ctx.perms, input).await?;
+    let actor = ctx.lock().await?;
+    let role = service::create_role(&mut ctx.tx, &actor, input).await?;
     ctx.tx.commit().await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
@@ -192,7 +198,8 @@ async fn update_role(
     RolePath(name): RolePath,
     ValidJson(input): ValidJson<UpdateRole>,
 ) -> Result<Json<Role>, ApiError> {
-    let role = service::update_role(&mut ctx.tx, ctx.perms, name.as_str(), input).await?;
+    let actor = ctx.lock().await?;
+    let role = service::update_role(&mut ctx.tx, &actor, name.as_str(), input).await?;
     ctx.tx.commit().await?;
     Ok(Json(role))
 }
@@ -204,7 +211,8 @@ async fn delete_role(
     mut ctx: OrgContext<perm::RolesManage>,
     RolePath(name): RolePath,
 ) -> Result<StatusCode, ApiError> {
-    service::delete_role(&mut ctx.tx, ctx.perms, name.as_str()).await?;
+    let actor = ctx.lock().await?;
+    service::delete_role(&mut ctx.tx, &actor, name.as_str()).await?;
     ctx.tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -234,14 +242,9 @@ async fn create_invitation(
     mut ctx: OrgContext<perm::InvitationsManage>,
     ValidJson(input): ValidJson<CreateInvitation>,
 ) -> Result<(StatusCode, Json<CreatedInvitation>), ApiError> {
-    let inv = service::create_invitation(
-        &mut ctx.tx,
-        &ctx.role,
-        ctx.perms,
-        state.config.invitation_ttl,
-        input,
-    )
-    .await?;
+    let actor = ctx.lock().await?;
+    let inv =
+        service::create_invitation(&mut ctx.tx, &actor, state.config.invitation_ttl, input).await?;
     ctx.tx.commit().await?;
     Ok((StatusCode::CREATED, Json(inv)))
 }
@@ -253,7 +256,8 @@ async fn revoke_invitation(
     mut ctx: OrgContext<perm::InvitationsManage>,
     ids: IdPath<2>,
 ) -> Result<StatusCode, ApiError> {
-    service::revoke_invitation(&mut ctx.tx, ids.0[1]).await?;
+    let actor = ctx.lock().await?;
+    service::revoke_invitation(&mut ctx.tx, &actor, ids.0[1]).await?;
     ctx.tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,8 @@
 //! function takes the caller's transaction; changes and their audit rows
 //! commit together or not at all.
 //!
-//! Invariants kept here, under the org row lock (`repo::lock_org`) so that
+//! Invariants kept here, under the org row lock (functions that change
+//! anything take an [`Actor`], which only `OrgContext::lock` makes) so that
 //! concurrent requests decide on fresh state one at a time:
 //! * an org always has at least one owner;
 //! * nobody grants a role holding permissions they do not hold themselves;
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use super::model::*;
 use super::repo::{self, AuditRecord};
 use crate::auth::AuthUser;
-use crate::auth::rbac::{OWNER, OWNER_ONLY, PermSet, Permission, builtin_permissions};
+use crate::auth::rbac::{Actor, OWNER, OWNER_ONLY, PermSet, Permission, builtin_permissions};
 use crate::core::db::{TenantTx, UserTx};
 use crate::core::error::{ApiError, FieldError, is_unique_violation};
 use crate::core::pagination::{Page, PageQuery};
@@ -113,6 +114,7 @@ pub async fn get_org(tx: &mut TenantTx) -> Result<Organization, ApiError> {
 
 pub async fn update_org(
     tx: &mut TenantTx,
+    _actor: &Actor,
     input: UpdateOrganization,
 ) -> Result<Organization, ApiError> {
     let mut f = Fields::default();
@@ -128,7 +130,7 @@ pub async fn update_org(
     let name = name.flatten();
     let slug = slug.flatten();
     let org_id = tx.org_id();
-    let before = repo::lock_org(tx.conn(), org_id)
+    let before = repo::get_org(tx.conn(), org_id)
         .await?
         .ok_or(ApiError::NotFound("organization"))?;
     if name.is_none() && slug.is_none() {
@@ -161,9 +163,9 @@ pub async fn update_org(
 }
 
 /// Deletes the org and everything it holds. Owners only (checked by the route's type).
-pub async fn delete_org(tx: &mut TenantTx) -> Result<(), ApiError> {
+pub async fn delete_org(tx: &mut TenantTx, _actor: &Actor) -> Result<(), ApiError> {
     let org_id = tx.org_id();
-    let org = repo::lock_org(tx.conn(), org_id)
+    let org = repo::get_org(tx.conn(), org_id)
         .await?
         .ok_or(ApiError::NotFound("organization"))?;
     repo::delete_org(tx.conn(), org_id).await?;
@@ -179,16 +181,6 @@ pub async fn list_members(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<Membe
     let org_id = tx.org_id();
     let rows = repo::list_members(tx.conn(), org_id, after, limit + 1).await?;
     Ok(Page::from_rows(rows, limit, |m| (m.joined_at, m.user_id)))
-}
-
-/// The caller's role and permissions, read after the org lock was taken.
-async fn fresh_actor(tx: &mut TenantTx) -> Result<(String, PermSet), ApiError> {
-    let (org_id, user_id) = (tx.org_id(), tx.user_id());
-    let (role, perms) = repo::member_role(tx.conn(), org_id, user_id)
-        .await?
-        // Removed from the org while waiting for the lock.
-        .ok_or(ApiError::NotFound("organization"))?;
-    Ok((role, PermSet::from_names(&perms)))
 }
 
 async fn role_perms(tx: &mut TenantTx, field: &str, name: &str) -> Result<PermSet, ApiError> {
@@ -211,18 +203,13 @@ fn deny(detail: &str) -> ApiError {
 
 pub async fn change_member_role(
     tx: &mut TenantTx,
+    locked: &Actor,
     target: Uuid,
     input: UpdateMember,
 ) -> Result<Member, ApiError> {
     let role = RoleName::parse("role", &input.role).map_err(|e| ApiError::Validation(vec![e]))?;
     let org_id = tx.org_id();
-    repo::lock_org(tx.conn(), org_id)
-        .await?
-        .ok_or(ApiError::NotFound("organization"))?;
-    let (actor_role, actor) = fresh_actor(tx).await?;
-    if !actor.contains(Permission::MembersManage) {
-        return Err(deny("this action needs members:manage"));
-    }
+    let (actor_role, actor) = (locked.role(), locked.perms());
     let (current_role, current) = repo::member_role(tx.conn(), org_id, target)
         .await?
         .ok_or(ApiError::NotFound("member"))?;
@@ -266,20 +253,22 @@ pub async fn change_member_role(
 
 /// Removes a member; removing oneself is leaving, which any member may do
 /// unless they are the last owner.
-pub async fn remove_member(tx: &mut TenantTx, target: Uuid) -> Result<(), ApiError> {
+pub async fn remove_member(
+    tx: &mut TenantTx,
+    locked: &Actor,
+    target: Uuid,
+) -> Result<(), ApiError> {
     let org_id = tx.org_id();
-    repo::lock_org(tx.conn(), org_id)
-        .await?
-        .ok_or(ApiError::NotFound("organization"))?;
-    let (actor_role, actor) = fresh_actor(tx).await?;
+    let (actor_role, actor) = (locked.role(), locked.perms());
     let leaving = target == tx.user_id();
+    // Permission before lookup, as on every route with an object id.
+    if !leaving && !actor.contains(Permission::MembersManage) {
+        return Err(deny("this action needs members:manage"));
+    }
     let (target_role, target_perms) = repo::member_role(tx.conn(), org_id, target)
         .await?
         .ok_or(ApiError::NotFound("member"))?;
     if !leaving {
-        if !actor.contains(Permission::MembersManage) {
-            return Err(deny("this action needs members:manage"));
-        }
         if target_role == OWNER && actor_role != OWNER {
             return Err(deny("only an owner can remove an owner"));
         }
@@ -317,8 +306,12 @@ pub async fn remove_member(tx: &mut TenantTx, target: Uuid) -> Result<(), ApiErr
 /// Makes `input.user_id` an owner and the calling owner an admin.
 pub async fn transfer_ownership(
     tx: &mut TenantTx,
+    locked: &Actor,
     input: TransferOwnership,
 ) -> Result<Member, ApiError> {
+    if !locked.is_owner() {
+        return Err(deny("only an owner can transfer ownership"));
+    }
     let org_id = tx.org_id();
     let me = tx.user_id();
     if input.user_id == me {
@@ -327,13 +320,6 @@ pub async fn transfer_ownership(
             "self_transfer",
             "you already own this organization",
         ));
-    }
-    repo::lock_org(tx.conn(), org_id)
-        .await?
-        .ok_or(ApiError::NotFound("organization"))?;
-    let (actor_role, _) = fresh_actor(tx).await?;
-    if actor_role != OWNER {
-        return Err(deny("only an owner can transfer ownership"));
     }
     let before = repo::get_member(tx.conn(), org_id, input.user_id)
         .await?
@@ -394,7 +380,7 @@ pub async fn list_roles(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<Role>, 
 
 pub async fn create_role(
     tx: &mut TenantTx,
-    actor: PermSet,
+    locked: &Actor,
     input: CreateRole,
 ) -> Result<Role, ApiError> {
     let mut f = Fields::default();
@@ -416,13 +402,10 @@ pub async fn create_role(
             "a built-in role has this name",
         ));
     }
-    if !perms.is_subset_of(actor) {
+    if !perms.is_subset_of(locked.perms()) {
         return Err(deny("a role cannot hold permissions you do not hold"));
     }
     let org_id = tx.org_id();
-    repo::lock_org(tx.conn(), org_id)
-        .await?
-        .ok_or(ApiError::NotFound("organization"))?;
     if repo::count_custom_roles(tx.conn(), org_id).await? >= MAX_CUSTOM_ROLES {
         return Err(ApiError::conflict(
             "role_limit",
@@ -466,7 +449,7 @@ async fn custom_role(tx: &mut TenantTx, name: &str) -> Result<Role, ApiError> {
 
 pub async fn update_role(
     tx: &mut TenantTx,
-    actor: PermSet,
+    locked: &Actor,
     name: &str,
     input: UpdateRole,
 ) -> Result<Role, ApiError> {
@@ -482,12 +465,9 @@ pub async fn update_role(
     f.finish()?;
     let (description, perms) = (description.flatten(), perms.flatten());
     let org_id = tx.org_id();
-    repo::lock_org(tx.conn(), org_id)
-        .await?
-        .ok_or(ApiError::NotFound("organization"))?;
     let before = custom_role(tx, name).await?;
-    if !PermSet::from_names(&before.permissions).is_subset_of(actor)
-        || perms.is_some_and(|p| !p.is_subset_of(actor))
+    if !PermSet::from_names(&before.permissions).is_subset_of(locked.perms())
+        || perms.is_some_and(|p| !p.is_subset_of(locked.perms()))
     {
         return Err(deny(
             "you cannot change a role with permissions you do not hold",
@@ -514,13 +494,10 @@ pub async fn update_role(
     Ok(after)
 }
 
-pub async fn delete_role(tx: &mut TenantTx, actor: PermSet, name: &str) -> Result<(), ApiError> {
+pub async fn delete_role(tx: &mut TenantTx, locked: &Actor, name: &str) -> Result<(), ApiError> {
     let org_id = tx.org_id();
-    repo::lock_org(tx.conn(), org_id)
-        .await?
-        .ok_or(ApiError::NotFound("organization"))?;
     let before = custom_role(tx, name).await?;
-    if !PermSet::from_names(&before.permissions).is_subset_of(actor) {
+    if !PermSet::from_names(&before.permissions).is_subset_of(locked.perms()) {
         return Err(deny(
             "you cannot delete a role with permissions you do not hold",
         ));
@@ -552,8 +529,7 @@ fn token_hash(token: &str) -> [u8; 32] {
 
 pub async fn create_invitation(
     tx: &mut TenantTx,
-    actor_role: &str,
-    actor: PermSet,
+    locked: &Actor,
     invitation_ttl: std::time::Duration,
     input: CreateInvitation,
 ) -> Result<CreatedInvitation, ApiError> {
@@ -563,14 +539,11 @@ pub async fn create_invitation(
     f.finish()?;
     let (email, role) = (email.expect("checked"), role.expect("checked"));
     let org_id = tx.org_id();
-    repo::lock_org(tx.conn(), org_id)
-        .await?
-        .ok_or(ApiError::NotFound("organization"))?;
     let perms = role_perms(tx, "role", role.as_str()).await?;
-    if role.as_str() == OWNER && actor_role != OWNER {
+    if role.as_str() == OWNER && !locked.is_owner() {
         return Err(deny("only an owner can invite owners"));
     }
-    if !perms.is_subset_of(actor) {
+    if !perms.is_subset_of(locked.perms()) {
         return Err(deny(
             "you cannot invite to a role with permissions you do not hold",
         ));
@@ -636,7 +609,11 @@ pub async fn list_invitations(
     Ok(Page::from_rows(rows, limit, |i| i.id))
 }
 
-pub async fn revoke_invitation(tx: &mut TenantTx, id: Uuid) -> Result<(), ApiError> {
+pub async fn revoke_invitation(
+    tx: &mut TenantTx,
+    _locked: &Actor,
+    id: Uuid,
+) -> Result<(), ApiError> {
     let org_id = tx.org_id();
     let inv = repo::revoke_invitation(tx.conn(), org_id, id)
         .await?

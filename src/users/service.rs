@@ -48,6 +48,11 @@ pub async fn update_me(
     let (display_name, avatar_url) = (display_name.expect("checked"), avatar_url.expect("checked"));
     provision(tx, user).await?;
     let id = tx.user_id();
+    if display_name.is_none() && avatar_url.is_none() {
+        return repo::get(tx.conn(), id)
+            .await?
+            .ok_or(ApiError::NotFound("user"));
+    }
     Ok(repo::update_profile(
         tx.conn(),
         id,

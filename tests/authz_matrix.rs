@@ -1,0 +1,639 @@
+//! The authorization matrix: every operation of the OpenAPI document, called
+//! by every kind of caller against its own org's objects and another org's,
+//! over real HTTP, with the expected status of each cell written down here.
+//!
+//! * A route missing from the table (or a table entry missing from the
+//!   document) fails the test, so no route escapes the matrix.
+//! * Every cell expected to be (or answering) 4xx must leave the database
+//!   exactly as it was (`app.snapshot()` before and after).
+//! * Cells expected to succeed on a mutating route get a fixture of their own,
+//!   so one cell's change cannot decide another's outcome.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+// ------------------------------------------------------------------ callers and targets
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Caller {
+    Anonymous,
+    /// Signed in, and only a member of an org of their own.
+    Outsider,
+    Viewer,
+    Member,
+    Admin,
+    Owner,
+}
+
+const CALLERS: [Caller; 6] = [
+    Caller::Anonymous,
+    Caller::Outsider,
+    Caller::Viewer,
+    Caller::Member,
+    Caller::Admin,
+    Caller::Owner,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    /// Routes without an org: the caller acts on themselves.
+    Caller,
+    /// Org A (the role-holding caller's org) and org A's object.
+    OwnOrg,
+    /// Org B (the caller is not a member) and org B's object.
+    OtherOrg,
+    /// Org A in the path, but the object id / name belongs to org B.
+    OtherOrgsObject,
+}
+
+/// The object an org route names after `{org_id}`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Obj {
+    /// `{user_id}`: a member with the `member` role (not the caller).
+    MemberUser,
+    /// `{user_id}`: a member with the `viewer` role (not the caller).
+    ViewerUser,
+    /// `{invitation_id}`: a pending invitation.
+    Invitation,
+    /// `{role}`: an unused custom role.
+    CustomRole,
+}
+
+// ------------------------------------------------------------------ the expectation table
+
+const ALL_ROLES: &[Caller] = &[Caller::Owner, Caller::Admin, Caller::Member, Caller::Viewer];
+const MANAGERS: &[Caller] = &[Caller::Owner, Caller::Admin];
+const OWNER_ONLY: &[Caller] = &[Caller::Owner];
+
+enum Access {
+    /// 200 for everyone, signed in or not.
+    Public,
+    /// 401 anonymous; `ok` for any signed-in user.
+    User { ok: u16 },
+    /// 401 anonymous; 404 unless a member of the org in the path; then `ok`
+    /// for the roles in `allowed`, 403 for the others.
+    Org {
+        allowed: &'static [Caller],
+        ok: u16,
+        object: Option<Obj>,
+        mutating: bool,
+    },
+}
+
+/// What a request body may depend on.
+struct BodyCtx {
+    /// Unique per cell (fresh emails, org names).
+    n: usize,
+    /// The admin user of the org named in the path.
+    org_admin: Uuid,
+}
+
+struct Spec {
+    method: Method,
+    path: &'static str,
+    access: Access,
+    body: fn(&BodyCtx) -> Option<Value>,
+    /// Checked on the response of a cell that got its expected 2xx.
+    check: fn(&Value) -> bool,
+}
+
+fn no_body(_: &BodyCtx) -> Option<Value> {
+    None
+}
+
+fn any_body(_: &Value) -> bool {
+    true
+}
+
+fn is_page(v: &Value) -> bool {
+    v["data"].is_array()
+}
+
+fn org_route(
+    method: Method,
+    path: &'static str,
+    allowed: &'static [Caller],
+    ok: u16,
+    object: Option<Obj>,
+) -> Spec {
+    let mutating = method != Method::GET;
+    Spec {
+        method,
+        path,
+        access: Access::Org {
+            allowed,
+            ok,
+            object,
+            mutating,
+        },
+        body: no_body,
+        check: any_body,
+    }
+}
+
+impl Spec {
+    fn body(mut self, f: fn(&BodyCtx) -> Option<Value>) -> Spec {
+        self.body = f;
+        self
+    }
+    fn check(mut self, f: fn(&Value) -> bool) -> Spec {
+        self.check = f;
+        self
+    }
+    fn key(&self) -> (String, String) {
+        (self.method.as_str().to_owned(), self.path.to_owned())
+    }
+    fn name(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+    fn targets(&self) -> &'static [Target] {
+        match self.access {
+            Access::Public | Access::User { .. } => &[Target::Caller],
+            Access::Org { object: None, .. } => &[Target::OwnOrg, Target::OtherOrg],
+            Access::Org {
+                object: Some(_), ..
+            } => &[Target::OwnOrg, Target::OtherOrg, Target::OtherOrgsObject],
+        }
+    }
+
+    /// The status the cell must answer with.
+    fn expected(&self, caller: Caller, target: Target) -> u16 {
+        match self.access {
+            Access::Public => 200,
+            Access::User { ok } => match caller {
+                Caller::Anonymous => 401,
+                _ => ok,
+            },
+            Access::Org { allowed, ok, .. } => match (caller, target) {
+                (Caller::Anonymous, _) => 401,
+                (Caller::Outsider, _) => 404,
+                (_, Target::OtherOrg) => 404,
+                // The permission is checked before the object is looked up.
+                (role, Target::OtherOrgsObject) => {
+                    if allowed.contains(&role) {
+                        404
+                    } else {
+                        403
+                    }
+                }
+                (role, _) => {
+                    if allowed.contains(&role) {
+                        ok
+                    } else {
+                        403
+                    }
+                }
+            },
+        }
+    }
+
+    fn mutating(&self) -> bool {
+        matches!(self.access, Access::Org { mutating: true, .. })
+    }
+}
+
+fn table() -> Vec<Spec> {
+    use Method as M;
+    let user = |method: Method, path: &'static str, ok: u16| Spec {
+        method,
+        path,
+        access: Access::User { ok },
+        body: no_body,
+        check: any_body,
+    };
+    let public = |path: &'static str| Spec {
+        method: M::GET,
+        path,
+        access: Access::Public,
+        body: no_body,
+        check: |v| v["status"] == "ok",
+    };
+    vec![
+        public("/healthz"),
+        public("/readyz"),
+        // ---- user-level routes
+        user(M::GET, "/api/v1/me", 200).check(|v| v["id"].is_string()),
+        user(M::PATCH, "/api/v1/me", 200)
+            .body(|c| Some(json!({ "display_name": format!("Matrix {}", c.n) }))),
+        user(M::GET, "/api/v1/me/organizations", 200).check(is_page),
+        user(M::GET, "/api/v1/permissions", 200).check(|v| v.is_array()),
+        user(M::POST, "/api/v1/orgs", 201)
+            .body(|c| Some(json!({ "name": format!("Matrix created {}", c.n) })))
+            .check(|v| v["id"].is_string()),
+        user(M::POST, "/api/v1/invitations/accept", 404)
+            .body(|c| Some(json!({ "token": format!("inv_no_such_token_{}", c.n) }))),
+        // ---- organization
+        org_route(M::GET, "/api/v1/orgs/{org_id}", ALL_ROLES, 200, None)
+            .check(|v| v["id"].is_string()),
+        org_route(M::PATCH, "/api/v1/orgs/{org_id}", MANAGERS, 200, None)
+            .body(|_| Some(json!({ "name": "Renamed" })))
+            .check(|v| v["name"] == "Renamed"),
+        org_route(M::DELETE, "/api/v1/orgs/{org_id}", OWNER_ONLY, 204, None),
+        // ---- members
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/members",
+            ALL_ROLES,
+            200,
+            None,
+        )
+        .check(is_page),
+        org_route(
+            M::PATCH,
+            "/api/v1/orgs/{org_id}/members/{user_id}",
+            MANAGERS,
+            200,
+            Some(Obj::MemberUser),
+        )
+        .body(|_| Some(json!({ "role": "viewer" })))
+        .check(|v| v["role"] == "viewer"),
+        org_route(
+            M::DELETE,
+            "/api/v1/orgs/{org_id}/members/{user_id}",
+            MANAGERS,
+            204,
+            Some(Obj::ViewerUser),
+        ),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/transfer-ownership",
+            OWNER_ONLY,
+            200,
+            None,
+        )
+        .body(|c| Some(json!({ "user_id": c.org_admin })))
+        .check(|v| v["role"] == "owner"),
+        // ---- roles
+        org_route(M::GET, "/api/v1/orgs/{org_id}/roles", ALL_ROLES, 200, None).check(is_page),
+        org_route(M::POST, "/api/v1/orgs/{org_id}/roles", MANAGERS, 201, None)
+            .body(|_| Some(json!({ "name": "auditor", "permissions": ["org:read", "audit:read"] })))
+            .check(|v| v["name"] == "auditor"),
+        org_route(
+            M::PATCH,
+            "/api/v1/orgs/{org_id}/roles/{role}",
+            MANAGERS,
+            200,
+            Some(Obj::CustomRole),
+        )
+        .body(|_| Some(json!({ "description": "x" })))
+        .check(|v| v["description"] == "x"),
+        org_route(
+            M::DELETE,
+            "/api/v1/orgs/{org_id}/roles/{role}",
+            MANAGERS,
+            204,
+            Some(Obj::CustomRole),
+        ),
+        // ---- invitations
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/invitations",
+            MANAGERS,
+            200,
+            None,
+        )
+        .check(is_page),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/invitations",
+            MANAGERS,
+            201,
+            None,
+        )
+        .body(|c| {
+            Some(json!({ "email": format!("fresh-{}@matrix.example.com", c.n), "role": "member" }))
+        })
+        .check(|v| v["token"].as_str().is_some_and(|t| t.starts_with("inv_"))),
+        org_route(
+            M::DELETE,
+            "/api/v1/orgs/{org_id}/invitations/{invitation_id}",
+            MANAGERS,
+            204,
+            Some(Obj::Invitation),
+        ),
+        // ---- audit
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/audit-log",
+            MANAGERS,
+            200,
+            None,
+        )
+        .check(is_page),
+    ]
+}
+
+// ------------------------------------------------------------------ fixtures
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn next_n() -> usize {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One org with a user of each built-in role, two more members to act on, an
+/// unused custom role and a pending invitation.
+struct OrgFx {
+    id: Uuid,
+    owner: TestUser,
+    admin: TestUser,
+    member: TestUser,
+    viewer: TestUser,
+    /// Target of PATCH members/{user_id} (role `member`).
+    member_target: TestUser,
+    /// Target of DELETE members/{user_id} (role `viewer`).
+    viewer_target: TestUser,
+    invitation: Uuid,
+    custom_role: &'static str,
+}
+
+/// Org A is where the role-holding callers are; org B is somebody else's.
+/// Org B's custom role has a name org A does not have, so that
+/// `orgs/A/roles/{B's role}` names an object of B only.
+struct Fixture {
+    a: OrgFx,
+    b: OrgFx,
+}
+
+async fn build_org(app: &TestApp, custom_role: &'static str) -> OrgFx {
+    let tag = next_n();
+    let u = |who: &str| app.user(&format!("{who}-{tag}@matrix.example.com"));
+    let owner = u("owner");
+    let id = app.create_org(&owner, &format!("Matrix {tag}")).await;
+    let (admin, member, viewer) = (u("admin"), u("member"), u("viewer"));
+    let (member_target, viewer_target) = (u("member-target"), u("viewer-target"));
+    for (user, role) in [
+        (&admin, "admin"),
+        (&member, "member"),
+        (&viewer, "viewer"),
+        (&member_target, "member"),
+        (&viewer_target, "viewer"),
+    ] {
+        app.add_member(id, &owner, user, role).await;
+    }
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/orgs/{id}/roles"),
+            &owner,
+            json!({ "name": custom_role, "permissions": ["org:read"] }),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 201, "fixture role: {body}");
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/orgs/{id}/invitations"),
+            &owner,
+            json!({ "email": format!("pending-{tag}@matrix.example.com"), "role": "member" }),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 201, "fixture invitation: {body}");
+    let invitation = body["id"].as_str().unwrap().parse().unwrap();
+    OrgFx {
+        id,
+        owner,
+        admin,
+        member,
+        viewer,
+        member_target,
+        viewer_target,
+        invitation,
+        custom_role,
+    }
+}
+
+async fn build_fixture(app: &TestApp) -> Fixture {
+    let (a, b) = tokio::join!(build_org(app, "support"), build_org(app, "partner"));
+    Fixture { a, b }
+}
+
+impl OrgFx {
+    fn caller(&self, c: Caller) -> &TestUser {
+        match c {
+            Caller::Owner => &self.owner,
+            Caller::Admin => &self.admin,
+            Caller::Member => &self.member,
+            Caller::Viewer => &self.viewer,
+            Caller::Anonymous | Caller::Outsider => unreachable!("not a member role"),
+        }
+    }
+}
+
+/// The path and body of one cell.
+fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Option<Value>) {
+    let (org, obj_org) = match target {
+        Target::Caller | Target::OwnOrg => (&fx.a, &fx.a),
+        Target::OtherOrg => (&fx.b, &fx.b),
+        Target::OtherOrgsObject => (&fx.a, &fx.b),
+    };
+    let mut path = spec.path.replace("{org_id}", &org.id.to_string());
+    if let Access::Org {
+        object: Some(obj), ..
+    } = spec.access
+    {
+        let (param, value) = match obj {
+            Obj::MemberUser => ("{user_id}", obj_org.member_target.id.to_string()),
+            Obj::ViewerUser => ("{user_id}", obj_org.viewer_target.id.to_string()),
+            Obj::Invitation => ("{invitation_id}", obj_org.invitation.to_string()),
+            Obj::CustomRole => ("{role}", obj_org.custom_role.to_owned()),
+        };
+        path = path.replace(param, &value);
+    }
+    assert!(
+        !path.contains('{'),
+        "{}: unfilled path parameter in {path}",
+        spec.name()
+    );
+    let body = (spec.body)(&BodyCtx {
+        n,
+        org_admin: org.admin.id,
+    });
+    (path, body)
+}
+
+// ------------------------------------------------------------------ the test
+
+/// Every (method, path template) of the OpenAPI document.
+fn documented_operations() -> BTreeSet<(String, String)> {
+    let (_, doc) = tenantry::app::api();
+    let mut ops = BTreeSet::new();
+    for (path, item) in &doc.paths.paths {
+        for (method, op) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+            ("HEAD", &item.head),
+            ("OPTIONS", &item.options),
+            ("TRACE", &item.trace),
+        ] {
+            if op.is_some() {
+                ops.insert((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+struct Mismatch {
+    op: String,
+    caller: Caller,
+    target: Target,
+    expected: u16,
+    got: u16,
+    note: String,
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 140 {
+        format!("{}…", s.chars().take(140).collect::<String>())
+    } else {
+        s
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix() {
+    let started = Instant::now();
+    let table = table();
+    let mut problems: Vec<String> = Vec::new();
+
+    // 1. The table and the OpenAPI document name the same operations.
+    let documented = documented_operations();
+    let mut tabled = BTreeSet::new();
+    for spec in &table {
+        if !tabled.insert(spec.key()) {
+            problems.push(format!("the table names {} twice", spec.name()));
+        }
+    }
+    for (m, p) in documented.difference(&tabled) {
+        problems.push(format!(
+            "{m} {p} is in the OpenAPI document but has no row in the authorization matrix"
+        ));
+    }
+    for (m, p) in tabled.difference(&documented) {
+        problems.push(format!(
+            "{m} {p} is in the authorization matrix but not in the OpenAPI document"
+        ));
+    }
+
+    // 2. Every cell over real HTTP.
+    let app = TestApp::spawn().await;
+    let outsider = app.user("outsider@matrix.example.com");
+    app.create_org(&outsider, "Outsider Org").await;
+    let mut shared = build_fixture(&app).await;
+    let mut fixtures = 1;
+    let mut cells = 0;
+    let mut mismatches: Vec<Mismatch> = Vec::new();
+
+    for spec in table.iter().filter(|s| documented.contains(&s.key())) {
+        for caller in CALLERS {
+            for &target in spec.targets() {
+                let expected = spec.expected(caller, target);
+                // A cell that should change state gets state of its own.
+                let own_fixture = spec.mutating() && expected < 400;
+                let fresh;
+                let fx = if own_fixture {
+                    fresh = build_fixture(&app).await;
+                    fixtures += 1;
+                    &fresh
+                } else {
+                    &shared
+                };
+                let n = next_n();
+                let (path, body) = request(spec, target, fx, n);
+                let token = match caller {
+                    Caller::Anonymous => None,
+                    Caller::Outsider => Some(outsider.token.as_str()),
+                    role => Some(fx.a.caller(role).token.as_str()),
+                };
+                let before = app.snapshot().await;
+                let (status, resp) = app.call(spec.method.clone(), &path, token, body).await;
+                let got = status.as_u16();
+                cells += 1;
+                let mut dirty = false;
+                let mut record = |note: String| {
+                    mismatches.push(Mismatch {
+                        op: spec.name(),
+                        caller,
+                        target,
+                        expected,
+                        got,
+                        note,
+                    })
+                };
+                if got != expected {
+                    record(short(&resp));
+                } else if got < 300 && !(spec.check)(&resp) {
+                    record(format!("unexpected body: {}", short(&resp)));
+                }
+                if expected >= 400 || got >= 400 {
+                    let after = app.snapshot().await;
+                    if after != before {
+                        record(format!(
+                            "DATABASE CHANGED by a {got} answer (path {path}); body: {}",
+                            short(&resp)
+                        ));
+                        dirty = true;
+                    }
+                }
+                if !own_fixture && spec.mutating() && got < 300 {
+                    // An unexpected success changed the shared fixture.
+                    dirty = true;
+                }
+                if dirty {
+                    shared = build_fixture(&app).await;
+                    fixtures += 1;
+                }
+            }
+        }
+    }
+
+    let elapsed = started.elapsed();
+    eprintln!(
+        "authz matrix: {cells} cells over {} operations, {fixtures} fixtures, {:.1}s",
+        tabled.len(),
+        elapsed.as_secs_f64()
+    );
+    if !mismatches.is_empty() {
+        let mut out = String::new();
+        writeln!(
+            out,
+            "{:<54} {:<9} {:<15} {:>4} {:>4}  body",
+            "operation", "caller", "target", "want", "got"
+        )
+        .unwrap();
+        for m in &mismatches {
+            writeln!(
+                out,
+                "{:<54} {:<9} {:<15} {:>4} {:>4}  {}",
+                m.op,
+                format!("{:?}", m.caller),
+                format!("{:?}", m.target),
+                m.expected,
+                m.got,
+                m.note
+            )
+            .unwrap();
+        }
+        problems.push(format!(
+            "{} of {cells} cells do not match:\n{out}",
+            mismatches.len()
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "authorization matrix failed:\n{}",
+        problems.join("\n")
+    );
+}
