@@ -115,7 +115,10 @@ create table audit_log (
 );
 create index audit_log_org_page_idx on audit_log (org_id, id desc);
 
--- Row Level Security: enabled and forced on every tenant table, and on users:
+-- Row Level Security: enabled and forced on every tenant table, and on users.
+-- Policies read the context through `(select app.current_...())`: an InitPlan
+-- evaluated once per statement instead of once per row.
+-- Users:
 -- a user's profile is visible to themselves and to members of an org they share.
 alter table users enable row level security;
 alter table users force row level security;
@@ -132,43 +135,43 @@ alter table audit_log force row level security;
 
 create policy users_self_or_same_org on users
     using (
-        id = app.current_user_id()
+        id = (select app.current_user_id())
         or exists (select 1 from memberships m
-                   where m.user_id = users.id and m.org_id = app.current_org_id())
+                   where m.user_id = users.id and m.org_id = (select app.current_org_id()))
     )
-    with check (id = app.current_user_id());
+    with check (id = (select app.current_user_id()));
 
 -- An org context sees its own org. A user context without an org (GET /me/organizations)
 -- sees the orgs the user belongs to, and nothing else.
 create policy organizations_tenant on organizations
     using (
-        id = app.current_org_id()
-        or (app.current_org_id() is null and exists (
+        id = (select app.current_org_id())
+        or ((select app.current_org_id()) is null and exists (
             select 1 from memberships m
-            where m.org_id = organizations.id and m.user_id = app.current_user_id()))
+            where m.org_id = organizations.id and m.user_id = (select app.current_user_id())))
     )
-    with check (id = app.current_org_id());
+    with check (id = (select app.current_org_id()));
 
 create policy roles_tenant on roles
-    using (org_id = app.current_org_id()
-           or (app.current_org_id() is null and exists (
+    using (org_id = (select app.current_org_id())
+           or ((select app.current_org_id()) is null and exists (
             select 1 from memberships m
-            where m.org_id = roles.org_id and m.user_id = app.current_user_id() and m.role = roles.name)))
-    with check (org_id = app.current_org_id());
+            where m.org_id = roles.org_id and m.user_id = (select app.current_user_id()) and m.role = roles.name)))
+    with check (org_id = (select app.current_org_id()));
 
 create policy memberships_tenant on memberships
-    using (org_id = app.current_org_id()
-           or (app.current_org_id() is null and user_id = app.current_user_id()))
-    with check (org_id = app.current_org_id());
+    using (org_id = (select app.current_org_id())
+           or ((select app.current_org_id()) is null and user_id = (select app.current_user_id())))
+    with check (org_id = (select app.current_org_id()));
 
 create policy invitations_tenant on invitations
-    using (org_id = app.current_org_id()
-           or (app.current_org_id() is null and token_hash = app.current_invite_token_hash()))
-    with check (org_id = app.current_org_id());
+    using (org_id = (select app.current_org_id())
+           or ((select app.current_org_id()) is null and token_hash = (select app.current_invite_token_hash())))
+    with check (org_id = (select app.current_org_id()));
 
 create policy audit_log_tenant on audit_log
-    using (org_id = app.current_org_id())
-    with check (org_id = app.current_org_id());
+    using (org_id = (select app.current_org_id()))
+    with check (org_id = (select app.current_org_id()));
 
 -- Enter an org as a user, in the current transaction only: switch to the
 -- restricted role, set the tenant context, and return the caller's role and

@@ -20,8 +20,8 @@ cargo build --release --quiet
 
 psql "$ADMIN_URL/postgres" -qc "drop database if exists $DB with (force)" >/dev/null
 
-export DATABASE_URL="postgres://tenantry_api:tenantry_api@127.0.0.1:5432/$DB"
-export MIGRATION_DATABASE_URL="$ADMIN_URL/$DB"
+export DATABASE_URL="postgres://tenantry_api:tenantry_api@127.0.0.1:5432/$DB?sslmode=disable"
+export MIGRATION_DATABASE_URL="$ADMIN_URL/$DB?sslmode=disable"
 export JWT_SECRET="$SECRET" PORT="$PORT" RUST_LOG="${RUST_LOG:-warn}" LOG_FORMAT=json
 "${CARGO_TARGET_DIR:-target}/release/tenantry" dev > /tmp/tenantry-bench.log 2>&1 &
 SERVER=$!
@@ -55,6 +55,7 @@ insert into users (id, email, display_name)
 insert into memberships (org_id, user_id, role)
   select '$ORG', id, case when random() < 0.2 then 'viewer' else 'member' end
   from users where email like 'member%@bench.example';
+analyze;
 SQL
 
 COUNT=$(curl -sf "http://127.0.0.1:$PORT/api/v1/orgs/$ORG/members?limit=100" -H "Authorization: Bearer $TOKEN" \

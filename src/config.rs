@@ -177,7 +177,7 @@ impl Config {
             jwt,
             log_format,
             cors_allowed_origins,
-            db_max_connections: parse_or(&get, "DB_MAX_CONNECTIONS", 16)?,
+            db_max_connections: parse_or(&get, "DB_MAX_CONNECTIONS", 8)?,
             request_timeout: Duration::from_secs(parse_or(&get, "REQUEST_TIMEOUT_SECS", 30)?),
             max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", 256 * 1024)?,
             invitation_ttl: Duration::from_secs(

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::core::db::TenantTx;
+use crate::core::db::{MembershipRow, TenantTx};
 use crate::core::error::ApiError;
 use crate::core::extract::path_uuid;
 
@@ -185,6 +185,23 @@ pub struct OrgContext<R> {
     _requirement: PhantomData<R>,
 }
 
+/// Not a member (or no such org): 404. A member whose role does not meet `R`: 403.
+fn authorize<R: Requirement>(
+    membership: Option<MembershipRow>,
+) -> Result<(MembershipRow, PermSet), ApiError> {
+    let Some(m) = membership else {
+        return Err(ApiError::NotFound("organization"));
+    };
+    let perms = PermSet::from_names(&m.permissions);
+    if !R::allows(&m.role, perms) {
+        return Err(ApiError::Forbidden {
+            code: "permission_denied",
+            detail: format!("this action needs {}", R::describe()),
+        });
+    }
+    Ok((m, perms))
+}
+
 impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
     type Rejection = ApiError;
 
@@ -192,16 +209,7 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         let org_id = path_uuid(parts, "org_id").await?;
         let (tx, membership) = TenantTx::enter(&state.pool, org_id, user.id).await?;
-        let Some(m) = membership else {
-            return Err(ApiError::NotFound("organization"));
-        };
-        let perms = PermSet::from_names(&m.permissions);
-        if !R::allows(&m.role, perms) {
-            return Err(ApiError::Forbidden {
-                code: "permission_denied",
-                detail: format!("this action needs {}", R::describe()),
-            });
-        }
+        let (m, perms) = authorize::<R>(membership)?;
         Ok(OrgContext {
             tx,
             org_id,
@@ -239,16 +247,7 @@ impl<R: Requirement> OrgContext<R> {
     /// Serialises this request with every other change to the org: takes the
     /// org row lock, re-reads the caller's membership and checks `R` again.
     pub async fn lock(&mut self) -> Result<Actor, ApiError> {
-        let Some(m) = self.tx.lock_org().await? else {
-            return Err(ApiError::NotFound("organization"));
-        };
-        let perms = PermSet::from_names(&m.permissions);
-        if !R::allows(&m.role, perms) {
-            return Err(ApiError::Forbidden {
-                code: "permission_denied",
-                detail: format!("this action needs {}", R::describe()),
-            });
-        }
+        let (m, perms) = authorize::<R>(self.tx.lock_org().await?)?;
         self.role = m.role.clone();
         self.perms = perms;
         Ok(Actor {
