@@ -133,41 +133,54 @@ alter table invitations force row level security;
 alter table audit_log enable row level security;
 alter table audit_log force row level security;
 
-create policy users_self_or_same_org on users
+-- Writes (FOR ALL policies) are confined to the org in context. The wider
+-- read-only views of a user context (its own memberships and orgs, or the one
+-- invitation whose token it presented) are FOR SELECT policies, so a user
+-- context can never change or delete anything through them.
+
+-- Users: a profile is readable by its owner and by members of an org in
+-- context that the user belongs to; only its owner writes it.
+create policy users_read on users for select
     using (
         id = (select app.current_user_id())
         or exists (select 1 from memberships m
                    where m.user_id = users.id and m.org_id = (select app.current_org_id()))
-    )
+    );
+create policy users_insert_self on users for insert
+    with check (id = (select app.current_user_id()));
+create policy users_update_self on users for update
+    using (id = (select app.current_user_id()))
     with check (id = (select app.current_user_id()));
 
--- An org context sees its own org. A user context without an org (GET /me/organizations)
--- sees the orgs the user belongs to, and nothing else.
 create policy organizations_tenant on organizations
-    using (
-        id = (select app.current_org_id())
-        or ((select app.current_org_id()) is null and exists (
-            select 1 from memberships m
-            where m.org_id = organizations.id and m.user_id = (select app.current_user_id())))
-    )
+    using (id = (select app.current_org_id()))
     with check (id = (select app.current_org_id()));
+create policy organizations_member_read on organizations for select
+    using ((select app.current_org_id()) is null and exists (
+        select 1 from memberships m
+        where m.org_id = organizations.id and m.user_id = (select app.current_user_id())));
 
 create policy roles_tenant on roles
-    using (org_id = (select app.current_org_id())
-           or ((select app.current_org_id()) is null and exists (
-            select 1 from memberships m
-            where m.org_id = roles.org_id and m.user_id = (select app.current_user_id()) and m.role = roles.name)))
+    using (org_id = (select app.current_org_id()))
     with check (org_id = (select app.current_org_id()));
+create policy roles_member_read on roles for select
+    using ((select app.current_org_id()) is null and exists (
+        select 1 from memberships m
+        where m.org_id = roles.org_id and m.user_id = (select app.current_user_id())
+          and m.role = roles.name));
 
 create policy memberships_tenant on memberships
-    using (org_id = (select app.current_org_id())
-           or ((select app.current_org_id()) is null and user_id = (select app.current_user_id())))
+    using (org_id = (select app.current_org_id()))
     with check (org_id = (select app.current_org_id()));
+create policy memberships_self_read on memberships for select
+    using ((select app.current_org_id()) is null and user_id = (select app.current_user_id()));
 
 create policy invitations_tenant on invitations
-    using (org_id = (select app.current_org_id())
-           or ((select app.current_org_id()) is null and token_hash = (select app.current_invite_token_hash())))
+    using (org_id = (select app.current_org_id()))
     with check (org_id = (select app.current_org_id()));
+create policy invitations_token_read on invitations for select
+    using ((select app.current_org_id()) is null
+           and token_hash = (select app.current_invite_token_hash()));
 
 create policy audit_log_tenant on audit_log
     using (org_id = (select app.current_org_id()))

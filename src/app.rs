@@ -72,19 +72,21 @@ pub fn router(state: AppState) -> axum::Router {
         })
         .with_state(state)
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
-    let router = match cors(&cfg.cors_allowed_origins) {
-        Some(c) => router.layer(c),
-        None => router,
-    };
     let timeout = cfg.request_timeout;
-    router
+    let router = router
         .layer(middleware::from_fn(move |req, next| {
             with_timeout(timeout, req, next)
         }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
-        .layer(middleware::from_fn(request_context))
+        }));
+    // CORS outside the timeout and panic layers, so their problems carry CORS
+    // headers too and a browser can read them.
+    let router = match cors(&cfg.cors_allowed_origins) {
+        Some(c) => router.layer(c),
+        None => router,
+    };
+    router.layer(middleware::from_fn(request_context))
 }
 
 /// The API routes and the OpenAPI document describing exactly them.

@@ -114,7 +114,17 @@ impl Config {
                 return Err(malformed("JWT_SECRET", "must be at least 32 characters"));
             }
             Some(s) => Some(s.into_bytes()),
-            None if dev => Some(DEV_JWT_SECRET.as_bytes().to_vec()),
+            // The public development secret only where nothing else verifies
+            // tokens and nobody but this machine can reach the server.
+            None if dev && get("JWKS_URL").is_none() => {
+                if !bind_addr.ip().is_loopback() {
+                    return Err(ConfigError::Missing {
+                        name: "JWT_SECRET",
+                        hint: " when the dev server listens beyond loopback",
+                    });
+                }
+                Some(DEV_JWT_SECRET.as_bytes().to_vec())
+            }
             None => None,
         };
         let jwks_url = get("JWKS_URL")
@@ -154,13 +164,23 @@ impl Config {
 
         let cors_allowed_origins = match get("CORS_ALLOWED_ORIGINS") {
             Some(v) => {
-                let origins: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
-                for o in &origins {
-                    if o != "*" && Url::parse(o).is_err() {
-                        return Err(malformed(
-                            "CORS_ALLOWED_ORIGINS",
-                            format!("{o:?} is not an origin"),
-                        ));
+                let mut origins = Vec::new();
+                for o in v.split(',').map(str::trim) {
+                    if o == "*" {
+                        origins.push(o.to_owned());
+                        continue;
+                    }
+                    // Browsers send scheme://host[:port]; normalise what was configured.
+                    match Url::parse(o).map(|u| u.origin()) {
+                        Ok(origin) if origin.is_tuple() => {
+                            origins.push(origin.ascii_serialization())
+                        }
+                        _ => {
+                            return Err(malformed(
+                                "CORS_ALLOWED_ORIGINS",
+                                format!("{o:?} is not an origin"),
+                            ));
+                        }
                     }
                 }
                 origins
@@ -181,7 +201,16 @@ impl Config {
             request_timeout: Duration::from_secs(parse_or(&get, "REQUEST_TIMEOUT_SECS", 30)?),
             max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", 256 * 1024)?,
             invitation_ttl: Duration::from_secs(
-                3600 * parse_or::<u64>(&get, "INVITATION_TTL_HOURS", 7 * 24)?,
+                3600 * {
+                    let hours = parse_or::<u64>(&get, "INVITATION_TTL_HOURS", 7 * 24)?;
+                    if !(1..=8760).contains(&hours) {
+                        return Err(malformed(
+                            "INVITATION_TTL_HOURS",
+                            "must be between 1 and 8760",
+                        ));
+                    }
+                    hours
+                },
             ),
             create_database: dev,
         })
@@ -314,6 +343,43 @@ mod tests {
             assert!(err.contains(name), "{name}: {err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn the_dev_secret_is_only_for_a_loopback_server_without_other_keys() {
+        let c = cfg(
+            Profile::Dev,
+            &[("JWKS_URL", "https://auth.example.com/jwks")],
+        )
+        .unwrap();
+        assert!(c.jwt.secret.is_none());
+        let err = cfg(Profile::Dev, &[("BIND_ADDR", "0.0.0.0:8080")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        let c = cfg(Profile::Dev, &[]).unwrap();
+        assert_eq!(c.jwt.secret.as_deref(), Some(DEV_JWT_SECRET.as_bytes()));
+    }
+
+    #[test]
+    fn bounded_and_normalised_settings() {
+        for hours in ["0", "8761", "99999999999999"] {
+            let err = cfg(Profile::Dev, &[("INVITATION_TTL_HOURS", hours)]).unwrap_err();
+            assert!(err.to_string().contains("INVITATION_TTL_HOURS"), "{hours}");
+        }
+        let c = cfg(
+            Profile::Dev,
+            &[(
+                "CORS_ALLOWED_ORIGINS",
+                "https://app.example.com/, http://localhost:3000/x",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.cors_allowed_origins,
+            vec!["https://app.example.com", "http://localhost:3000"]
+        );
+        assert!(cfg(Profile::Dev, &[("CORS_ALLOWED_ORIGINS", "not an origin")]).is_err());
     }
 
     #[test]

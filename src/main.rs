@@ -67,6 +67,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { action } => {
             let cfg = DbConfig::from_env(Profile::Production)?;
+            if std::env::var("MIGRATION_DATABASE_URL").is_err() {
+                // The API's role must own nothing: migrations need their own.
+                anyhow::bail!(
+                    "configuration error: MIGRATION_DATABASE_URL is required (the owner role for migrations)"
+                );
+            }
             telemetry::init(tenantry::config::LogFormat::Pretty);
             match action.unwrap_or(MigrateAction::Up) {
                 MigrateAction::Up => {

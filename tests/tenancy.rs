@@ -721,10 +721,13 @@ async fn rls_alone_keeps_orgs_apart_for_raw_sql_as_the_app_role() {
         .await,
         rls,
     );
-    assert_denied(
-        "promote oneself with a user context",
-        exec(pool, as_bob, "update memberships set role = 'owner'").await,
-        rls,
+    // A user context sees its memberships read-only: the update finds no row to change.
+    assert_eq!(
+        exec(pool, as_bob, "update memberships set role = 'owner'")
+            .await
+            .unwrap(),
+        0,
+        "promote oneself with a user context"
     );
 
     // Invite-token context: exactly the invitation with that hash, nothing else.
@@ -907,4 +910,60 @@ async fn another_orgs_resources_are_404_over_http_and_nothing_changes() {
     let (s, members) = app.get(&format!("{b}/members"), &cat).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(members["data"].as_array().unwrap().len(), 2);
+}
+
+/// A user context (no org) may read its own memberships and orgs, and an
+/// invitation by its token, but may change nothing through those views: a
+/// viewer could otherwise delete the org or leave past the last-owner rule.
+#[tokio::test]
+async fn a_user_context_reads_its_own_rows_but_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner-w@example.com");
+    let viewer = app.user("viewer-w@example.com");
+    let org = app.create_org(&owner, "Write Wall").await;
+    app.add_member(org, &owner, &viewer, "viewer").await;
+    let pool = &app.db.app;
+    let as_viewer = Ctx::User(viewer.id, None);
+    let as_owner = Ctx::User(owner.id, None);
+
+    assert_eq!(
+        scalar(pool, as_viewer, "select count(*) from memberships").await,
+        1
+    );
+    assert_eq!(
+        scalar(pool, as_viewer, "select count(*) from organizations").await,
+        1
+    );
+
+    for (who, me, ctx) in [
+        ("viewer", viewer.id, as_viewer),
+        ("owner", owner.id, as_owner),
+    ] {
+        for sql in [
+            "delete from organizations".to_owned(),
+            "update organizations set name = 'hijacked'".to_owned(),
+            "delete from memberships".to_owned(),
+            "update memberships set role = 'owner'".to_owned(),
+            "delete from roles".to_owned(),
+            "update roles set permissions = '{org:delete}'".to_owned(),
+            format!("update users set display_name = 'x' where id <> '{me}'"),
+        ] {
+            let n = exec(pool, ctx, &sql).await.unwrap_or(0);
+            assert_eq!(n, 0, "{who}: {sql} changed {n} rows");
+        }
+    }
+    // The user may change their own profile.
+    let own = format!(
+        "update users set display_name = 'me' where id = '{}'",
+        viewer.id
+    );
+    assert_eq!(exec(pool, as_viewer, &own).await.unwrap(), 1);
+    assert_eq!(
+        admin_count(&app, "select count(*) from memberships").await,
+        2
+    );
+    assert_eq!(
+        admin_count(&app, "select count(*) from organizations").await,
+        1
+    );
 }

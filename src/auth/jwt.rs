@@ -237,14 +237,21 @@ impl JwksCache {
             }
         }
         self.state.write().await.last_attempt = Some(Instant::now());
-        let body: JwkSet = self
+        let mut res = self
             .client
             .get(self.url.clone())
             .send()
             .await?
-            .error_for_status()?
-            .json()
-            .await?;
+            .error_for_status()?;
+        // A JWKS is a few KiB; refuse to buffer more than 1 MiB of it.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = res.chunk().await? {
+            if bytes.len() + chunk.len() > 1024 * 1024 {
+                anyhow::bail!("JWKS response is larger than 1 MiB");
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body: JwkSet = serde_json::from_slice(&bytes)?;
         let keys = body
             .keys
             .iter()

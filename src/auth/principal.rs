@@ -39,6 +39,13 @@ impl FromRequestParts<AppState> for AuthUser {
             .as_deref()
             .and_then(|s| Uuid::parse_str(s).ok())
             .ok_or_else(|| ApiError::Unauthorized("token subject is not a user id".into()))?;
+        if claims
+            .email
+            .as_deref()
+            .is_some_and(|e| e.len() > 320 || e.chars().any(char::is_control))
+        {
+            return Err(ApiError::Unauthorized("token email is malformed".into()));
+        }
         let user = AuthUser {
             id,
             email_verified: claims.email_verified(),

@@ -21,7 +21,15 @@ pub const APP_GROUP_ROLE: &str = "tenantry_app";
 
 pub async fn connect_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let opts: PgConnectOptions = url.parse().context("DATABASE_URL is malformed")?;
-    let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+    // A request that waits too long on a lock or a query fails (503) instead of
+    // holding a connection; a transaction abandoned mid-way cannot hold locks.
+    let opts = opts
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .options([
+            ("lock_timeout", "5s"),
+            ("statement_timeout", "20s"),
+            ("idle_in_transaction_session_timeout", "30s"),
+        ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
@@ -69,7 +77,14 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
 /// login role (user and password of `database_url`) exists with the grants it
 /// needs and no more.
 pub async fn migrate_up(migration_url: &str, database_url: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(migration_url)
+    // Statements are not logged on this connection: role DDL carries a password.
+    let opts: PgConnectOptions = migration_url
+        .parse()
+        .context("MIGRATION_DATABASE_URL is malformed")?;
+    let mut conn = opts
+        .log_statements(tracing::log::LevelFilter::Off)
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600))
+        .connect()
         .await
         .context("cannot connect to Postgres (MIGRATION_DATABASE_URL)")?;
     MIGRATOR.run(&mut conn).await.context("migration failed")?;
@@ -144,6 +159,17 @@ pub async fn ensure_app_role(conn: &mut PgConnection, database_url: &str) -> any
         );
         return Ok(());
     }
+    let existing: Option<(bool, bool)> =
+        sqlx::query_as("select rolsuper, rolbypassrls from pg_roles where rolname = $1")
+            .bind(&user)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if existing.is_some_and(|(sup, bypass)| sup || bypass) {
+        anyhow::bail!(
+            "DATABASE_URL names the role {user:?}, which is a superuser or has BYPASSRLS; \
+             the API needs a role of its own (it is created when it does not exist)"
+        );
+    }
     let password = url.password().map(percent_decode);
     let db: String = sqlx::query_scalar("select current_database()::text")
         .fetch_one(&mut *conn)
@@ -151,7 +177,8 @@ pub async fn ensure_app_role(conn: &mut PgConnection, database_url: &str) -> any
     let role = quote_ident(&user);
     let password_sql = match &password {
         Some(p) => format!("password {}", quote_literal(p)),
-        None => "password null".to_owned(),
+        // No password in the URL: leave whatever the operator set.
+        None => String::new(),
     };
     let statements = [
         format!(
@@ -194,19 +221,21 @@ pub async fn ensure_app_role(conn: &mut PgConnection, database_url: &str) -> any
     Ok(())
 }
 
+/// Decodes a URL's user or password as sqlx does (`+` stays `+`).
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// An escape-string literal (`E'...'`): correct whatever
+/// `standard_conforming_strings` says.
 fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// The caller's role in an org and the permissions it carries, as read by
@@ -350,4 +379,20 @@ impl UserTx {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parts_decode_as_sqlx_decodes_them() {
+        assert_eq!(percent_decode("a+b%2Fc%40d"), "a+b/c@d");
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's\\"), "E'it''s\\\\'");
+    }
 }

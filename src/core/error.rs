@@ -85,6 +85,20 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        let busy = match &e {
+            sqlx::Error::PoolTimedOut => true,
+            // lock_not_available (lock_timeout), query_canceled (statement_timeout)
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "57014")),
+            _ => false,
+        };
+        if busy {
+            tracing::warn!(error = %e, "database busy");
+            return ApiError::Status {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "busy",
+                detail: "the service is busy; retry shortly".into(),
+            };
+        }
         ApiError::Internal(anyhow::Error::new(e))
     }
 }

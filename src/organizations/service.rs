@@ -22,7 +22,7 @@ use super::repo::{self, AuditRecord};
 use crate::auth::AuthUser;
 use crate::auth::rbac::{Actor, OWNER, OWNER_ONLY, PermSet, Permission, builtin_permissions};
 use crate::core::db::{TenantTx, UserTx};
-use crate::core::error::{ApiError, FieldError, is_unique_violation};
+use crate::core::error::{ApiError, FieldError, is_foreign_key_violation, is_unique_violation};
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Email, Fields, OrgName, OrgSlug, RoleName};
 
@@ -688,7 +688,20 @@ pub async fn accept_invitation(
             "the role of this invitation no longer exists",
         ));
     }
-    if !repo::insert_membership(tx.conn(), org_id, user.id, &inv.role).await? {
+    let inserted = repo::insert_membership(tx.conn(), org_id, user.id, &inv.role)
+        .await
+        .map_err(|e| {
+            // The role went away between the check and the insert.
+            if is_foreign_key_violation(&e) {
+                ApiError::conflict(
+                    "role_missing",
+                    "the role of this invitation no longer exists",
+                )
+            } else {
+                e.into()
+            }
+        })?;
+    if !inserted {
         return Err(ApiError::conflict(
             "already_member",
             "you are already a member of this organization",
