@@ -28,6 +28,7 @@ use crate::core::telemetry;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    pub cache: crate::core::cache::Cache,
     pub verifier: Arc<Verifier>,
     pub config: Arc<Config>,
 }
@@ -306,8 +307,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = Verifier::new(&config.jwt)?;
     verifier.warm_up().await;
     let bind = config.bind_addr;
+    let cache = crate::core::cache::Cache::new(&config.redis_url, "tenantry", config.cache_ttl)?;
     let state = AppState {
         pool: pool.clone(),
+        cache,
         verifier: Arc::new(verifier),
         config: Arc::new(config),
     };

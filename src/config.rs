@@ -34,6 +34,9 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub invitation_ttl: Duration,
+    /// Lifetime of cached reads; also the longest a read can be stale when
+    /// an invalidation cannot reach Redis.
+    pub cache_ttl: Duration,
     /// Create the database named in `MIGRATION_DATABASE_URL` when it is missing.
     pub create_database: bool,
 }
@@ -212,6 +215,13 @@ impl Config {
                     hours
                 },
             ),
+            cache_ttl: Duration::from_secs({
+                let secs = parse_or::<u64>(&get, "CACHE_TTL_SECS", 30)?;
+                if !(1..=3600).contains(&secs) {
+                    return Err(malformed("CACHE_TTL_SECS", "must be between 1 and 3600"));
+                }
+                secs
+            }),
             create_database: dev,
         })
     }

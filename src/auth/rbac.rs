@@ -182,6 +182,7 @@ pub struct OrgContext<R> {
     pub user: AuthUser,
     pub role: String,
     pub perms: PermSet,
+    cache: crate::core::cache::Cache,
     _requirement: PhantomData<R>,
 }
 
@@ -216,7 +217,108 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
             user,
             role: m.role,
             perms,
+            cache: state.cache.clone(),
             _requirement: PhantomData,
+        })
+    }
+}
+
+/// A caller-independent read of an org (the same body for every member),
+/// served from the tenant cache when it can be.
+///
+/// Extraction verifies the token and looks up, in one Redis round trip, the
+/// caller's cached membership and the cached body of this exact path and query.
+/// With both present and the membership meeting `R`, the body is served
+/// without touching Postgres. Otherwise it opens an [`OrgContext`] as usual
+/// (404/403 as there) and hands back a [`ViewFill`] to cache the fresh body.
+pub enum OrgView<R> {
+    Cached(Vec<u8>),
+    Fresh {
+        ctx: Box<OrgContext<R>>,
+        fill: ViewFill,
+    },
+}
+
+/// Where a freshly read body goes in the cache (under the epoch seen before reading).
+pub struct ViewFill {
+    cache: crate::core::cache::Cache,
+    org_id: Uuid,
+    epoch: Option<String>,
+    view: String,
+}
+
+impl ViewFill {
+    /// Stores the body in the background; the response does not wait for it.
+    pub fn store(self, body: Vec<u8>) {
+        if let Some(epoch) = self.epoch {
+            tokio::spawn(async move {
+                self.cache
+                    .store_view(self.org_id, &epoch, &self.view, body)
+                    .await;
+            });
+        }
+    }
+}
+
+impl<R: Requirement> FromRequestParts<AppState> for OrgView<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let org_id = path_uuid(parts, "org_id").await?;
+        let view = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let found = state.cache.lookup(org_id, user.id, &view).await;
+        if let Some((role, perms)) = &found.membership {
+            let perms = PermSet::from_names(perms);
+            if !R::allows(role, perms) {
+                return Err(ApiError::Forbidden {
+                    code: "permission_denied",
+                    detail: format!("this action needs {}", R::describe()),
+                });
+            }
+            if let Some(body) = found.body {
+                return Ok(OrgView::Cached(body));
+            }
+        }
+        let (tx, membership) = TenantTx::enter(&state.pool, org_id, user.id).await?;
+        let (m, perms) = authorize::<R>(membership)?;
+        if let (Some(epoch), None) = (&found.epoch, &found.membership) {
+            let (cache, epoch, role, names) = (
+                state.cache.clone(),
+                epoch.clone(),
+                m.role.clone(),
+                m.permissions.clone(),
+            );
+            let user_id = user.id;
+            tokio::spawn(async move {
+                cache
+                    .store_membership(org_id, user_id, &epoch, &role, &names)
+                    .await;
+            });
+        }
+        let ctx = OrgContext {
+            tx,
+            org_id,
+            user,
+            role: m.role,
+            perms,
+            cache: state.cache.clone(),
+            _requirement: PhantomData,
+        };
+        let fill = ViewFill {
+            cache: state.cache.clone(),
+            org_id,
+            epoch: found.epoch,
+            view,
+        };
+        Ok(OrgView::Fresh {
+            ctx: Box::new(ctx),
+            fill,
         })
     }
 }
@@ -244,6 +346,14 @@ impl Actor {
 }
 
 impl<R: Requirement> OrgContext<R> {
+    /// Commits a change to the org, then invalidates its cached reads.
+    pub async fn commit_changes(self) -> Result<(), ApiError> {
+        let (org_id, cache) = (self.org_id, self.cache);
+        self.tx.commit().await?;
+        cache.invalidate_org(org_id).await;
+        Ok(())
+    }
+
     /// Serialises this request with every other change to the org: takes the
     /// org row lock, re-reads the caller's membership and checks `R` again.
     pub async fn lock(&mut self) -> Result<Actor, ApiError> {

@@ -3,13 +3,15 @@
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
-use axum::http::{StatusCode, request::Parts};
+use axum::http::{StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::*;
 use super::service;
 use crate::app::AppState;
+use crate::auth::rbac::OrgView;
 use crate::auth::{AuthUser, OrgContext, perm};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery};
@@ -69,7 +71,7 @@ async fn update_org(
 ) -> Result<Json<Organization>, ApiError> {
     let actor = ctx.lock().await?;
     let org = service::update_org(&mut ctx.tx, &actor, input).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(Json(org))
 }
 
@@ -80,7 +82,7 @@ async fn update_org(
 async fn delete_org(mut ctx: OrgContext<perm::OrgDelete>) -> Result<StatusCode, ApiError> {
     let actor = ctx.lock().await?;
     service::delete_org(&mut ctx.tx, &actor).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -88,12 +90,20 @@ async fn delete_org(mut ctx: OrgContext<perm::OrgDelete>) -> Result<StatusCode, 
     params(("org_id" = Uuid, Path), PageQuery),
     responses((status = 200, body = Page<Member>)))]
 async fn list_members(
-    mut ctx: OrgContext<perm::MembersRead>,
+    view: OrgView<perm::MembersRead>,
     ValidQuery(q): ValidQuery<PageQuery>,
-) -> Result<Json<Page<Member>>, ApiError> {
-    let page = service::list_members(&mut ctx.tx, &q).await?;
-    ctx.tx.commit().await?;
-    Ok(Json(page))
+) -> Result<Response, ApiError> {
+    let body = match view {
+        OrgView::Cached(body) => body,
+        OrgView::Fresh { mut ctx, fill } => {
+            let page = service::list_members(&mut ctx.tx, &q).await?;
+            ctx.tx.commit().await?;
+            let body = serde_json::to_vec(&page).map_err(anyhow::Error::from)?;
+            fill.store(body.clone());
+            body
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Changes a member's role. Only owners make or unmake owners; nobody grants
@@ -109,7 +119,7 @@ async fn update_member(
 ) -> Result<Json<Member>, ApiError> {
     let actor = ctx.lock().await?;
     let member = service::change_member_role(&mut ctx.tx, &actor, ids.0[1], input).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(Json(member))
 }
 
@@ -124,7 +134,7 @@ async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let actor = ctx.lock().await?;
     service::remove_member(&mut ctx.tx, &actor, ids.0[1]).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -139,7 +149,7 @@ async fn transfer_ownership(
 ) -> Result<Json<Member>, ApiError> {
     let actor = ctx.lock().await?;
     let member = service::transfer_ownership(&mut ctx.tx, &actor, input).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(Json(member))
 }
 
@@ -165,7 +175,7 @@ async fn create_role(
 ) -> Result<(StatusCode, Json<Role>), ApiError> {
     let actor = ctx.lock().await?;
     let role = service::create_role(&mut ctx.tx, &actor, input).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
 
@@ -200,7 +210,7 @@ async fn update_role(
 ) -> Result<Json<Role>, ApiError> {
     let actor = ctx.lock().await?;
     let role = service::update_role(&mut ctx.tx, &actor, name.as_str(), input).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(Json(role))
 }
 
@@ -213,7 +223,7 @@ async fn delete_role(
 ) -> Result<StatusCode, ApiError> {
     let actor = ctx.lock().await?;
     service::delete_role(&mut ctx.tx, &actor, name.as_str()).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -245,7 +255,7 @@ async fn create_invitation(
     let actor = ctx.lock().await?;
     let inv =
         service::create_invitation(&mut ctx.tx, &actor, state.config.invitation_ttl, input).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok((StatusCode::CREATED, Json(inv)))
 }
 
@@ -258,7 +268,7 @@ async fn revoke_invitation(
 ) -> Result<StatusCode, ApiError> {
     let actor = ctx.lock().await?;
     service::revoke_invitation(&mut ctx.tx, &actor, ids.0[1]).await?;
-    ctx.tx.commit().await?;
+    ctx.commit_changes().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -275,9 +285,9 @@ async fn accept_invitation(
     user: AuthUser,
     ValidJson(input): ValidJson<AcceptInvitation>,
 ) -> Result<Json<AcceptedInvitation>, ApiError> {
-    Ok(Json(
-        service::accept_invitation(&state.pool, &user, input).await?,
-    ))
+    let accepted = service::accept_invitation(&state.pool, &user, input).await?;
+    state.cache.invalidate_org(accepted.organization.id).await;
+    Ok(Json(accepted))
 }
 
 /// Changes to the organization, newest first.

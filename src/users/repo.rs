@@ -73,3 +73,11 @@ pub async fn list_organizations(
     .fetch_all(conn)
     .await
 }
+
+/// Ids of the orgs the user belongs to (through the user-only context).
+pub async fn org_ids(conn: &mut PgConnection, user_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("select org_id from memberships where user_id = $1")
+        .bind(user_id)
+        .fetch_all(conn)
+        .await
+}

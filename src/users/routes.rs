@@ -41,7 +41,10 @@ async fn update_me(
 ) -> Result<Json<User>, ApiError> {
     let mut tx = UserTx::enter(&state.pool, user.id, None).await?;
     let me = service::update_me(&mut tx, &user, input).await?;
+    let orgs = service::my_org_ids(&mut tx).await?;
     tx.commit().await?;
+    // The profile shows in these orgs' member lists.
+    state.cache.invalidate_orgs(&orgs).await;
     Ok(Json(me))
 }
 

@@ -72,3 +72,9 @@ pub async fn my_organizations(
     let rows = repo::list_organizations(tx.conn(), id, after, limit + 1).await?;
     Ok(Page::from_rows(rows, limit, |o| o.id))
 }
+
+/// The orgs whose cached reads show this user (their member lists).
+pub async fn my_org_ids(tx: &mut UserTx) -> Result<Vec<uuid::Uuid>, ApiError> {
+    let id = tx.user_id();
+    Ok(repo::org_ids(tx.conn(), id).await?)
+}

@@ -163,8 +163,12 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, config: Config, verifier: Verifier) -> TestApp {
+        let prefix = format!("test-{}", Uuid::new_v4().simple());
+        let cache = tenantry::core::cache::Cache::new(&config.redis_url, &prefix, config.cache_ttl)
+            .expect("cache");
         let state = AppState {
             pool: db.app.clone(),
+            cache,
             verifier: Arc::new(verifier),
             config: Arc::new(config),
         };
