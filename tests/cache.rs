@@ -199,3 +199,26 @@ async fn without_redis_every_read_goes_to_postgres_and_works() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn only_first_pages_are_cached() {
+    let app = TestApp::spawn().await;
+    let ann = app.user("ann6@cache.example");
+    let bob = app.user("bob6@cache.example");
+    let org = app.create_org(&ann, "Pages Org").await;
+    app.add_member(org, &ann, &bob, "member").await;
+    let path = format!("/api/v1/orgs/{org}/members?limit=1");
+    let (_, first) = app.get(&path, &ann).await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let next = format!("{path}&cursor={cursor}");
+    let (s, page2) = app.get(&next, &ann).await;
+    assert_eq!(s, StatusCode::OK, "{page2}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    rename_in_db(&app, bob.id, "Second Page Fresh").await;
+    let (_, again) = app.get(&next, &ann).await;
+    assert_eq!(
+        names(&again),
+        vec!["Second Page Fresh".to_owned()],
+        "{again}"
+    );
+}

@@ -16,6 +16,7 @@ use crate::auth::AuthUser;
 use crate::core::db::{MembershipRow, TenantTx};
 use crate::core::error::ApiError;
 use crate::core::extract::path_uuid;
+use crate::core::pagination::{DEFAULT_LIMIT, PageQuery};
 
 macro_rules! permissions {
     ($($variant:ident = $name:literal : $desc:literal,)*) => {
@@ -223,8 +224,8 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
     }
 }
 
-/// A caller-independent read of an org (the same body for every member),
-/// served from the tenant cache when it can be.
+/// A caller-independent, paginated read of an org (the same body for every
+/// member), whose first pages are served from the tenant cache when they can be.
 ///
 /// Extraction verifies the token and looks up, in one Redis round trip, the
 /// caller's cached membership and the cached body of this exact path and query.
@@ -266,13 +267,22 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgView<R> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         let org_id = path_uuid(parts, "org_id").await?;
-        let view = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let found = state.cache.lookup(org_id, user.id, &view).await;
+        // Only first pages are cached, under a key built from the parsed
+        // limit: the key space per org stays small whatever callers send.
+        let view = serde_urlencoded::from_str::<PageQuery>(parts.uri.query().unwrap_or_default())
+            .ok()
+            .filter(|q| q.cursor.is_none() && q.limit().is_ok())
+            .map(|q| {
+                format!(
+                    "{}?limit={}",
+                    parts.uri.path(),
+                    q.limit().unwrap_or(DEFAULT_LIMIT)
+                )
+            });
+        let found = match &view {
+            Some(view) => state.cache.lookup(org_id, user.id, view).await,
+            None => Default::default(),
+        };
         if let Some((role, perms)) = &found.membership {
             let perms = PermSet::from_names(perms);
             if !R::allows(role, perms) {
@@ -313,8 +323,8 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgView<R> {
         let fill = ViewFill {
             cache: state.cache.clone(),
             org_id,
-            epoch: found.epoch,
-            view,
+            epoch: found.epoch.filter(|_| view.is_some()),
+            view: view.unwrap_or_default(),
         };
         Ok(OrgView::Fresh {
             ctx: Box::new(ctx),
