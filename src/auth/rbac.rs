@@ -210,17 +210,30 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         let org_id = path_uuid(parts, "org_id").await?;
+        Ok(OrgContext::enter(state, org_id, user).await?.0)
+    }
+}
+
+impl<R: Requirement> OrgContext<R> {
+    /// Opens the tenant transaction and checks `R`; also returns the
+    /// membership it read (role and permission names).
+    async fn enter(
+        state: &AppState,
+        org_id: Uuid,
+        user: AuthUser,
+    ) -> Result<(Self, MembershipRow), ApiError> {
         let (tx, membership) = TenantTx::enter(&state.pool, org_id, user.id).await?;
         let (m, perms) = authorize::<R>(membership)?;
-        Ok(OrgContext {
+        let ctx = OrgContext {
             tx,
             org_id,
             user,
-            role: m.role,
+            role: m.role.clone(),
             perms,
             cache: state.cache.clone(),
             _requirement: PhantomData,
-        })
+        };
+        Ok((ctx, m))
     }
 }
 
@@ -295,31 +308,16 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgView<R> {
                 return Ok(OrgView::Cached(body));
             }
         }
-        let (tx, membership) = TenantTx::enter(&state.pool, org_id, user.id).await?;
-        let (m, perms) = authorize::<R>(membership)?;
+        let user_id = user.id;
+        let (ctx, m) = OrgContext::enter(state, org_id, user).await?;
         if let (Some(epoch), None) = (&found.epoch, &found.membership) {
-            let (cache, epoch, role, names) = (
-                state.cache.clone(),
-                epoch.clone(),
-                m.role.clone(),
-                m.permissions.clone(),
-            );
-            let user_id = user.id;
+            let (cache, epoch) = (state.cache.clone(), epoch.clone());
             tokio::spawn(async move {
                 cache
-                    .store_membership(org_id, user_id, &epoch, &role, &names)
+                    .store_membership(org_id, user_id, &epoch, &m.role, &m.permissions)
                     .await;
             });
         }
-        let ctx = OrgContext {
-            tx,
-            org_id,
-            user,
-            role: m.role,
-            perms,
-            cache: state.cache.clone(),
-            _requirement: PhantomData,
-        };
         let fill = ViewFill {
             cache: state.cache.clone(),
             org_id,
