@@ -307,7 +307,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = Verifier::new(&config.jwt)?;
     verifier.warm_up().await;
     let bind = config.bind_addr;
-    let cache = crate::core::cache::Cache::new(&config.redis_url, "tenantry", config.cache_ttl)?;
+    let cache =
+        crate::core::cache::Cache::new(&config.redis_url, &config.cache_prefix, config.cache_ttl)?;
     let state = AppState {
         pool: pool.clone(),
         cache,

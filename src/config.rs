@@ -37,6 +37,8 @@ pub struct Config {
     /// Lifetime of cached reads; also the longest a read can be stale when
     /// an invalidation cannot reach Redis.
     pub cache_ttl: Duration,
+    /// Prefix of every cache key, so deployments can share one Redis.
+    pub cache_prefix: String,
     /// Create the database named in `MIGRATION_DATABASE_URL` when it is missing.
     pub create_database: bool,
 }
@@ -216,12 +218,23 @@ impl Config {
                 },
             ),
             cache_ttl: Duration::from_secs({
-                let secs = parse_or::<u64>(&get, "CACHE_TTL_SECS", 30)?;
-                if !(1..=3600).contains(&secs) {
-                    return Err(malformed("CACHE_TTL_SECS", "must be between 1 and 3600"));
+                let secs = parse_or::<u64>(&get, "CACHE_TTL_SECS", 5)?;
+                if !(1..=300).contains(&secs) {
+                    return Err(malformed("CACHE_TTL_SECS", "must be between 1 and 300"));
                 }
                 secs
             }),
+            cache_prefix: {
+                let p = get("CACHE_PREFIX").unwrap_or_else(|| "tenantry".to_owned());
+                if p.len() > 64
+                    || !p
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(malformed("CACHE_PREFIX", "use up to 64 of a-z A-Z 0-9 - _"));
+                }
+                p
+            },
             create_database: dev,
         })
     }

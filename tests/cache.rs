@@ -222,3 +222,72 @@ async fn only_first_pages_are_cached() {
         "{again}"
     );
 }
+
+#[tokio::test]
+async fn one_entry_per_view_however_the_org_id_is_spelled() {
+    let app = TestApp::spawn().await;
+    let ann = app.user("ann7@cache.example");
+    let org = app.create_org(&ann, "Spelling Org").await;
+    let (_, lower) = app.get(&format!("/api/v1/orgs/{org}/members"), &ann).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    rename_in_db(&app, ann.id, "Only In Postgres").await;
+    let upper = org.to_string().to_uppercase();
+    let (s, other) = app
+        .get(&format!("/api/v1/orgs/{upper}/members"), &ann)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{other}");
+    assert_eq!(
+        lower, other,
+        "the uppercase spelling should hit the same entry"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_epoch_never_brings_old_entries_back() {
+    let app = TestApp::spawn().await;
+    let ann = app.user("ann8@cache.example");
+    let org = app.create_org(&ann, "Epoch Org").await;
+    let path = format!("/api/v1/orgs/{org}/members");
+    let (_, first) = app.get(&path, &ann).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The epoch key vanishes (eviction, restart) while old entries still live.
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let epoch_key = format!("{}:org:{{{org}}}:epoch", app.cache_prefix);
+    let removed: i64 = redis::cmd("DEL")
+        .arg(&epoch_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the org had an epoch");
+    rename_in_db(&app, ann.id, "After The Loss").await;
+    let (_, second) = app.get(&path, &ann).await;
+    assert_ne!(first, second);
+    assert!(
+        names(&second).contains(&"After The Loss".to_owned()),
+        "{second}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_email_in_the_token_refreshes_member_lists() {
+    let app = TestApp::spawn().await;
+    let ann = app.user("ann9@cache.example");
+    let org = app.create_org(&ann, "Email Org").await;
+    let path = format!("/api/v1/orgs/{org}/members");
+    let (_, before) = app.get(&path, &ann).await;
+    assert_eq!(before["data"][0]["email"], "ann9@cache.example");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let renamed = TestUser {
+        id: ann.id,
+        email: "ann9.new@cache.example".into(),
+        token: token_for(ann.id, "ann9.new@cache.example"),
+    };
+    let (s, me) = app.get("/api/v1/me", &renamed).await;
+    assert_eq!(s, StatusCode::OK, "{me}");
+    let (_, after) = app.get(&path, &renamed).await;
+    assert_eq!(
+        after["data"][0]["email"], "ann9.new@cache.example",
+        "{after}"
+    );
+}

@@ -285,10 +285,12 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgView<R> {
         let view = serde_urlencoded::from_str::<PageQuery>(parts.uri.query().unwrap_or_default())
             .ok()
             .filter(|q| q.cursor.is_none() && q.limit().is_ok())
-            .map(|q| {
+            .zip(parts.extensions.get::<axum::extract::MatchedPath>())
+            // The route template, not the raw path: one key however the org id is spelled.
+            .map(|(q, route)| {
                 format!(
                     "{}?limit={}",
-                    parts.uri.path(),
+                    route.as_str(),
                     q.limit().unwrap_or(DEFAULT_LIMIT)
                 )
             });

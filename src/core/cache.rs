@@ -1,44 +1,56 @@
 //! Tenant-scoped read cache in Redis, with invalidation by epoch.
 //!
-//! Every org has an epoch counter. Cached values live under keys that include
-//! the org and its epoch (`{prefix}:org:{org}:e{epoch}:...`), so one `INCR`
-//! after a committed change makes every cached value of that org unreachable
-//! at once; the old entries expire on their own (`CACHE_TTL_SECS`). A reader
-//! takes the epoch, its membership entry and the cached body in one round
-//! trip (a Lua script).
+//! Every org has an epoch: a random token in Redis. Cached values live under
+//! keys that include the org and its epoch (`{prefix}:org:{<org>}:e<epoch>:...`),
+//! so replacing the token after a committed change makes every cached value of
+//! that org unreachable at once; the old entries expire on their own. A random
+//! token (not a counter) can never come back: an epoch lost to eviction or a
+//! Redis restart just means a miss, never an old entry revived. A reader takes
+//! the epoch, its membership entry and the cached body in one round trip (a
+//! Lua script).
 //!
 //! The cache is an accelerator, never the source of truth: if Redis is slow
-//! or down, lookups miss (within a short timeout) and requests go to Postgres.
-//! If an invalidation cannot reach Redis, entries of the old epoch stay
-//! readable until their TTL, which bounds staleness.
+//! or down, lookups miss within a short timeout and requests go to Postgres.
+//! Entries live `CACHE_TTL_SECS` (default 5 s). A reader whose membership entry
+//! has expired goes to Postgres and refreshes both its membership and the
+//! body; so if an invalidation cannot reach Redis (it is retried in the
+//! background), stale reads and stale authorization end within that TTL.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
+/// KEYS[1]: the org's epoch key. ARGV: entry key prefix (up to the epoch),
+/// membership suffix, view suffix. Misses come back as empty strings.
 const READ_SCRIPT: &str = r#"
-local epoch = redis.call('GET', KEYS[1]) or '0'
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then return { '', '', '' } end
 local base = ARGV[1] .. epoch .. ':'
-return { epoch, redis.call('GET', base .. ARGV[2]), redis.call('GET', base .. ARGV[3]) }
+return { epoch, redis.call('GET', base .. ARGV[2]) or '', redis.call('GET', base .. ARGV[3]) or '' }
 "#;
 
-/// How long an org's epoch counter lives without changes; far longer than any entry.
-const EPOCH_TTL_SECS: i64 = 7 * 24 * 3600;
+/// How long an org's epoch lives without changes; far longer than any entry.
+const EPOCH_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// After a failed call, reads and stores skip Redis for this long, so an
 /// outage costs one timeout now and then instead of one per request.
 const BACKOFF: Duration = Duration::from_secs(2);
 
+/// The longest any request waits on Redis.
+const CALL_TIMEOUT: Duration = Duration::from_millis(150);
+
 #[derive(Clone)]
 pub struct Cache {
     conn: Option<ConnectionManager>,
-    /// Milliseconds since `epoch_start` until which Redis is considered down.
-    down_until: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    epoch_start: std::time::Instant,
+    /// Milliseconds since `started` until which Redis is considered down.
+    down_until: Arc<AtomicU64>,
+    started: Instant,
     prefix: String,
     ttl_secs: u64,
-    read: std::sync::Arc<redis::Script>,
+    read: Arc<redis::Script>,
 }
 
 /// What one lookup found, and the epoch to store fresh values under.
@@ -63,39 +75,45 @@ impl Cache {
         Ok(Cache {
             conn: Some(conn),
             down_until: Default::default(),
-            epoch_start: std::time::Instant::now(),
+            started: Instant::now(),
             prefix: prefix.to_owned(),
             ttl_secs: ttl.as_secs().max(1),
-            read: std::sync::Arc::new(redis::Script::new(READ_SCRIPT)),
+            read: Arc::new(redis::Script::new(READ_SCRIPT)),
         })
-    }
-
-    /// A cache that never hits (tests of the uncached path, or no Redis).
-    pub fn disabled() -> Self {
-        Cache {
-            conn: None,
-            down_until: Default::default(),
-            epoch_start: std::time::Instant::now(),
-            prefix: String::new(),
-            ttl_secs: 1,
-            read: std::sync::Arc::new(redis::Script::new(READ_SCRIPT)),
-        }
     }
 
     /// The connection, unless Redis failed within the last `BACKOFF`.
     fn available(&self) -> Option<ConnectionManager> {
-        let now = self.epoch_start.elapsed().as_millis() as u64;
-        if now < self.down_until.load(std::sync::atomic::Ordering::Relaxed) {
+        let now = self.started.elapsed().as_millis() as u64;
+        if now < self.down_until.load(Ordering::Relaxed) {
             return None;
         }
         self.conn.clone()
     }
 
-    fn failed(&self, what: &str, e: &redis::RedisError) {
-        let until = (self.epoch_start.elapsed() + BACKOFF).as_millis() as u64;
-        self.down_until
-            .store(until, std::sync::atomic::Ordering::Relaxed);
+    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        let until = (self.started.elapsed() + BACKOFF).as_millis() as u64;
+        self.down_until.store(until, Ordering::Relaxed);
         tracing::debug!(error = %e, "cache {what} failed; skipping Redis for {BACKOFF:?}");
+    }
+
+    /// Runs one Redis call within `CALL_TIMEOUT`.
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.failed(what, &e);
+                None
+            }
+            Err(_) => {
+                self.failed(what, &"timed out");
+                None
+            }
+        }
     }
 
     fn org_base(&self, org: Uuid) -> String {
@@ -115,39 +133,67 @@ impl Cache {
     }
 
     /// The epoch, the caller's membership and the body cached under `view`.
+    /// An org without an epoch gets one (a miss this time).
     pub async fn lookup(&self, org: Uuid, user: Uuid, view: &str) -> Lookup {
         let Some(mut conn) = self.available() else {
             return Lookup::default();
         };
-        let result: redis::RedisResult<(String, Option<String>, Option<Vec<u8>>)> = self
-            .read
-            .key(self.epoch_key(org))
+        let mut script = self.read.key(self.epoch_key(org));
+        script
             .arg(format!("{}:e", self.org_base(org)))
             .arg(Self::member_suffix(user))
-            .arg(format!("view:{view}"))
-            .invoke_async(&mut conn)
-            .await;
-        match result {
-            Ok((epoch, member, body)) => Lookup {
-                epoch: Some(epoch),
-                membership: member.and_then(|m| {
-                    let (role, perms) = m.split_once('\t')?;
-                    Some((
-                        role.to_owned(),
-                        perms
-                            .split(',')
-                            .filter(|p| !p.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                    ))
-                }),
-                body,
-            },
-            Err(e) => {
-                self.failed("lookup", &e);
-                Lookup::default()
-            }
+            .arg(format!("view:{view}"));
+        let found: Option<(String, String, Vec<u8>)> =
+            self.call("lookup", script.invoke_async(&mut conn)).await;
+        let Some((epoch, member, body)) = found else {
+            return Lookup::default();
+        };
+        if epoch.is_empty() {
+            // First read of this org (or its epoch was lost): start an epoch
+            // and fill under it.
+            return Lookup {
+                epoch: self.start_epoch(org).await,
+                ..Lookup::default()
+            };
         }
+        Lookup {
+            membership: member.split_once('\t').map(|(role, perms)| {
+                let perms = perms.split(',').filter(|p| !p.is_empty());
+                (role.to_owned(), perms.map(str::to_owned).collect())
+            }),
+            body: (!body.is_empty()).then_some(body),
+            epoch: Some(epoch),
+        }
+    }
+
+    /// Sets a fresh random epoch for the org, replacing any other.
+    async fn new_epoch(&self, org: Uuid) -> bool {
+        let Some(mut conn) = self.conn.clone() else {
+            return true;
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.epoch_key(org))
+            .arg(Uuid::new_v4().simple().to_string())
+            .arg("EX")
+            .arg(EPOCH_TTL_SECS);
+        let r: Option<redis::Value> = self.call("epoch", cmd.query_async(&mut conn)).await;
+        r.is_some()
+    }
+
+    /// The org's epoch, set to a fresh random one if it has none (`SET NX GET`:
+    /// whoever comes first wins, everyone gets the winner).
+    async fn start_epoch(&self, org: Uuid) -> Option<String> {
+        let mut conn = self.available()?;
+        let mine = Uuid::new_v4().simple().to_string();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.epoch_key(org))
+            .arg(&mine)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(EPOCH_TTL_SECS);
+        let previous: Option<Option<String>> = self.call("epoch", cmd.query_async(&mut conn)).await;
+        previous.map(|p| p.unwrap_or(mine))
     }
 
     /// Stores the caller's membership under the epoch the lookup saw.
@@ -160,11 +206,8 @@ impl Cache {
         perms: &[String],
     ) {
         let value = format!("{role}\t{}", perms.join(","));
-        self.set(
-            self.entry_key(org, epoch, &Self::member_suffix(user)),
-            value.into_bytes(),
-        )
-        .await;
+        let key = self.entry_key(org, epoch, &Self::member_suffix(user));
+        self.set(key, value.into_bytes()).await;
     }
 
     /// Stores a response body for `view` under the epoch the lookup saw.
@@ -177,38 +220,46 @@ impl Cache {
         let Some(mut conn) = self.available() else {
             return;
         };
-        let r: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("EX")
-            .arg(self.ttl_secs)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = r {
-            self.failed("store", &e);
-        }
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("EX").arg(self.ttl_secs);
+        let _: Option<()> = self.call("store", cmd.query_async(&mut conn)).await;
     }
 
     /// Makes every cached value of these orgs unreachable. Call after the
-    /// change committed.
+    /// change committed. A failed attempt is retried in the background.
     pub async fn invalidate_orgs(&self, orgs: &[Uuid]) {
-        // Tried even while reads skip Redis: a missed invalidation is what
-        // leaves stale entries behind.
-        let Some(conn) = &self.conn else { return };
-        if orgs.is_empty() {
+        if self.conn.is_none() {
             return;
         }
-        let mut conn = conn.clone();
-        let mut pipe = redis::pipe();
+        let mut failed = Vec::new();
         for org in orgs {
-            let key = self.epoch_key(*org);
-            pipe.cmd("INCR").arg(&key).ignore();
-            pipe.cmd("EXPIRE").arg(&key).arg(EPOCH_TTL_SECS).ignore();
+            if !self.new_epoch(*org).await {
+                failed.push(*org);
+            }
         }
-        let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "cache invalidation failed; entries expire within the TTL");
+        if failed.is_empty() {
+            return;
         }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            for delay in [200, 500, 1000, 2000] {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let mut still = Vec::new();
+                for org in failed {
+                    if !cache.new_epoch(org).await {
+                        still.push(org);
+                    }
+                }
+                if still.is_empty() {
+                    return;
+                }
+                failed = still;
+            }
+            tracing::warn!(
+                orgs = failed.len(),
+                "cache invalidation failed; stale entries expire within CACHE_TTL_SECS"
+            );
+        });
     }
 
     pub async fn invalidate_org(&self, org: Uuid) {

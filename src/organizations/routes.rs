@@ -46,9 +46,10 @@ async fn create_org(
     ValidJson(input): ValidJson<CreateOrganization>,
 ) -> Result<(StatusCode, Json<Organization>), ApiError> {
     let mut utx = crate::core::db::UserTx::enter(&state.pool, user.id, None).await?;
-    crate::users::service::provision(&mut utx, &user).await?;
+    let stale = crate::users::service::provision(&mut utx, &user).await?;
     let (tx, org) = service::create_org(utx, input).await?;
     tx.commit().await?;
+    state.cache.invalidate_orgs(&stale).await;
     Ok((StatusCode::CREATED, Json(org)))
 }
 
@@ -285,8 +286,9 @@ async fn accept_invitation(
     user: AuthUser,
     ValidJson(input): ValidJson<AcceptInvitation>,
 ) -> Result<Json<AcceptedInvitation>, ApiError> {
-    let accepted = service::accept_invitation(&state.pool, &user, input).await?;
-    state.cache.invalidate_org(accepted.organization.id).await;
+    let (accepted, mut stale) = service::accept_invitation(&state.pool, &user, input).await?;
+    stale.push(accepted.organization.id);
+    state.cache.invalidate_orgs(&stale).await;
     Ok(Json(accepted))
 }
 

@@ -631,12 +631,13 @@ pub async fn revoke_invitation(
 }
 
 /// Accepts an invitation: the token finds it, the caller's verified email must
-/// match, and it works once, before it expires.
+/// match, and it works once, before it expires. Also returns the other orgs
+/// whose cached member lists show the caller, if provisioning changed them.
 pub async fn accept_invitation(
     pool: &sqlx::PgPool,
     user: &AuthUser,
     input: AcceptInvitation,
-) -> Result<AcceptedInvitation, ApiError> {
+) -> Result<(AcceptedInvitation, Vec<Uuid>), ApiError> {
     let token = input.token.trim();
     if token.is_empty() || token.len() > 256 {
         return Err(ApiError::field(
@@ -647,7 +648,7 @@ pub async fn accept_invitation(
     }
     let hash = token_hash(token);
     let mut utx = UserTx::enter(pool, user.id, Some(&hash)).await?;
-    crate::users::service::provision(&mut utx, user).await?;
+    let stale = crate::users::service::provision(&mut utx, user).await?;
     let found = repo::find_invitation_by_token(utx.conn(), &hash)
         .await?
         .ok_or(ApiError::NotFound("invitation"))?;
@@ -731,10 +732,13 @@ pub async fn accept_invitation(
         .await?
         .ok_or(ApiError::NotFound("organization"))?;
     tx.commit().await?;
-    Ok(AcceptedInvitation {
-        organization,
-        role: inv.role,
-    })
+    Ok((
+        AcceptedInvitation {
+            organization,
+            role: inv.role,
+        },
+        stale,
+    ))
 }
 
 // ---------------------------------------------------------------- audit

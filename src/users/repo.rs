@@ -8,17 +8,20 @@ use crate::organizations::model::MyOrganization;
 
 /// Inserts the user on first sight and keeps the email in step with the token;
 /// writes nothing when nothing changed.
-pub async fn upsert(conn: &mut PgConnection, id: Uuid, email: Option<&str>) -> sqlx::Result<()> {
-    sqlx::query(
+/// Returns whether an existing user's email changed.
+pub async fn upsert(conn: &mut PgConnection, id: Uuid, email: Option<&str>) -> sqlx::Result<bool> {
+    let changed: Option<bool> = sqlx::query_scalar(
         "insert into users (id, email) values ($1, $2)
          on conflict (id) do update set email = excluded.email, updated_at = now()
-         where users.email is distinct from excluded.email and excluded.email is not null",
+         where users.email is distinct from excluded.email and excluded.email is not null
+         returning xmax <> 0",
     )
     .bind(id)
     .bind(email)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    // `xmax <> 0`: the row was updated rather than inserted.
+    Ok(changed == Some(true))
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<User>> {

@@ -27,8 +27,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/v1/me", tag = "users", responses((status = 200, body = User)))]
 async fn get_me(State(state): State<AppState>, user: AuthUser) -> Result<Json<User>, ApiError> {
     let mut tx = UserTx::enter(&state.pool, user.id, None).await?;
-    let me = service::me(&mut tx, &user).await?;
+    let (me, stale) = service::me(&mut tx, &user).await?;
     tx.commit().await?;
+    state.cache.invalidate_orgs(&stale).await;
     Ok(Json(me))
 }
 
@@ -40,11 +41,10 @@ async fn update_me(
     ValidJson(input): ValidJson<UpdateMe>,
 ) -> Result<Json<User>, ApiError> {
     let mut tx = UserTx::enter(&state.pool, user.id, None).await?;
-    let me = service::update_me(&mut tx, &user, input).await?;
-    let orgs = service::my_org_ids(&mut tx).await?;
+    let (me, stale) = service::update_me(&mut tx, &user, input).await?;
     tx.commit().await?;
     // The profile shows in these orgs' member lists.
-    state.cache.invalidate_orgs(&orgs).await;
+    state.cache.invalidate_orgs(&stale).await;
     Ok(Json(me))
 }
 

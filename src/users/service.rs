@@ -8,27 +8,35 @@ use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields};
 use crate::organizations::model::MyOrganization;
+use uuid::Uuid;
 
 /// Makes sure the token's user exists (id = `sub`, email from the claim).
-pub async fn provision(tx: &mut UserTx, user: &AuthUser) -> Result<(), ApiError> {
+/// Returns the orgs whose cached member lists must be refreshed because the
+/// email changed (none for a new user or an unchanged one).
+pub async fn provision(tx: &mut UserTx, user: &AuthUser) -> Result<Vec<Uuid>, ApiError> {
     let id = tx.user_id();
-    repo::upsert(tx.conn(), id, user.email.as_deref()).await?;
-    Ok(())
+    if repo::upsert(tx.conn(), id, user.email.as_deref()).await? {
+        return my_org_ids(tx).await;
+    }
+    Ok(Vec::new())
 }
 
-pub async fn me(tx: &mut UserTx, user: &AuthUser) -> Result<User, ApiError> {
-    provision(tx, user).await?;
+/// The profile, and the orgs to refresh (see [`provision`]).
+pub async fn me(tx: &mut UserTx, user: &AuthUser) -> Result<(User, Vec<Uuid>), ApiError> {
+    let stale = provision(tx, user).await?;
     let id = tx.user_id();
-    repo::get(tx.conn(), id)
+    let me = repo::get(tx.conn(), id)
         .await?
-        .ok_or(ApiError::NotFound("user"))
+        .ok_or(ApiError::NotFound("user"))?;
+    Ok((me, stale))
 }
 
+/// Changes the profile; also returns the orgs whose member lists show it.
 pub async fn update_me(
     tx: &mut UserTx,
     user: &AuthUser,
     input: UpdateMe,
-) -> Result<User, ApiError> {
+) -> Result<(User, Vec<Uuid>), ApiError> {
     let mut f = Fields::default();
     let display_name = match &input.display_name {
         Some(Some(n)) => f
@@ -46,20 +54,23 @@ pub async fn update_me(
     };
     f.finish()?;
     let (display_name, avatar_url) = (display_name.expect("checked"), avatar_url.expect("checked"));
-    provision(tx, user).await?;
+    let stale = provision(tx, user).await?;
     let id = tx.user_id();
     if display_name.is_none() && avatar_url.is_none() {
-        return repo::get(tx.conn(), id)
+        let me = repo::get(tx.conn(), id)
             .await?
-            .ok_or(ApiError::NotFound("user"));
+            .ok_or(ApiError::NotFound("user"))?;
+        return Ok((me, stale));
     }
-    Ok(repo::update_profile(
+    let me = repo::update_profile(
         tx.conn(),
         id,
         display_name.as_ref().map(|o| o.as_deref()),
         avatar_url.as_ref().map(|o| o.as_deref()),
     )
-    .await?)
+    .await?;
+    let orgs = my_org_ids(tx).await?;
+    Ok((me, orgs))
 }
 
 pub async fn my_organizations(
@@ -74,7 +85,7 @@ pub async fn my_organizations(
 }
 
 /// The orgs whose cached reads show this user (their member lists).
-pub async fn my_org_ids(tx: &mut UserTx) -> Result<Vec<uuid::Uuid>, ApiError> {
+pub async fn my_org_ids(tx: &mut UserTx) -> Result<Vec<Uuid>, ApiError> {
     let id = tx.user_id();
     Ok(repo::org_ids(tx.conn(), id).await?)
 }

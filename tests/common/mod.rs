@@ -123,6 +123,8 @@ pub struct TestUser {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Prefix of this app's Redis keys (one per test).
+    pub cache_prefix: String,
     pub base: String,
     pub client: reqwest::Client,
     pub db: TestDb,
@@ -180,6 +182,7 @@ impl TestApp {
         });
         TestApp {
             addr,
+            cache_prefix: prefix,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             db,
