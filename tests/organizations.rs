@@ -101,16 +101,6 @@ async fn role_of(app: &TestApp, org: Uuid, reader: &TestUser, user_id: Uuid) -> 
         .map(|m| m["role"].as_str().unwrap().to_owned())
 }
 
-/// Memberships as stored (superuser, bypassing RLS).
-async fn db_role(app: &TestApp, org: Uuid, user_id: Uuid) -> Option<String> {
-    sqlx::query_scalar("select role from memberships where org_id = $1 and user_id = $2")
-        .bind(org)
-        .bind(user_id)
-        .fetch_optional(&app.db.admin)
-        .await
-        .unwrap()
-}
-
 async fn count_in_org(app: &TestApp, table: &str, org: Uuid) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "select count(*) from {table} where org_id = $1"
@@ -663,7 +653,10 @@ async fn accepting_matches_the_email_case_insensitively_and_grants_the_role() {
     assert_eq!(s, StatusCode::OK, "{accepted}");
     assert_eq!(accepted["role"], "viewer");
     assert_eq!(accepted["organization"]["id"], org.to_string());
-    assert_eq!(db_role(&app, org, ann.id).await.as_deref(), Some("viewer"));
+    assert_eq!(
+        app.stored_role(org, ann.id).await.as_deref(),
+        Some("viewer")
+    );
     assert_eq!(
         role_of(&app, org, &ann, ann.id).await.as_deref(),
         Some("viewer")
@@ -680,7 +673,7 @@ async fn accepting_matches_the_email_case_insensitively_and_grants_the_role() {
     let bob = user_with_token(id, "BOB@EXAMPLE.COM", token_for(id, "BOB@EXAMPLE.COM"));
     let (s, body) = accept(&app, &bob, &inv["token"]).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    assert_eq!(db_role(&app, org, id).await.as_deref(), Some("member"));
+    assert_eq!(app.stored_role(org, id).await.as_deref(), Some("member"));
 }
 
 #[tokio::test]
@@ -711,7 +704,7 @@ async fn accepting_with_another_email_is_forbidden() {
     let before = app.snapshot().await;
     let (s, body) = accept(&app, &eve, &inv["token"]).await;
     assert_problem(s, &body, StatusCode::FORBIDDEN, "email_mismatch");
-    assert_eq!(db_role(&app, org, eve.id).await, None);
+    assert_eq!(app.stored_role(org, eve.id).await, None);
     assert_eq!(app.snapshot().await, before, "not even eve's user row");
 
     // A token without an email cannot accept either.
@@ -726,7 +719,7 @@ async fn accepting_with_another_email_is_forbidden() {
     // The invitation still works for ann.
     let (s, _) = accept(&app, &ann, &inv["token"]).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(db_role(&app, org, ann.id).await.as_deref(), Some("admin"));
+    assert_eq!(app.stored_role(org, ann.id).await.as_deref(), Some("admin"));
 }
 
 #[tokio::test]
@@ -754,7 +747,7 @@ async fn accepting_with_an_unverified_email_is_forbidden() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{what}: {body}");
         assert_eq!(body["code"], "email_mismatch", "{what}");
     }
-    assert_eq!(db_role(&app, org, id).await, None);
+    assert_eq!(app.stored_role(org, id).await, None);
     assert_eq!(app.snapshot().await, before);
 
     // Verified: accepted.
@@ -782,7 +775,7 @@ async fn an_expired_invitation_is_gone_and_can_be_sent_again() {
     let before = app.snapshot().await;
     let (s, body) = accept(&app, &ann, &inv["token"]).await;
     assert_problem(s, &body, StatusCode::GONE, "invitation_expired");
-    assert_eq!(db_role(&app, org, ann.id).await, None);
+    assert_eq!(app.stored_role(org, ann.id).await, None);
     assert_eq!(app.snapshot().await, before);
     // Expired invitations are not listed as open.
     let (_, list) = app
@@ -824,7 +817,7 @@ async fn a_revoked_invitation_is_not_found() {
     let (s, body) = accept(&app, &ann, &inv["token"]).await;
     assert_problem(s, &body, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(app.snapshot().await, before);
-    assert_eq!(db_role(&app, org, ann.id).await, None);
+    assert_eq!(app.stored_role(org, ann.id).await, None);
     let (_, list) = app
         .get(&format!("/api/v1/orgs/{org}/invitations"), &owner)
         .await;
@@ -1021,14 +1014,20 @@ async fn a_role_cannot_grant_more_than_its_holder_has() {
     let (s, body) = set_role(&app, org, &mia, owner.id, "reader").await;
     assert_problem(s, &body, StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(app.snapshot().await, before);
-    assert_eq!(db_role(&app, org, bob.id).await.as_deref(), Some("reader"));
+    assert_eq!(
+        app.stored_role(org, bob.id).await.as_deref(),
+        Some("reader")
+    );
 
     // Within its own permissions it works.
     let role = create_role(&app, org, &mia, "lister", &["org:read", "members:read"]).await;
     assert_eq!(role["permissions"], json!(["org:read", "members:read"]));
     let (s, m) = set_role(&app, org, &mia, bob.id, "lister").await;
     assert_eq!(s, StatusCode::OK, "{m}");
-    assert_eq!(db_role(&app, org, bob.id).await.as_deref(), Some("lister"));
+    assert_eq!(
+        app.stored_role(org, bob.id).await.as_deref(),
+        Some("lister")
+    );
 }
 
 #[tokio::test]
@@ -1183,7 +1182,7 @@ async fn an_admin_cannot_make_or_unmake_owners() {
     // And an owner may make owners.
     let (s, m) = set_role(&app, org, &owner, bob.id, "owner").await;
     assert_eq!(s, StatusCode::OK, "{m}");
-    assert_eq!(db_role(&app, org, bob.id).await.as_deref(), Some("owner"));
+    assert_eq!(app.stored_role(org, bob.id).await.as_deref(), Some("owner"));
 }
 
 #[tokio::test]
@@ -1201,7 +1200,10 @@ async fn the_last_owner_can_neither_be_demoted_nor_leave() {
     let (s, body) = app.delete(&me, &owner).await;
     assert_problem(s, &body, StatusCode::CONFLICT, "last_owner");
     assert_eq!(app.snapshot().await, before);
-    assert_eq!(db_role(&app, org, owner.id).await.as_deref(), Some("owner"));
+    assert_eq!(
+        app.stored_role(org, owner.id).await.as_deref(),
+        Some("owner")
+    );
 
     // With a second owner, the first may step down, and the other may not.
     let (s, _) = set_role(&app, org, &owner, bob.id, "owner").await;
@@ -1212,7 +1214,7 @@ async fn the_last_owner_can_neither_be_demoted_nor_leave() {
         .delete(&format!("/api/v1/orgs/{org}/members/{}", bob.id), &bob)
         .await;
     assert_problem(s, &body, StatusCode::CONFLICT, "last_owner");
-    assert_eq!(db_role(&app, org, bob.id).await.as_deref(), Some("owner"));
+    assert_eq!(app.stored_role(org, bob.id).await.as_deref(), Some("owner"));
 }
 
 #[tokio::test]
@@ -1235,7 +1237,7 @@ async fn a_member_can_leave_and_owners_can_remove_members() {
         .delete(&format!("/api/v1/orgs/{org}/members/{}", bob.id), &bob)
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    assert_eq!(db_role(&app, org, bob.id).await, None);
+    assert_eq!(app.stored_role(org, bob.id).await, None);
     let (s, body) = app.get(&format!("/api/v1/orgs/{org}"), &bob).await;
     assert_problem(s, &body, StatusCode::NOT_FOUND, "not_found");
     let (_, mine) = app.get("/api/v1/me/organizations", &bob).await;
@@ -1291,8 +1293,11 @@ async fn ownership_can_be_transferred_to_a_member_only() {
     assert_eq!(s, StatusCode::OK, "{new_owner}");
     assert_eq!(new_owner["user_id"], bob.id.to_string());
     assert_eq!(new_owner["role"], "owner");
-    assert_eq!(db_role(&app, org, bob.id).await.as_deref(), Some("owner"));
-    assert_eq!(db_role(&app, org, owner.id).await.as_deref(), Some("admin"));
+    assert_eq!(app.stored_role(org, bob.id).await.as_deref(), Some("owner"));
+    assert_eq!(
+        app.stored_role(org, owner.id).await.as_deref(),
+        Some("admin")
+    );
     let (_, mine) = app.get("/api/v1/me/organizations", &owner).await;
     assert_eq!(mine["data"][0]["role"], "admin");
     let (_, log) = app
@@ -1312,8 +1317,11 @@ async fn ownership_can_be_transferred_to_a_member_only() {
     assert_problem(s, &body, StatusCode::FORBIDDEN, "permission_denied");
     let (s, body) = app.post(&path, &bob, json!({ "user_id": owner.id })).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    assert_eq!(db_role(&app, org, owner.id).await.as_deref(), Some("owner"));
-    assert_eq!(db_role(&app, org, bob.id).await.as_deref(), Some("admin"));
+    assert_eq!(
+        app.stored_role(org, owner.id).await.as_deref(),
+        Some("owner")
+    );
+    assert_eq!(app.stored_role(org, bob.id).await.as_deref(), Some("admin"));
 }
 
 // ---------------------------------------------------------------- audit log

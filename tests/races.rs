@@ -32,15 +32,6 @@ async fn owners(app: &TestApp, org: Uuid) -> Vec<Uuid> {
     v
 }
 
-async fn role_of(app: &TestApp, org: Uuid, user: Uuid) -> Option<String> {
-    sqlx::query_scalar("select role from memberships where org_id = $1 and user_id = $2")
-        .bind(org)
-        .bind(user)
-        .fetch_optional(&app.db.admin)
-        .await
-        .unwrap()
-}
-
 async fn audit_count(app: &TestApp, org: Uuid, action: &str) -> i64 {
     sqlx::query_scalar("select count(*) from audit_log where org_id = $1 and action = $2")
         .bind(org)
@@ -185,7 +176,10 @@ async fn one_invitation_accepted_twice_at_once_works_once() {
         .await
         .unwrap();
         assert_eq!(memberships, 1, "round {i}");
-        assert_eq!(role_of(&app, org, bob.id).await.as_deref(), Some("member"));
+        assert_eq!(
+            app.stored_role(org, bob.id).await.as_deref(),
+            Some("member")
+        );
         let (accepted_at, accepted_by): (Option<chrono::DateTime<chrono::Utc>>, Option<Uuid>) =
             sqlx::query_as("select accepted_at, accepted_by from invitations where id = $1")
                 .bind(inv_id)
@@ -227,11 +221,11 @@ async fn transfer_racing_a_demotion_of_the_transferring_owner_keeps_an_owner() {
         // The demotion always ends with ann an admin (a no-op when the
         // transfer already made her one).
         assert_eq!(sd, StatusCode::OK, "round {i}: demotion {bd}");
-        assert_eq!(role_of(&app, org, ann.id).await.as_deref(), Some("admin"));
+        assert_eq!(app.stored_role(org, ann.id).await.as_deref(), Some("admin"));
         let expected = match st {
             StatusCode::OK => sorted(vec![bob.id, carl.id]),
             StatusCode::FORBIDDEN => {
-                assert_eq!(role_of(&app, org, bob.id).await.as_deref(), Some("admin"));
+                assert_eq!(app.stored_role(org, bob.id).await.as_deref(), Some("admin"));
                 vec![carl.id]
             }
             _ => panic!("round {i}: transfer {st} {bt}"),
@@ -263,7 +257,7 @@ async fn transfer_racing_a_demotion_of_the_transferring_owner_keeps_an_owner() {
             "round {i}: demotion {sd} {bd}"
         );
         assert_eq!(owners(&app, org).await, vec![bob.id], "round {i}");
-        assert_eq!(role_of(&app, org, ann.id).await.as_deref(), Some("admin"));
+        assert_eq!(app.stored_role(org, ann.id).await.as_deref(), Some("admin"));
     }
     assert_eq!(ownerless_orgs(&app).await, 0);
 }
@@ -372,7 +366,7 @@ async fn owner_demoted_while_waiting_cannot_invite_an_owner() {
     )
     .await;
     assert_eq!(s1, StatusCode::OK, "{b1}");
-    assert_eq!(role_of(&app, org, bob.id).await.as_deref(), Some("admin"));
+    assert_eq!(app.stored_role(org, bob.id).await.as_deref(), Some("admin"));
     let owner_invites: i64 = sqlx::query_scalar(
         "select count(*) from invitations where org_id = $1 and email = 'mallory@example.com'",
     )
@@ -434,7 +428,7 @@ async fn member_removed_while_waiting_cannot_invite() {
     )
     .await;
     assert_eq!(s1, StatusCode::NO_CONTENT, "{b1}");
-    assert_eq!(role_of(&app, org, bob.id).await, None);
+    assert_eq!(app.stored_role(org, bob.id).await, None);
     let invites_by_bob: i64 = sqlx::query_scalar(
         "select count(*) from invitations where org_id = $1 and invited_by = $2",
     )

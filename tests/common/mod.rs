@@ -273,6 +273,16 @@ impl TestApp {
         assert_eq!(status, StatusCode::OK, "accept: {body}");
     }
 
+    /// A member's role as stored (superuser, bypassing RLS); None if not a member.
+    pub async fn stored_role(&self, org: Uuid, user: Uuid) -> Option<String> {
+        sqlx::query_scalar("select role from memberships where org_id = $1 and user_id = $2")
+            .bind(org)
+            .bind(user)
+            .fetch_optional(&self.db.admin)
+            .await
+            .unwrap()
+    }
+
     /// Counts rows of a table as the superuser (ignores RLS).
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
