@@ -368,12 +368,7 @@ async fn deleting_an_org_removes_it_with_its_members_roles_and_invitations() {
     assert_problem(s, &body, StatusCode::NOT_FOUND, "not_found");
     let (s, body) = app.delete(&format!("/api/v1/orgs/{org}"), &ann).await;
     assert_problem(s, &body, StatusCode::NOT_FOUND, "not_found");
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from organizations where id = $1)")
-            .bind(org)
-            .fetch_one(&app.db.admin)
-            .await
-            .unwrap();
+    let exists = app.org_exists(org).await;
     assert!(!exists);
     for table in ["memberships", "roles", "invitations", "audit_log"] {
         assert_eq!(count_in_org(&app, table, org).await, 0, "{table}");

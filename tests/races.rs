@@ -394,12 +394,7 @@ async fn owner_demoted_while_waiting_cannot_delete_the_org() {
     )
     .await;
     assert_eq!(s1, StatusCode::OK, "{b1}");
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from organizations where id = $1)")
-            .bind(org)
-            .fetch_one(&app.db.admin)
-            .await
-            .unwrap();
+    let exists = app.org_exists(org).await;
     assert_eq!(
         (s2, exists),
         (StatusCode::FORBIDDEN, true),

@@ -283,6 +283,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Whether the org row exists (superuser, bypassing RLS).
+    pub async fn org_exists(&self, org: Uuid) -> bool {
+        sqlx::query_scalar("select exists (select 1 from organizations where id = $1)")
+            .bind(org)
+            .fetch_one(&self.db.admin)
+            .await
+            .unwrap()
+    }
+
     /// Counts rows of a table as the superuser (ignores RLS).
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
