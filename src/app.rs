@@ -31,6 +31,28 @@ pub struct AppState {
     pub cache: crate::core::cache::Cache,
     pub verifier: Arc<Verifier>,
     pub config: Arc<Config>,
+    /// Broker, mailer and report store (shared with in-process workers).
+    pub jobs: crate::jobs::worker::Services,
+}
+
+impl AppState {
+    /// The state of a server on `pool` with `config`.
+    pub fn new(pool: PgPool, config: Config, verifier: Verifier) -> anyhow::Result<AppState> {
+        let cache = crate::core::cache::Cache::new(
+            &config.redis_url,
+            &config.cache_prefix,
+            config.cache_ttl,
+        )?;
+        let config = Arc::new(config);
+        let jobs = crate::jobs::worker::Services::new(pool.clone(), config.clone())?;
+        Ok(AppState {
+            pool,
+            cache,
+            verifier: Arc::new(verifier),
+            config,
+            jobs,
+        })
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,7 +68,9 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     components(schemas(Problem, FieldError)),
     tags(
         (name = "organizations"), (name = "members"), (name = "roles"),
-        (name = "invitations"), (name = "audit"), (name = "users"), (name = "health")
+        (name = "invitations"), (name = "audit"), (name = "users"), (name = "reports"),
+        (name = "imports"), (name = "admin", description = "Operator routes: a `service_role` key"),
+        (name = "health")
     )
 )]
 struct ApiDoc;
@@ -97,6 +121,8 @@ pub fn api() -> (axum::Router<AppState>, OpenApiDoc) {
         .routes(routes!(readyz))
         .merge(crate::users::router())
         .merge(crate::organizations::router())
+        .merge(crate::jobs::routes::router())
+        .merge(crate::reports::router().merge(crate::imports::router()))
         .split_for_parts();
     document_errors(&mut api);
     (router, api)
@@ -300,33 +326,58 @@ fn document_errors(api: &mut OpenApiDoc) {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then finishes in-flight requests.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT, then finishes in-flight requests. With
+/// `with_worker` (`tenantry dev`), the job relay, worker and scheduler run in
+/// the same process and stop with it.
+pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let pool =
         crate::core::db::connect_pool(&config.database_url, config.db_max_connections).await?;
     let verifier = Verifier::new(&config.jwt)?;
     verifier.warm_up().await;
     let bind = config.bind_addr;
-    let cache =
-        crate::core::cache::Cache::new(&config.redis_url, &config.cache_prefix, config.cache_ttl)?;
-    let state = AppState {
-        pool: pool.clone(),
-        cache,
-        verifier: Arc::new(verifier),
-        config: Arc::new(config),
-    };
+    let state = AppState::new(pool.clone(), config, verifier)?;
+    let (stop, stopped) = crate::jobs::worker::Shutdown::new();
+    let background = with_worker.then(|| {
+        tokio::spawn(crate::jobs::run_background(
+            state.jobs.clone(),
+            stopped.clone(),
+        ))
+    });
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        })
         .await?;
+    if let Some(bg) = background {
+        let _ = bg.await;
+    }
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// `tenantry worker`: relay, worker and scheduler until SIGTERM or SIGINT;
+/// then running jobs get the grace period to finish.
+pub async fn work(config: Config) -> anyhow::Result<()> {
+    let pool =
+        crate::core::db::connect_pool(&config.database_url, config.db_max_connections).await?;
+    let services = crate::jobs::worker::Services::new(pool.clone(), Arc::new(config))?;
+    let (stop, stopped) = crate::jobs::worker::Shutdown::new();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    crate::jobs::run_background(services, stopped).await;
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

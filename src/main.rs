@@ -17,10 +17,69 @@ enum Command {
     Dev,
     /// Serve the HTTP API (expects a migrated database).
     Serve,
+    /// Run background jobs: the outbox relay, the worker and the scheduler.
+    Worker,
+    /// Operator tasks.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Apply, revert or list migrations (with MIGRATION_DATABASE_URL).
     Migrate {
         #[command(subcommand)]
         action: Option<MigrateAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Background jobs: stats, dead letters, probes.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Queue depths, scheduled, running and dead jobs, and the outbox (JSON).
+    Stats,
+    /// List dead jobs, most recent first (JSON lines).
+    Dead {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one dead job with its payload and error (JSON).
+    Show { id: uuid::Uuid },
+    /// Put a dead job back on its queue with fresh attempts.
+    Retry { id: uuid::Uuid },
+    /// Delete a dead job for good.
+    Discard { id: uuid::Uuid },
+    /// Enqueue probe jobs and wait until they all ran (end-to-end check).
+    Probe {
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Each probe sleeps this long.
+        #[arg(long, default_value_t = 0)]
+        sleep_ms: u64,
+        /// Each probe fails this many attempts first.
+        #[arg(long, default_value_t = 0)]
+        fail_attempts: u32,
+        /// Give up waiting after this many seconds (0: do not wait).
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
+    /// Benchmark: enqueue no-op jobs in committed transactions and measure
+    /// throughput and enqueue-to-start latency (needs a running worker).
+    Bench {
+        #[arg(long, default_value_t = 20000)]
+        count: usize,
+        /// Jobs per enqueuing transaction.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Offer jobs at this rate (jobs per second) instead of all at once.
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -58,12 +117,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             db::create_database_if_missing(&config.migration_database_url).await?;
             db::migrate_up(&config.migration_database_url, &config.database_url).await?;
-            tenantry::app::serve(config).await
+            let with_worker = config.jobs.in_process_worker;
+            tenantry::app::serve(config, with_worker).await
         }
         Command::Serve => {
             let config = Config::from_env(Profile::Production)?;
             telemetry::init(config.log_format);
-            tenantry::app::serve(config).await
+            tenantry::app::serve(config, false).await
+        }
+        Command::Worker => {
+            let config = Config::from_env(Profile::Production)?;
+            telemetry::init(config.log_format);
+            tenantry::app::work(config).await
+        }
+        Command::Admin { action } => {
+            let config = Config::from_env(Profile::Production)?;
+            telemetry::init(tenantry::config::LogFormat::Pretty);
+            match action {
+                AdminAction::Jobs { action } => admin_jobs(config, action).await,
+            }
         }
         Command::Migrate { action } => {
             let cfg = DbConfig::from_env(Profile::Production)?;
@@ -95,6 +167,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+    }
+}
+
+async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
+    use tenantry::jobs::admin;
+    let pool = db::connect_pool(&config.database_url, 2).await?;
+    let services = tenantry::jobs::worker::Services::new(pool, std::sync::Arc::new(config))?;
+    let print = |v: &dyn erased::Json| println!("{}", v.json());
+    match action {
+        JobsAction::Stats => print(&admin::stats(&services).await?),
+        JobsAction::Dead { limit } => {
+            for job in admin::dead(&services.broker, limit.clamp(1, 10_000), None).await? {
+                print(&job);
+            }
+        }
+        JobsAction::Show { id } => match services.broker.dead_job(id).await? {
+            Some(job) => print(&job),
+            None => anyhow::bail!("no dead job {id}"),
+        },
+        JobsAction::Retry { id } => {
+            if !admin::retry(&services, id).await? {
+                anyhow::bail!("no dead job {id}");
+            }
+            println!("requeued {id}");
+        }
+        JobsAction::Discard { id } => {
+            if !admin::discard(&services, id).await? {
+                anyhow::bail!("no dead job {id}");
+            }
+            println!("discarded {id}");
+        }
+        JobsAction::Probe {
+            count,
+            sleep_ms,
+            fail_attempts,
+            wait_secs,
+        } => {
+            let token = format!("admin:{}", uuid::Uuid::now_v7());
+            let ids = admin::probe(&services, count, &token, sleep_ms, fail_attempts).await?;
+            println!("enqueued {} probe jobs ({token})", ids.len());
+            if wait_secs > 0 {
+                let start = std::time::Instant::now();
+                let deadline = start + std::time::Duration::from_secs(wait_secs);
+                loop {
+                    let done = admin::probes_done(&services.pool, &token).await?;
+                    if done >= count as i64 {
+                        println!("all {count} ran in {:.2} s", start.elapsed().as_secs_f64());
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!("only {done} of {count} probes ran within {wait_secs} s");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        JobsAction::Bench { count, batch, rate } => {
+            let rate = rate.filter(|r| *r > 0.0);
+            let report = admin::bench(&services, count, batch.max(1), rate).await?;
+            print(&report);
+        }
+    }
+    Ok(())
+}
+
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_default()
         }
     }
 }

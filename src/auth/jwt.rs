@@ -124,6 +124,38 @@ impl Verifier {
         }
     }
 
+    /// Verifies a platform key: a Supabase-style `service_role` JWT (as in
+    /// Supabase, signed with the JWT secret, HS256, usually without `aud`).
+    /// Anything else, including a valid user token, is refused.
+    pub fn verify_service(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(TokenError::AlgorithmMismatch);
+        }
+        let Some(secret) = &self.secret else {
+            return Err(TokenError::UnknownKey);
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = self.validation_base.leeway;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        let data = jsonwebtoken::decode::<Claims>(token, secret, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => TokenError::Expired,
+                K::InvalidSignature => TokenError::Signature,
+                _ => TokenError::Malformed,
+            }
+        })?;
+        if data.claims.role.as_deref() != Some("service_role") {
+            return Err(TokenError::Invalid("the token's role is not service_role"));
+        }
+        Ok(data.claims)
+    }
+
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
             return Err(TokenError::Malformed);

@@ -59,6 +59,27 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// A platform administrator: the caller presented a `service_role` key.
+/// Only operator routes take it; it is never a member of any org.
+#[derive(Debug, Clone)]
+pub struct PlatformAdmin;
+
+impl FromRequestParts<AppState> for PlatformAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts)?;
+        match state.verifier.verify_service(token) {
+            Ok(_) => Ok(PlatformAdmin),
+            // A valid user token is authenticated but not allowed here.
+            Err(_) if state.verifier.verify(token).await.is_ok() => Err(ApiError::forbidden(
+                "operator routes need a service_role key",
+            )),
+            Err(e) => Err(ApiError::Unauthorized(e.to_string())),
+        }
+    }
+}
+
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers

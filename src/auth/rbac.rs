@@ -377,6 +377,26 @@ impl<R: Requirement> OrgContext<R> {
     }
 }
 
+/// A background job acting for the user who started it: a transaction in
+/// the org as that user, under the org's row lock, with `R` checked against
+/// their membership now (not when they made the request). A requester who
+/// left the org gets `NotFound`, one whose role lost `R` gets `Forbidden`.
+pub async fn act_for<R: Requirement>(
+    pool: &sqlx::PgPool,
+    org_id: Uuid,
+    user_id: Uuid,
+) -> Result<(TenantTx, Actor), ApiError> {
+    let (mut tx, _) = TenantTx::enter(pool, org_id, user_id).await?;
+    let (m, perms) = authorize::<R>(tx.lock_org().await?)?;
+    Ok((
+        tx,
+        Actor {
+            role: m.role,
+            perms,
+        },
+    ))
+}
+
 /// One permission as listed by `GET /api/v1/permissions`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PermissionInfo {

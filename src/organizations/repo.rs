@@ -576,3 +576,13 @@ pub async fn list_audit(
     .fetch_all(conn)
     .await
 }
+
+/// A user's display name, else their email (for "X invited you").
+pub async fn user_label(conn: &mut PgConnection, user_id: Uuid) -> sqlx::Result<Option<String>> {
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("select display_name, email from users where id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.and_then(|(name, email)| name.filter(|n| !n.trim().is_empty()).or(email)))
+}

@@ -254,8 +254,13 @@ async fn create_invitation(
     ValidJson(input): ValidJson<CreateInvitation>,
 ) -> Result<(StatusCode, Json<CreatedInvitation>), ApiError> {
     let actor = ctx.lock().await?;
-    let inv =
-        service::create_invitation(&mut ctx.tx, &actor, state.config.invitation_ttl, input).await?;
+    let inv = service::create_invitation(
+        &mut ctx.tx,
+        &actor,
+        &service::InviteSettings::from_config(&state.config),
+        input,
+    )
+    .await?;
     ctx.commit_changes().await?;
     Ok((StatusCode::CREATED, Json(inv)))
 }

@@ -527,10 +527,37 @@ fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// What creating an invitation needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct InviteSettings {
+    pub ttl: std::time::Duration,
+    /// The web app's base URL; the email links to `{app_url}/invitations/accept?token=...`.
+    pub app_url: url::Url,
+}
+
+impl InviteSettings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        InviteSettings {
+            ttl: c.invitation_ttl,
+            app_url: c.jobs.app_url.clone(),
+        }
+    }
+
+    pub fn accept_url(&self, token: &str) -> String {
+        let mut url = self.app_url.clone();
+        let path = format!("{}/invitations/accept", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url.query_pairs_mut().clear().append_pair("token", token);
+        url.to_string()
+    }
+}
+
+/// Creates an invitation and, in the same transaction, the job that emails
+/// its link: the email goes out if and only if the invitation is committed.
 pub async fn create_invitation(
     tx: &mut TenantTx,
     locked: &Actor,
-    invitation_ttl: std::time::Duration,
+    settings: &InviteSettings,
     input: CreateInvitation,
 ) -> Result<CreatedInvitation, ApiError> {
     let mut f = Fields::default();
@@ -564,8 +591,8 @@ pub async fn create_invitation(
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let token = format!("inv_{}", URL_SAFE_NO_PAD.encode(raw));
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(invitation_ttl).unwrap_or(chrono::Duration::days(7));
+    let expires_at =
+        Utc::now() + chrono::Duration::from_std(settings.ttl).unwrap_or(chrono::Duration::days(7));
     let user_id = tx.user_id();
     let inv = repo::insert_invitation(
         tx.conn(),
@@ -585,6 +612,24 @@ pub async fn create_invitation(
         Some(inv.id.to_string()),
         None,
         Some(json!(inv)),
+    )
+    .await?;
+    let org = repo::get_org(tx.conn(), org_id)
+        .await?
+        .ok_or(ApiError::NotFound("organization"))?;
+    let inviter = repo::user_label(tx.conn(), user_id).await?;
+    crate::jobs::enqueue(
+        tx.conn(),
+        &crate::jobs::tasks::email::SendEmail {
+            to: inv.email.clone(),
+            template: crate::mail::templates::Template::Invitation {
+                org_name: org.name,
+                inviter,
+                role: inv.role.clone(),
+                accept_url: settings.accept_url(&token),
+                expires_at: inv.expires_at,
+            },
+        },
     )
     .await?;
     Ok(CreatedInvitation {

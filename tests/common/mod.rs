@@ -3,9 +3,10 @@
 //! over real HTTP on a random port, and helpers that read like user stories.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
@@ -113,6 +114,74 @@ impl Drop for TestDb {
     }
 }
 
+/// An in-process worker (relay, worker, scheduler).
+pub struct Worker {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Stops taking jobs and waits for running ones (the grace period).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A Supabase-style `service_role` key signed with the test secret: a
+/// platform administrator.
+pub fn service_key() -> String {
+    let claims = json!({
+        "iss": "supabase",
+        "role": "service_role",
+        "iat": chrono_now(),
+        "exp": chrono_now() + 3600,
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Polls `check` every 50 ms until it returns Some, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A signed-in user: id, email and a valid access token.
 #[derive(Clone, Debug)]
 pub struct TestUser {
@@ -144,6 +213,23 @@ pub fn test_config(database_url: &str, extra: &[(&str, &str)]) -> Config {
         ("JWT_SECRET".into(), SECRET.into()),
         ("LOG_FORMAT".into(), "pretty".into()),
         ("BIND_ADDR".into(), "127.0.0.1:0".into()),
+        (
+            "CACHE_PREFIX".into(),
+            format!("test-{}", Uuid::new_v4().simple()),
+        ),
+        (
+            "JOBS_PREFIX".into(),
+            format!("test-{}", Uuid::new_v4().simple()),
+        ),
+        (
+            "REPORTS_STORE".into(),
+            std::env::temp_dir()
+                .join(format!("tenantry-test-reports-{}", Uuid::new_v4().simple()))
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        // Short leases so a killed worker's jobs come back quickly in tests.
+        ("JOB_LEASE_SECS".into(), "3".into()),
     ]);
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
@@ -165,15 +251,8 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, config: Config, verifier: Verifier) -> TestApp {
-        let prefix = format!("test-{}", Uuid::new_v4().simple());
-        let cache = tenantry::core::cache::Cache::new(&config.redis_url, &prefix, config.cache_ttl)
-            .expect("cache");
-        let state = AppState {
-            pool: db.app.clone(),
-            cache,
-            verifier: Arc::new(verifier),
-            config: Arc::new(config),
-        };
+        let prefix = config.cache_prefix.clone();
+        let state = AppState::new(db.app.clone(), config, verifier).expect("app state");
         let app = tenantry::app::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -188,6 +267,20 @@ impl TestApp {
             db,
             state,
             server,
+        }
+    }
+
+    /// Runs the relay, a worker and the scheduler in this process until the
+    /// returned handle is stopped or dropped.
+    pub fn start_worker(&self) -> Worker {
+        let (stop, stopped) = tenantry::jobs::worker::Shutdown::new();
+        let task = tokio::spawn(tenantry::jobs::run_background(
+            self.state.jobs.clone(),
+            stopped,
+        ));
+        Worker {
+            stop,
+            task: Some(task),
         }
     }
 

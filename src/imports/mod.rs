@@ -1,0 +1,8 @@
+//! Member imports: an uploaded CSV of `email,role` lines, validated up front
+//! and processed by a background job that invites each address and records
+//! one result per line.
+
+pub mod routes;
+pub mod service;
+
+pub use routes::router;

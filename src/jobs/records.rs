@@ -1,0 +1,268 @@
+//! Tenant-visible records of jobs an org started (reports, imports).
+//!
+//! A record shares its job's id and lives in `job_records` under RLS. The
+//! request that starts the job inserts it (state `queued`) in the same
+//! transaction as the enqueue; the worker moves it through `running` to
+//! `succeeded`, `failed` (an error no retry can fix) or `dead` (out of
+//! attempts); a failed attempt that will be retried puts it back to `queued`
+//! with the error.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Envelope;
+use crate::core::db::TenantTx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Dead,
+}
+
+/// A job started by the org, with its state and progress.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct JobRecord {
+    pub id: Uuid,
+    /// `report` or `import`.
+    pub kind: String,
+    pub state: JobState,
+    /// What the job was asked to do.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// Rows processed so far.
+    pub progress: i64,
+    /// Rows in all, once known.
+    pub total: Option<i64>,
+    /// What the job produced, once it succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// The last attempt's error.
+    pub error: Option<String>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, kind, state, params, attempts, progress, total, result, error, \
+                       created_by, created_at, started_at, finished_at, updated_at";
+
+/// Inserts the record of a job about to be enqueued in the same transaction.
+pub async fn create(
+    conn: &mut PgConnection,
+    id: Uuid,
+    org_id: Uuid,
+    kind: &str,
+    params: &serde_json::Value,
+    created_by: Uuid,
+) -> Result<JobRecord, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "insert into job_records (id, org_id, kind, params, created_by, request_id)
+         values ($1, $2, $3, $4, $5, $6) returning {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(org_id)
+    .bind(kind)
+    .bind(params)
+    .bind(created_by)
+    .bind(crate::core::telemetry::current_request_id())
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    kind: &str,
+    id: Uuid,
+) -> Result<Option<JobRecord>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from job_records where org_id = $1 and kind = $2 and id = $3"
+    )))
+    .bind(org_id)
+    .bind(kind)
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A page of an org's records of one kind, newest first, after `before`.
+pub async fn list(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    kind: &str,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<JobRecord>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from job_records
+         where org_id = $1 and kind = $2 and ($3::uuid is null or id < $3)
+         order by id desc limit $4"
+    )))
+    .bind(org_id)
+    .bind(kind)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// A transaction in the org of a recorded job, as no user (RLS confines it
+/// to the org; there is no membership to read).
+pub(crate) async fn org_tx(pool: &PgPool, org_id: Uuid) -> Result<TenantTx, sqlx::Error> {
+    Ok(TenantTx::enter(pool, org_id, Uuid::nil()).await?.0)
+}
+
+async fn update(
+    pool: &PgPool,
+    env: &Envelope,
+    sql: &'static str,
+    attempt: u32,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let Some(org) = env.org_id else { return Ok(()) };
+    let mut tx = org_tx(pool, org).await?;
+    sqlx::query(sql)
+        .bind(env.id)
+        .bind(org)
+        .bind(attempt as i32)
+        .bind(error)
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
+}
+
+/// An attempt starts. A record that already succeeded stays so (a repeated
+/// delivery of a finished job).
+pub async fn mark_running(pool: &PgPool, env: &Envelope, attempt: u32) -> Result<(), sqlx::Error> {
+    update(
+        pool,
+        env,
+        "update job_records set state = 'running', attempts = $3,
+             started_at = coalesce(started_at, now()), updated_at = now(),
+             error = coalesce($4, error)
+         where id = $1 and org_id = $2 and state <> 'succeeded'",
+        attempt,
+        None,
+    )
+    .await
+}
+
+/// An attempt failed and will be retried.
+pub async fn mark_retrying(
+    pool: &PgPool,
+    env: &Envelope,
+    attempt: u32,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    update(
+        pool,
+        env,
+        "update job_records set state = 'queued', attempts = $3, error = $4, updated_at = now()
+         where id = $1 and org_id = $2 and state <> 'succeeded'",
+        attempt,
+        Some(error),
+    )
+    .await
+}
+
+/// The job gave up: `dead` when it ran out of attempts, else `failed`.
+pub async fn finish_failed(
+    pool: &PgPool,
+    env: &Envelope,
+    attempt: u32,
+    dead: bool,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let sql = if dead {
+        "update job_records set state = 'dead', attempts = $3, error = $4,
+             finished_at = now(), updated_at = now()
+         where id = $1 and org_id = $2 and state <> 'succeeded'"
+    } else {
+        "update job_records set state = 'failed', attempts = $3, error = $4,
+             finished_at = now(), updated_at = now()
+         where id = $1 and org_id = $2 and state <> 'succeeded'"
+    };
+    update(pool, env, sql, attempt, Some(error)).await
+}
+
+/// A dead job was put back on its queue by an operator.
+pub async fn mark_requeued(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = org_tx(pool, org_id).await?;
+    sqlx::query(
+        "update job_records set state = 'queued', finished_at = null, updated_at = now()
+         where id = $1 and org_id = $2 and state in ('dead', 'failed')",
+    )
+    .bind(id)
+    .bind(org_id)
+    .execute(tx.conn())
+    .await?;
+    tx.commit().await
+}
+
+/// Progress of a running job (rows done, and the total once known).
+pub async fn set_progress(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    id: Uuid,
+    progress: i64,
+    total: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update job_records set progress = $3, total = coalesce($4, total), updated_at = now()
+         where id = $1 and org_id = $2",
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(progress)
+    .bind(total)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The job succeeded with `result`; call in the transaction of its last effect.
+pub async fn succeed(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    id: Uuid,
+    progress: i64,
+    result: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update job_records set state = 'succeeded', progress = $3, total = coalesce(total, $3),
+             result = $4, error = null, finished_at = now(), updated_at = now()
+         where id = $1 and org_id = $2",
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(progress)
+    .bind(result)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The record's state, read in the job's org (None: the org or record is gone).
+pub async fn state(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<Option<JobState>, sqlx::Error> {
+    let mut tx = org_tx(pool, org_id).await?;
+    let row: Option<(JobState,)> =
+        sqlx::query_as("select state from job_records where id = $1 and org_id = $2")
+            .bind(id)
+            .bind(org_id)
+            .fetch_optional(tx.conn())
+            .await?;
+    tx.commit().await?;
+    Ok(row.map(|r| r.0))
+}

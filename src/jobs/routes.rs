@@ -1,0 +1,156 @@
+//! Platform-admin routes over the job system (a `service_role` key), and
+//! the Prometheus metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::admin::{self, JobStats};
+use super::broker::DeadJob;
+use crate::app::AppState;
+use crate::auth::principal::PlatformAdmin;
+use crate::core::error::{ApiError, Problem};
+use crate::core::extract::{IdPath, ValidQuery};
+use crate::core::pagination::Page;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(job_stats))
+        .routes(routes!(list_dead))
+        .routes(routes!(get_dead, discard_dead))
+        .routes(routes!(retry_dead))
+        .routes(routes!(metrics))
+}
+
+fn unavailable(e: anyhow::Error) -> ApiError {
+    tracing::warn!(error = %e, "job broker unavailable");
+    ApiError::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "broker_unavailable",
+        detail: "the job broker is not reachable; retry shortly".into(),
+    }
+}
+
+/// Queue depths, scheduled, running and dead jobs, and the outbox.
+#[utoipa::path(get, path = "/api/v1/admin/jobs", tag = "admin",
+    responses((status = 200, body = JobStats)))]
+async fn job_stats(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+) -> Result<Json<JobStats>, ApiError> {
+    admin::stats(&state.jobs)
+        .await
+        .map(Json)
+        .map_err(unavailable)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeadQuery {
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The dead letters, most recent first.
+#[utoipa::path(get, path = "/api/v1/admin/jobs/dead", tag = "admin",
+    params(DeadQuery),
+    responses((status = 200, body = Page<DeadJob>)))]
+async fn list_dead(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+    ValidQuery(q): ValidQuery<DeadQuery>,
+) -> Result<Json<Page<DeadJob>>, ApiError> {
+    let page = crate::core::pagination::PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let limit = page.limit()?;
+    let before: Option<i64> = page.after()?;
+    let rows = admin::dead(&state.jobs.broker, limit as usize + 1, before)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(Page::from_rows(rows, limit, |j| {
+        j.died_at.timestamp_millis()
+    })))
+}
+
+/// One dead job: its payload, attempts and the error it died of.
+#[utoipa::path(get, path = "/api/v1/admin/jobs/dead/{job_id}", tag = "admin",
+    params(("job_id" = Uuid, Path)),
+    responses((status = 200, body = DeadJob), (status = 404, body = Problem)))]
+async fn get_dead(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+    path: IdPath<1>,
+) -> Result<Json<DeadJob>, ApiError> {
+    let [id] = path.0;
+    state
+        .jobs
+        .broker
+        .dead_job(id)
+        .await
+        .map_err(|e| unavailable(e.into()))?
+        .map(Json)
+        .ok_or(ApiError::NotFound("dead job"))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Requeued {
+    id: Uuid,
+    requeued: bool,
+}
+
+/// Puts a dead job back on its queue with fresh attempts.
+#[utoipa::path(post, path = "/api/v1/admin/jobs/dead/{job_id}/retry", tag = "admin",
+    params(("job_id" = Uuid, Path)),
+    responses((status = 200, body = Requeued), (status = 404, body = Problem)))]
+async fn retry_dead(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+    path: IdPath<1>,
+) -> Result<Json<Requeued>, ApiError> {
+    let [id] = path.0;
+    if admin::retry(&state.jobs, id).await.map_err(unavailable)? {
+        Ok(Json(Requeued { id, requeued: true }))
+    } else {
+        Err(ApiError::NotFound("dead job"))
+    }
+}
+
+/// Deletes a dead job for good.
+#[utoipa::path(delete, path = "/api/v1/admin/jobs/dead/{job_id}", tag = "admin",
+    params(("job_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem)))]
+async fn discard_dead(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+    path: IdPath<1>,
+) -> Result<StatusCode, ApiError> {
+    let [id] = path.0;
+    if admin::discard(&state.jobs, id).await.map_err(unavailable)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("dead job"))
+    }
+}
+
+/// Prometheus metrics: jobs started, succeeded, failed and dead, run time
+/// and start latency per kind (this process), and queue depths.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let depths = tokio::time::timeout(std::time::Duration::from_secs(1), admin::stats(&state.jobs))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let body = super::metrics::render(depths.as_ref().map(|s| (&s.broker, s.outbox)));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}

@@ -1,0 +1,32 @@
+//! Daily housekeeping: old cron claims, probe runs and finished import files.
+
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{Job, JobContext, JobError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cleanup {}
+
+impl Job for Cleanup {
+    const KIND: &'static str = "jobs.cleanup";
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let mut tx = ctx.pool().begin().await?;
+        sqlx::query("select set_config('role', 'tenantry_app', true)")
+            .execute(&mut *tx)
+            .await?;
+        let ticks =
+            sqlx::query("delete from app.cron_ticks where tick < now() - interval '7 days'")
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let probes =
+            sqlx::query("delete from app.job_probes where finished_at < now() - interval '7 days'")
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        tracing::info!(ticks, probes, "cleanup done");
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! The job kinds Tenantry runs.
+
+pub mod cleanup;
+pub mod email;
+pub mod import;
+pub mod probe;
+pub mod report;
+
+use super::worker::Registry;
+
+/// Registers every job kind.
+pub fn register(r: Registry) -> Registry {
+    r.register::<email::SendEmail>()
+        .register::<probe::Probe>()
+        .register::<probe::Noop>()
+        .register::<cleanup::Cleanup>()
+        .register::<report::BuildReport>()
+        .register::<import::ImportMembers>()
+}

@@ -1,0 +1,167 @@
+//! Business rules of reports: what may be asked for, the record and job of a
+//! request (created in one transaction), and access to the built file.
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use object_store::ObjectStore;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::rbac::PermSet;
+use crate::core::db::TenantTx;
+use crate::core::error::{ApiError, FieldError};
+use crate::core::pagination::{Page, PageQuery};
+use crate::core::validate::Fields;
+use crate::jobs::records::{self, JobRecord, JobState};
+use crate::jobs::tasks::report::{self, BuildReport, ReportKind};
+use crate::jobs::{self, Options};
+
+/// The `kind` of every report record.
+pub const RECORD_KIND: &str = "report";
+
+/// Formats a report can be built in.
+pub const FORMATS: [&str; 1] = ["csv"];
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReport {
+    /// `members` or `audit_log` (the audit log also needs `audit:read`).
+    #[schema(example = "members")]
+    pub kind: String,
+    /// `csv` (the default and only format).
+    #[schema(example = "csv")]
+    pub format: Option<String>,
+}
+
+/// Validates the request, checks the extra permission of its kind, and
+/// writes the record and its job in the caller's transaction.
+pub async fn create_report(
+    tx: &mut TenantTx,
+    perms: PermSet,
+    input: CreateReport,
+) -> Result<JobRecord, ApiError> {
+    let mut f = Fields::default();
+    let kind = f.check(ReportKind::parse(&input.kind).ok_or_else(|| {
+        FieldError::new(
+            "kind",
+            "unknown_kind",
+            format!(
+                "must be one of: {}",
+                ReportKind::ALL.map(|k| k.as_str()).join(", ")
+            ),
+        )
+    }));
+    let format = input.format.as_deref().unwrap_or("csv");
+    f.check(if FORMATS.contains(&format) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "format",
+            "unsupported_format",
+            format!("must be one of: {}", FORMATS.join(", ")),
+        ))
+    });
+    f.finish()?;
+    let kind = kind.expect("checked");
+    if let Some(p) = kind.extra_permission()
+        && !perms.contains(p)
+    {
+        return Err(ApiError::Forbidden {
+            code: "permission_denied",
+            detail: format!("a {} report needs {}", kind.as_str(), p.as_str()),
+        });
+    }
+    let (org_id, user_id) = (tx.org_id(), tx.user_id());
+    let id = Uuid::now_v7();
+    let params = json!({ "kind": kind.as_str(), "format": format });
+    let record = records::create(tx.conn(), id, org_id, RECORD_KIND, &params, user_id).await?;
+    jobs::enqueue_with(
+        tx.conn(),
+        &BuildReport {
+            org_id,
+            requested_by: user_id,
+            kind,
+        },
+        Options {
+            id: Some(id),
+            record_org: Some(org_id),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(record)
+}
+
+/// The org's reports, newest first.
+pub async fn list_reports(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<JobRecord>, ApiError> {
+    let limit = q.limit()?;
+    let before: Option<Uuid> = q.after()?;
+    let org_id = tx.org_id();
+    let rows = records::list(tx.conn(), org_id, RECORD_KIND, before, limit + 1).await?;
+    Ok(Page::from_rows(rows, limit, |r| r.id))
+}
+
+pub async fn get_report(tx: &mut TenantTx, id: Uuid) -> Result<JobRecord, ApiError> {
+    let org_id = tx.org_id();
+    records::get(tx.conn(), org_id, RECORD_KIND, id)
+        .await?
+        .ok_or(ApiError::NotFound("report"))
+}
+
+/// A built report, ready to stream.
+pub struct Download {
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+    pub body: BoxStream<'static, object_store::Result<Bytes>>,
+}
+
+/// Opens the file of a succeeded report (409 `report_not_ready` before).
+pub async fn open_download(
+    store: &dyn ObjectStore,
+    org_id: Uuid,
+    record: &JobRecord,
+) -> Result<Download, ApiError> {
+    if record.state != JobState::Succeeded {
+        return Err(ApiError::conflict(
+            "report_not_ready",
+            "the report has not been built yet; see its state",
+        ));
+    }
+    let result = record.result.as_ref();
+    let path = result
+        .and_then(|r| r["path"].as_str())
+        .map(object_store::path::Path::from)
+        .unwrap_or_else(|| report::object_path(org_id, record.id));
+    // The stored path is the job's own; never follow one outside the org.
+    if !path.as_ref().starts_with(&format!("reports/{org_id}/")) {
+        return Err(ApiError::NotFound("report"));
+    }
+    let content_type = result
+        .and_then(|r| r["content_type"].as_str())
+        .unwrap_or(report::CONTENT_TYPE)
+        .to_owned();
+    let kind = record.params["kind"].as_str().unwrap_or("report");
+    let got = match store.get(&path).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(ApiError::Gone {
+                code: "report_missing",
+                detail: "the report file no longer exists".into(),
+            });
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context("cannot read the report")
+                .into());
+        }
+    };
+    Ok(Download {
+        filename: format!("{kind}-{}.csv", record.id),
+        content_type,
+        size: got.meta.size,
+        body: got.into_stream(),
+    })
+}
