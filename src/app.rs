@@ -365,12 +365,37 @@ pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
 pub async fn work(config: Config) -> anyhow::Result<()> {
     let pool =
         crate::core::db::connect_pool(&config.database_url, config.db_max_connections).await?;
+    let metrics_addr = config.jobs.worker_metrics_addr;
     let services = crate::jobs::worker::Services::new(pool.clone(), Arc::new(config))?;
     let (stop, stopped) = crate::jobs::worker::Shutdown::new();
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
+    if let Some(addr) = metrics_addr {
+        // This process's job metrics for Prometheus, and a liveness probe.
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
+        let jobs = services.clone();
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(healthz))
+            .route(
+                "/metrics",
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    let jobs = jobs.clone();
+                    async move {
+                        crate::jobs::routes::metrics_allowed(&jobs, &headers)?;
+                        Ok::<_, ApiError>(crate::jobs::routes::render_metrics(jobs).await)
+                    }
+                }),
+            );
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.wait().await })
+                .await;
+        });
+    }
     crate::jobs::run_background(services, stopped).await;
     pool.close().await;
     tracing::info!("stopped");

@@ -69,6 +69,10 @@ pub struct JobsConfig {
     pub cron_probe: Option<String>,
     /// Run the relay and worker inside `tenantry dev`.
     pub in_process_worker: bool,
+    /// Where `tenantry worker` serves `/metrics` and `/healthz` (unset: nowhere).
+    pub worker_metrics_addr: Option<SocketAddr>,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 impl JobsConfig {
@@ -350,6 +354,10 @@ impl JobsConfig {
             reports_store: get("REPORTS_STORE").unwrap_or_else(|| "./var/reports".to_owned()),
             max_import_bytes: parse_or(get, "MAX_IMPORT_BYTES", 5 * 1024 * 1024)?,
             cron_probe,
+            metrics_token: get("METRICS_TOKEN"),
+            worker_metrics_addr: get("WORKER_METRICS_ADDR")
+                .map(|a| a.parse().map_err(|e| malformed("WORKER_METRICS_ADDR", e)))
+                .transpose()?,
             in_process_worker: match get("DEV_WORKER").as_deref() {
                 None => dev,
                 Some("true" | "1") => true,
@@ -481,11 +489,48 @@ mod tests {
             ("JWT_SECRET", "short"),
             ("REDIS_URL", "http://x"),
             ("JWKS_URL", "not a url"),
+            ("WORKER_CONCURRENCY", "email=lots"),
+            ("WORKER_CONCURRENCY", "email=0"),
+            ("JOB_LEASE_SECS", "0"),
+            ("JOBS_PREFIX", "has space"),
+            ("APP_URL", "ftp://x"),
+            ("CRON_PROBE", "every minute"),
+            ("WORKER_METRICS_ADDR", "nowhere"),
+            ("DEV_WORKER", "maybe"),
         ] {
             let err = cfg(Profile::Dev, &[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{name}: {err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn a_bad_smtp_url_is_named_without_echoing_its_password() {
+        let err = cfg(Profile::Dev, &[("SMTP_URL", "http://user:hunter2@mail")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SMTP_URL"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn worker_concurrency_overrides_per_queue() {
+        let c = cfg(Profile::Dev, &[("WORKER_CONCURRENCY", "email=2, custom=7")]).unwrap();
+        assert_eq!(c.jobs.concurrency_of("email"), 2);
+        assert_eq!(c.jobs.concurrency_of("custom"), 7);
+        assert_eq!(c.jobs.concurrency_of("default"), 16);
+        assert_eq!(c.jobs.concurrency_of("unnamed"), 4);
+        assert!(c.jobs.in_process_worker, "dev runs the worker");
+        let secret = "x".repeat(32);
+        let c = cfg(
+            Profile::Production,
+            &[
+                ("JWT_SECRET", &secret),
+                ("DATABASE_URL", "postgres://u:p@h/db"),
+            ],
+        )
+        .unwrap();
+        assert!(!c.jobs.in_process_worker);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use reqwest::Method;
+use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -32,15 +33,18 @@ enum Caller {
     Member,
     Admin,
     Owner,
+    /// A platform operator: a `service_role` key, not a user token.
+    Platform,
 }
 
-const CALLERS: [Caller; 6] = [
+const CALLERS: [Caller; 7] = [
     Caller::Anonymous,
     Caller::Outsider,
     Caller::Viewer,
     Caller::Member,
     Caller::Admin,
     Caller::Owner,
+    Caller::Platform,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -66,6 +70,10 @@ enum Obj {
     Invitation,
     /// `{role}`: an unused custom role.
     CustomRole,
+    /// `{report_id}`: a queued report (no worker runs, so it stays queued).
+    Report,
+    /// `{import_id}`: a queued member import.
+    Import,
 }
 
 // ------------------------------------------------------------------ the expectation table
@@ -73,14 +81,20 @@ enum Obj {
 const ALL_ROLES: &[Caller] = &[Caller::Owner, Caller::Admin, Caller::Member, Caller::Viewer];
 const MANAGERS: &[Caller] = &[Caller::Owner, Caller::Admin];
 const OWNER_ONLY: &[Caller] = &[Caller::Owner];
+/// `reports:create`: every built-in role but `viewer`.
+const REPORT_CREATORS: &[Caller] = &[Caller::Owner, Caller::Admin, Caller::Member];
 
 enum Access {
     /// 200 for everyone, signed in or not.
     Public,
-    /// 401 anonymous; `ok` for any signed-in user.
+    /// 401 anonymous (and for a service key); `ok` for any signed-in user.
     User { ok: u16 },
-    /// 401 anonymous; 404 unless a member of the org in the path; then `ok`
-    /// for the roles in `allowed`, 403 for the others.
+    /// Operator routes: 401 anonymous; 403 for any user token; `ok` for a
+    /// `service_role` key.
+    Platform { ok: u16 },
+    /// 401 anonymous (and for a service key); 404 unless a member of the
+    /// org in the path; then `ok` for the roles in `allowed`, 403 for the
+    /// others.
     Org {
         allowed: &'static [Caller],
         ok: u16,
@@ -101,6 +115,7 @@ struct Spec {
     method: Method,
     path: &'static str,
     access: Access,
+    /// A `Value::String` is sent raw as `text/csv`, anything else as JSON.
     body: fn(&BodyCtx) -> Option<Value>,
     /// Checked on the response of a cell that got its expected 2xx.
     check: fn(&Value) -> bool,
@@ -157,7 +172,7 @@ impl Spec {
     }
     fn targets(&self) -> &'static [Target] {
         match self.access {
-            Access::Public | Access::User { .. } => &[Target::Caller],
+            Access::Public | Access::User { .. } | Access::Platform { .. } => &[Target::Caller],
             Access::Org { object: None, .. } => &[Target::OwnOrg, Target::OtherOrg],
             Access::Org {
                 object: Some(_), ..
@@ -169,12 +184,19 @@ impl Spec {
     fn expected(&self, caller: Caller, target: Target) -> u16 {
         match self.access {
             Access::Public => 200,
-            Access::User { ok } => match caller {
+            Access::Platform { ok } => match caller {
                 Caller::Anonymous => 401,
+                Caller::Platform => ok,
+                // A valid user token is authenticated, but not an operator.
+                _ => 403,
+            },
+            // A service key is not a user token.
+            Access::User { ok } => match caller {
+                Caller::Anonymous | Caller::Platform => 401,
                 _ => ok,
             },
             Access::Org { allowed, ok, .. } => match (caller, target) {
-                (Caller::Anonymous, _) => 401,
+                (Caller::Anonymous | Caller::Platform, _) => 401,
                 (Caller::Outsider, _) => 404,
                 (_, Target::OtherOrg) => 404,
                 // The permission is checked before the object is looked up.
@@ -217,9 +239,24 @@ fn table() -> Vec<Spec> {
         body: no_body,
         check: |v| v["status"] == "ok",
     };
+    let platform = |method: Method, path: &'static str, ok: u16| Spec {
+        method,
+        path,
+        access: Access::Platform { ok },
+        body: no_body,
+        check: any_body,
+    };
     vec![
         public("/healthz"),
         public("/readyz"),
+        // Prometheus text, not JSON.
+        public("/metrics").check(any_body),
+        // ---- platform-admin routes (`{job_id}`: a random id, no such dead job)
+        platform(M::GET, "/api/v1/admin/jobs", 200).check(|v| v["outbox"].is_number()),
+        platform(M::GET, "/api/v1/admin/jobs/dead", 200).check(is_page),
+        platform(M::GET, "/api/v1/admin/jobs/dead/{job_id}", 404),
+        platform(M::DELETE, "/api/v1/admin/jobs/dead/{job_id}", 404),
+        platform(M::POST, "/api/v1/admin/jobs/dead/{job_id}/retry", 404),
         // ---- user-level routes
         user(M::GET, "/api/v1/me", 200).check(|v| v["id"].is_string()),
         user(M::PATCH, "/api/v1/me", 200)
@@ -329,6 +366,64 @@ fn table() -> Vec<Spec> {
             None,
         )
         .check(is_page),
+        // ---- reports
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/reports",
+            ALL_ROLES,
+            200,
+            None,
+        )
+        .check(is_page),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/reports",
+            REPORT_CREATORS,
+            202,
+            None,
+        )
+        .body(|_| Some(json!({ "kind": "members", "format": "csv" })))
+        .check(|v| v["state"] == "queued"),
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/reports/{report_id}",
+            ALL_ROLES,
+            200,
+            Some(Obj::Report),
+        )
+        .check(|v| v["kind"] == "report" && v["id"].is_string()),
+        // No worker runs here: the report is never built.
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/reports/{report_id}/download",
+            ALL_ROLES,
+            409,
+            Some(Obj::Report),
+        ),
+        // ---- member imports (invitations:manage)
+        org_route(M::GET, "/api/v1/orgs/{org_id}/imports", MANAGERS, 200, None).check(is_page),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/imports",
+            MANAGERS,
+            202,
+            None,
+        )
+        .body(|c| {
+            Some(Value::String(format!(
+                "email,role\nfresh-{}@matrix.example.com,member\n",
+                c.n
+            )))
+        })
+        .check(|v| v["kind"] == "import" && v["state"] == "queued"),
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/imports/{import_id}",
+            MANAGERS,
+            200,
+            Some(Obj::Import),
+        )
+        .check(|v| v["kind"] == "import" && v["rows"].is_array()),
     ]
 }
 
@@ -341,7 +436,8 @@ fn next_n() -> usize {
 }
 
 /// One org with a user of each built-in role, two more members to act on, an
-/// unused custom role and a pending invitation.
+/// unused custom role, a pending invitation, a queued report and a queued
+/// member import.
 struct OrgFx {
     id: Uuid,
     owner: TestUser,
@@ -354,6 +450,8 @@ struct OrgFx {
     viewer_target: TestUser,
     invitation: Uuid,
     custom_role: &'static str,
+    report: Uuid,
+    import: Uuid,
 }
 
 /// Org A is where the role-holding callers are; org B is somebody else's.
@@ -397,6 +495,26 @@ async fn build_org(app: &TestApp, custom_role: &'static str) -> OrgFx {
         .await;
     assert_eq!(s.as_u16(), 201, "fixture invitation: {body}");
     let invitation = body["id"].as_str().unwrap().parse().unwrap();
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/orgs/{id}/reports"),
+            &owner,
+            json!({ "kind": "members", "format": "csv" }),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 202, "fixture report: {body}");
+    let report = body["id"].as_str().unwrap().parse().unwrap();
+    let csv = format!("email,role\nimported-{tag}@matrix.example.com,member\n");
+    let (s, body) = send(
+        app,
+        Method::POST,
+        &format!("/api/v1/orgs/{id}/imports"),
+        Some(&owner.token),
+        Some(Value::String(csv)),
+    )
+    .await;
+    assert_eq!(s, 202, "fixture import: {body}");
+    let import = body["id"].as_str().unwrap().parse().unwrap();
     OrgFx {
         id,
         owner,
@@ -407,6 +525,8 @@ async fn build_org(app: &TestApp, custom_role: &'static str) -> OrgFx {
         viewer_target,
         invitation,
         custom_role,
+        report,
+        import,
     }
 }
 
@@ -422,7 +542,9 @@ impl OrgFx {
             Caller::Admin => &self.admin,
             Caller::Member => &self.member,
             Caller::Viewer => &self.viewer,
-            Caller::Anonymous | Caller::Outsider => unreachable!("not a member role"),
+            Caller::Anonymous | Caller::Outsider | Caller::Platform => {
+                unreachable!("not a member role")
+            }
         }
     }
 }
@@ -444,8 +566,14 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
             Obj::ViewerUser => ("{user_id}", obj_org.viewer_target.id.to_string()),
             Obj::Invitation => ("{invitation_id}", obj_org.invitation.to_string()),
             Obj::CustomRole => ("{role}", obj_org.custom_role.to_owned()),
+            Obj::Report => ("{report_id}", obj_org.report.to_string()),
+            Obj::Import => ("{import_id}", obj_org.import.to_string()),
         };
         path = path.replace(param, &value);
+    }
+    if let Access::Platform { .. } = spec.access {
+        // A job id no dead job has.
+        path = path.replace("{job_id}", &Uuid::new_v4().to_string());
     }
     assert!(
         !path.contains('{'),
@@ -457,6 +585,37 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
         org_admin: org.admin.id,
     });
     (path, body)
+}
+
+/// Sends one request: a `Value::String` body raw as `text/csv` (bearer token
+/// as in `TestApp::call`), any other body as JSON through `TestApp::call`.
+/// Returns the status and the JSON body (Null when empty or not JSON).
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let Some(Value::String(raw)) = body else {
+        let (status, v) = app.call(method, path, token, body).await;
+        return (status.as_u16(), v);
+    };
+    let mut req = app
+        .client
+        .request(method, format!("{}{}", app.base, path))
+        .header(CONTENT_TYPE, "text/csv")
+        .body(raw);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 // ------------------------------------------------------------------ the test
@@ -531,6 +690,7 @@ async fn authorization_matrix() {
     let app = TestApp::spawn().await;
     let outsider = app.user("outsider@matrix.example.com");
     app.create_org(&outsider, "Outsider Org").await;
+    let platform_key = service_key();
     let mut shared = build_fixture(&app).await;
     let mut fixtures = 1;
     let mut cells = 0;
@@ -555,11 +715,11 @@ async fn authorization_matrix() {
                 let token = match caller {
                     Caller::Anonymous => None,
                     Caller::Outsider => Some(outsider.token.as_str()),
+                    Caller::Platform => Some(platform_key.as_str()),
                     role => Some(fx.a.caller(role).token.as_str()),
                 };
                 let before = app.snapshot().await;
-                let (status, resp) = app.call(spec.method.clone(), &path, token, body).await;
-                let got = status.as_u16();
+                let (got, resp) = send(&app, spec.method.clone(), &path, token, body).await;
                 cells += 1;
                 let mut dirty = false;
                 let mut record = |note: String| {

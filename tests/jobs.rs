@@ -519,3 +519,28 @@ async fn a_stopping_worker_lets_running_jobs_finish() {
         "acknowledged before the worker stopped"
     );
 }
+
+#[tokio::test]
+async fn metrics_need_the_metrics_token_when_one_is_set() {
+    let app = TestApp::spawn_with(&[("METRICS_TOKEN", "scrape-me-0123456789")], 5).await;
+    let url = format!("{}/metrics", app.base);
+    let res = app.client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = app
+        .client
+        .get(&url)
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = app
+        .client
+        .get(&url)
+        .bearer_auth("scrape-me-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("tenantry_jobs_outbox 0"));
+}

@@ -178,7 +178,18 @@ async fn a_worker_killed_mid_run_loses_no_job_and_repeats_no_effect() {
 async fn sigterm_lets_running_jobs_finish_then_exits() {
     let db = TestDb::new().await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
-    let mut w = worker(&db, REDIS, &prefix, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut w = worker(
+        &db,
+        REDIS,
+        &prefix,
+        &[("WORKER_METRICS_ADDR", addr.as_str())],
+    );
     let ids = enqueue_probes(&db, 3, "slow", 2000).await;
     // Wait until all three run.
     eventually(30, "three running jobs", || async {
@@ -186,6 +197,18 @@ async fn sigterm_lets_running_jobs_finish_then_exits() {
         (running == 3).then_some(())
     })
     .await;
+    // The worker's own metrics: three probe attempts started, none finished.
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tenantry_jobs_started_total{kind=\"jobs.probe\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tenantry_jobs_running 3"), "{metrics}");
     signal(&w, "-TERM");
     let status = wait_exit(&mut w, 30).await;
     assert!(status.success(), "{status:?}");
@@ -305,6 +328,96 @@ async fn with_redis_down_requests_succeed_jobs_wait_in_the_outbox_and_all_run_af
         .await
         .unwrap();
     assert_eq!(waiting, 0);
+    signal(&w, "-TERM");
+    assert!(wait_exit(&mut w, 30).await.success());
+}
+
+/// `tenantry admin jobs ...` against a real database and Redis.
+fn admin(db: &TestDb, prefix: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["admin", "jobs"])
+        .args(args)
+        .env("DATABASE_URL", &db.app_url)
+        .env("REDIS_URL", REDIS)
+        .env("JWT_SECRET", SECRET)
+        .env("JOBS_PREFIX", prefix)
+        .env("RUST_LOG", "warn")
+        .env(
+            "REPORTS_STORE",
+            std::env::temp_dir().join(format!("tenantry-reports-{prefix}")),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn operators_list_inspect_retry_and_discard_dead_jobs_from_the_cli() {
+    let db = TestDb::new().await;
+    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    let mut w = worker(&db, REDIS, &prefix, &[]);
+    // A healthy pipeline: probes run.
+    let (ok, out, err) = admin(
+        &db,
+        &prefix,
+        &["probe", "--count", "5", "--wait-secs", "30"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("all 5 ran"), "{out}");
+    // A probe that fails all its attempts dies.
+    let (ok, out, err) = admin(
+        &db,
+        &prefix,
+        &["probe", "--fail-attempts", "3", "--wait-secs", "0"],
+    );
+    assert!(ok, "{out}{err}");
+    let dead = eventually(30, "a dead job", || async {
+        let (ok, out, _) = admin(&db, &prefix, &["dead"]);
+        assert!(ok);
+        let jobs: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        jobs.into_iter().next()
+    })
+    .await;
+    let id = dead["id"].as_str().unwrap().to_owned();
+    assert_eq!(dead["attempts"], 3);
+    let (ok, out, _) = admin(&db, &prefix, &["show", &id]);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["id"], dead["id"]);
+    assert!(shown["error"].as_str().unwrap().contains("on purpose"));
+    let (ok, out, _) = admin(&db, &prefix, &["stats"]);
+    assert!(ok);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["dead"], 1, "{stats}");
+
+    // Retry: it runs again (and, failing again, dies again with 3 attempts).
+    let (ok, out, err) = admin(&db, &prefix, &["retry", &id]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = admin(&db, &prefix, &["show", &id]);
+    assert!(!ok, "not dead right after the retry");
+    assert!(err.contains("no dead job"), "{err}");
+    eventually(30, "the retried job to die again", || async {
+        admin(&db, &prefix, &["show", &id]).0.then_some(())
+    })
+    .await;
+    // Discard: gone; a second discard fails with a clear line.
+    let (ok, out, _) = admin(&db, &prefix, &["discard", &id]);
+    assert!(ok && out.contains("discarded"), "{out}");
+    let (ok, _, err) = admin(&db, &prefix, &["discard", &id]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (_, out, _) = admin(&db, &prefix, &["stats"]);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["dead"], 0, "{stats}");
     signal(&w, "-TERM");
     assert!(wait_exit(&mut w, 30).await.success());
 }

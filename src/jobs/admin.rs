@@ -45,9 +45,17 @@ pub async fn retry(services: &Services, id: Uuid) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Deletes a dead job for good. `false`: no such dead job.
+/// Deletes a dead job for good; its tenant record, if any, becomes
+/// `failed` (and an import's upload is deleted). `false`: no such dead job.
 pub async fn discard(services: &Services, id: Uuid) -> anyhow::Result<bool> {
-    Ok(services.broker.discard(id).await?)
+    let job = services.broker.dead_job(id).await?;
+    if !services.broker.discard(id).await? {
+        return Ok(false);
+    }
+    if let Some(org) = job.and_then(|j| j.org_id) {
+        super::records::mark_discarded(&services.pool, org, id).await?;
+    }
+    Ok(true)
 }
 
 /// Enqueues `count` probe jobs in one transaction; returns their ids.

@@ -194,7 +194,46 @@ pub async fn finish_failed(
              finished_at = now(), updated_at = now()
          where id = $1 and org_id = $2 and state <> 'succeeded'"
     };
-    update(pool, env, sql, attempt, Some(error)).await
+    update(pool, env, sql, attempt, Some(error)).await?;
+    if !dead && let Some(org) = env.org_id {
+        // A failed job is final: nothing will read its upload again.
+        drop_upload(pool, org, env.id).await?;
+    }
+    Ok(())
+}
+
+/// An operator discarded the dead job: its record is final (`failed`) and
+/// an import's upload is deleted.
+pub async fn mark_discarded(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = org_tx(pool, org_id).await?;
+    sqlx::query(
+        "update job_records set state = 'failed',
+             error = coalesce(error || '; ', '') || 'discarded by an operator',
+             finished_at = coalesce(finished_at, now()), updated_at = now()
+         where id = $1 and org_id = $2 and state <> 'succeeded'",
+    )
+    .bind(id)
+    .bind(org_id)
+    .execute(tx.conn())
+    .await?;
+    delete_upload(tx.conn(), org_id, id).await?;
+    tx.commit().await
+}
+
+async fn drop_upload(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = org_tx(pool, org_id).await?;
+    delete_upload(tx.conn(), org_id, id).await?;
+    tx.commit().await
+}
+
+/// Deletes an import's uploaded file (a no-op for other jobs).
+async fn delete_upload(conn: &mut PgConnection, org_id: Uuid, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from import_files where org_id = $1 and job_id = $2")
+        .bind(org_id)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// A dead job was put back on its queue by an operator.

@@ -143,11 +143,52 @@ async fn discard_dead(
 }
 
 /// Prometheus metrics: jobs started, succeeded, failed and dead, run time
-/// and start latency per kind (this process), and queue depths.
+/// and start latency per kind (this process), and queue depths. When
+/// `METRICS_TOKEN` is configured, send it as a bearer token.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, content_type = "text/plain", body = String)))]
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let depths = tokio::time::timeout(std::time::Duration::from_secs(1), admin::stats(&state.jobs))
+    responses((status = 200, content_type = "text/plain", body = String),
+              (status = 401, description = "`METRICS_TOKEN` is set and was not sent", body = Problem)))]
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    metrics_allowed(&state.jobs, &headers)?;
+    Ok(render_metrics(state.jobs).await.into_response())
+}
+
+/// With `METRICS_TOKEN` set, the scraper must present it as a bearer token.
+pub fn metrics_allowed(
+    services: &super::worker::Services,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    let Some(expected) = &services.config.jobs.metrics_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare digests: constant time whatever the lengths.
+    use sha2::Digest;
+    let (a, b) = (sha2::Sha256::digest(given), sha2::Sha256::digest(expected));
+    if a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "metrics need the METRICS_TOKEN".into(),
+        ))
+    }
+}
+
+/// The Prometheus text of this process, with queue depths when Redis and
+/// Postgres answer within a second.
+pub async fn render_metrics(services: super::worker::Services) -> impl IntoResponse {
+    let depths = tokio::time::timeout(std::time::Duration::from_secs(1), admin::stats(&services))
         .await
         .ok()
         .and_then(Result::ok);

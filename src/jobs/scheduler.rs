@@ -44,7 +44,7 @@ impl Schedule {
 pub fn schedules(config: &crate::config::Config) -> Vec<Schedule> {
     let mut out = vec![Schedule::new(
         "jobs.cleanup",
-        "17 3 * * * *".parse().expect("valid cron"),
+        "0 17 3 * * *".parse().expect("valid cron"),
         |_| super::tasks::cleanup::Cleanup {},
     )];
     if let Some(expr) = &config.jobs.cron_probe
@@ -135,4 +135,32 @@ pub async fn fire(
     super::insert_outbox(&mut tx, &[envelope]).await?;
     tx.commit().await?;
     Ok(Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ticks_are_whole_seconds_whatever_the_clock_says() {
+        let cron: Cron = "* * * * * *".parse().unwrap();
+        let after = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+            + chrono::Duration::milliseconds(123);
+        let t = next_tick(&cron, after).unwrap();
+        assert_eq!(t, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 1).unwrap());
+    }
+
+    #[test]
+    fn cleanup_runs_daily_at_03_17() {
+        let config =
+            crate::config::Config::from_lookup(crate::config::Profile::Dev, |_| None).unwrap();
+        let s = schedules(&config);
+        assert_eq!(s.len(), 1, "no probe schedule unless CRON_PROBE is set");
+        let after = Utc.with_ymd_and_hms(2026, 1, 1, 4, 0, 0).unwrap();
+        let first = next_tick(&s[0].cron, after).unwrap();
+        let second = next_tick(&s[0].cron, first).unwrap();
+        assert_eq!(first, Utc.with_ymd_and_hms(2026, 1, 2, 3, 17, 0).unwrap());
+        assert_eq!(second - first, chrono::Duration::days(1));
+    }
 }

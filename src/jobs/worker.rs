@@ -142,7 +142,6 @@ pub async fn run(services: Services, registry: Registry, shutdown: Shutdown) {
         services.broker.clone(),
         running.clone(),
         services.config.jobs.lease,
-        shutdown.clone(),
     ));
     let registry = Arc::new(registry);
     let mut loops = Vec::new();
@@ -446,7 +445,7 @@ async fn acker(broker: Broker, mut rx: mpsc::Receiver<(Uuid, u32, i64)>) {
 }
 
 /// Renews the leases of running jobs every third of the lease.
-async fn renewer(broker: Broker, running: Running, lease: Duration, shutdown: Shutdown) {
+async fn renewer(broker: Broker, running: Running, lease: Duration) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -457,11 +456,10 @@ async fn renewer(broker: Broker, running: Running, lease: Duration, shutdown: Sh
             .iter()
             .map(|(id, a)| (*id, *a))
             .collect();
+        // Renewing goes on through the grace period; `run` stops it last.
         if let Err(e) = broker.renew(&jobs, lease).await {
             tracing::warn!(error = %e, "cannot renew job leases");
         }
-        // Keep renewing through the grace period; stopped by `run`.
-        let _ = &shutdown;
     }
 }
 

@@ -403,6 +403,10 @@ impl TestApp {
             "memberships",
             "invitations",
             "audit_log",
+            "job_records",
+            "import_rows",
+            "import_files",
+            "app.job_outbox",
         ] {
             let v: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "select md5(coalesce(string_agg(t::text, '|' order by t::text), '')) from {t} t"

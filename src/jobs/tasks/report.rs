@@ -396,7 +396,9 @@ impl CsvSink {
     fn new(store: Arc<dyn ObjectStore>, path: Path) -> Self {
         CsvSink {
             csv: new_csv(),
-            upload: BufWriter::new(store, path),
+            // 5 MiB parts (the smallest S3 accepts), at most two in flight:
+            // memory stays bounded whatever the report's size.
+            upload: BufWriter::with_capacity(store, path, 5 * 1024 * 1024).with_max_concurrency(2),
             rows: 0,
             bytes: 0,
         }
