@@ -14,7 +14,6 @@ use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::jobs::records::{self, JobRecord};
 use crate::jobs::tasks::import::ImportMembers;
-use crate::jobs::{self, Options};
 
 /// The `kind` of every import record.
 pub const RECORD_KIND: &str = "import";
@@ -128,39 +127,24 @@ fn line_of(text: &str, record: &csv::StringRecord) -> i32 {
 pub async fn create_import(tx: &mut TenantTx, body: &[u8]) -> Result<JobRecord, ApiError> {
     let lines = parse(body)?;
     let content = std::str::from_utf8(body).expect("parse checked UTF-8");
-    let (org_id, user_id) = (tx.org_id(), tx.user_id());
-    let id = Uuid::now_v7();
     let params = json!({ "rows": lines.len(), "bytes": body.len() });
-    let record = records::create(tx.conn(), id, org_id, RECORD_KIND, &params, user_id).await?;
+    let job = ImportMembers {
+        org_id: tx.org_id(),
+        requested_by: tx.user_id(),
+    };
+    let record = records::start(tx, RECORD_KIND, &params, &job).await?;
     sqlx::query("insert into import_files (org_id, job_id, content) values ($1, $2, $3)")
-        .bind(org_id)
-        .bind(id)
+        .bind(tx.org_id())
+        .bind(record.id)
         .bind(content)
         .execute(tx.conn())
         .await?;
-    jobs::enqueue_with(
-        tx.conn(),
-        &ImportMembers {
-            org_id,
-            requested_by: user_id,
-        },
-        Options {
-            id: Some(id),
-            record_org: Some(org_id),
-            ..Default::default()
-        },
-    )
-    .await?;
     Ok(record)
 }
 
 /// The org's imports, newest first.
 pub async fn list_imports(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<JobRecord>, ApiError> {
-    let limit = q.limit()?;
-    let before: Option<Uuid> = q.after()?;
-    let org_id = tx.org_id();
-    let rows = records::list(tx.conn(), org_id, RECORD_KIND, before, limit + 1).await?;
-    Ok(Page::from_rows(rows, limit, |r| r.id))
+    records::page(tx, RECORD_KIND, q).await
 }
 
 /// What the job decided about one line.

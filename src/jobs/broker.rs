@@ -510,32 +510,21 @@ impl Broker {
 
     /// Puts a dead job back on its queue with its attempts reset.
     pub async fn revive(&self, id: Uuid) -> redis::RedisResult<bool> {
-        let n: i64 = self
-            .revive
-            .prepare_invoke()
-            .arg(&self.prefix)
-            .arg(id.to_string())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(n == 1)
+        self.on_dead_job(&self.revive, id).await
     }
 
+    /// Deletes a dead job.
     pub async fn discard(&self, id: Uuid) -> redis::RedisResult<bool> {
-        let n: i64 = self
-            .discard
+        self.on_dead_job(&self.discard, id).await
+    }
+
+    /// Runs a script taking (prefix, id); true when it found the dead job.
+    async fn on_dead_job(&self, script: &Script, id: Uuid) -> redis::RedisResult<bool> {
+        let n: i64 = script
             .prepare_invoke()
             .arg(&self.prefix)
             .arg(id.to_string())
             .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Whether a job finished within the last hour (its done marker).
-    pub async fn is_done(&self, id: Uuid) -> redis::RedisResult<bool> {
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(format!("{}:done:{id}", self.prefix))
-            .query_async(&mut self.conn.clone())
             .await?;
         Ok(n == 1)
     }

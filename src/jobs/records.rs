@@ -58,8 +58,44 @@ pub struct JobRecord {
 const COLUMNS: &str = "id, kind, state, params, attempts, progress, total, result, error, \
                        created_by, created_at, started_at, finished_at, updated_at";
 
+/// Starts a tenant job in the caller's transaction: its record (`queued`,
+/// created by the caller) and the job itself, with the same id. Both exist
+/// if and only if the transaction commits.
+pub async fn start<J: super::Job>(
+    tx: &mut TenantTx,
+    kind: &str,
+    params: &serde_json::Value,
+    job: &J,
+) -> Result<JobRecord, sqlx::Error> {
+    let (org_id, user_id) = (tx.org_id(), tx.user_id());
+    let id = Uuid::now_v7();
+    let record = create(tx.conn(), id, org_id, kind, params, user_id).await?;
+    let opts = super::Options {
+        id: Some(id),
+        record_org: Some(org_id),
+        ..Default::default()
+    };
+    super::enqueue_with(tx.conn(), job, opts).await?;
+    Ok(record)
+}
+
+/// A page of the org's records of `kind`, newest first.
+pub async fn page(
+    tx: &mut TenantTx,
+    kind: &str,
+    q: &crate::core::pagination::PageQuery,
+) -> Result<crate::core::pagination::Page<JobRecord>, crate::core::error::ApiError> {
+    let limit = q.limit()?;
+    let before: Option<Uuid> = q.after()?;
+    let org_id = tx.org_id();
+    let rows = list(tx.conn(), org_id, kind, before, limit + 1).await?;
+    Ok(crate::core::pagination::Page::from_rows(rows, limit, |r| {
+        r.id
+    }))
+}
+
 /// Inserts the record of a job about to be enqueued in the same transaction.
-pub async fn create(
+async fn create(
     conn: &mut PgConnection,
     id: Uuid,
     org_id: Uuid,
@@ -97,8 +133,8 @@ pub async fn get(
     .await
 }
 
-/// A page of an org's records of one kind, newest first, after `before`.
-pub async fn list(
+/// An org's records of one kind, newest first, after `before`.
+async fn list(
     conn: &mut PgConnection,
     org_id: Uuid,
     kind: &str,

@@ -16,7 +16,6 @@ use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::Fields;
 use crate::jobs::records::{self, JobRecord, JobState};
 use crate::jobs::tasks::report::{self, BuildReport, ReportKind};
-use crate::jobs::{self, Options};
 
 /// The `kind` of every report record.
 pub const RECORD_KIND: &str = "report";
@@ -73,34 +72,19 @@ pub async fn create_report(
             detail: format!("a {} report needs {}", kind.as_str(), p.as_str()),
         });
     }
-    let (org_id, user_id) = (tx.org_id(), tx.user_id());
-    let id = Uuid::now_v7();
     let params = json!({ "kind": kind.as_str(), "format": format });
-    let record = records::create(tx.conn(), id, org_id, RECORD_KIND, &params, user_id).await?;
-    jobs::enqueue_with(
-        tx.conn(),
-        &BuildReport {
-            org_id,
-            requested_by: user_id,
-            kind,
-        },
-        Options {
-            id: Some(id),
-            record_org: Some(org_id),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let job = BuildReport {
+        org_id: tx.org_id(),
+        requested_by: tx.user_id(),
+        kind,
+    };
+    let record = records::start(tx, RECORD_KIND, &params, &job).await?;
     Ok(record)
 }
 
 /// The org's reports, newest first.
 pub async fn list_reports(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<JobRecord>, ApiError> {
-    let limit = q.limit()?;
-    let before: Option<Uuid> = q.after()?;
-    let org_id = tx.org_id();
-    let rows = records::list(tx.conn(), org_id, RECORD_KIND, before, limit + 1).await?;
-    Ok(Page::from_rows(rows, limit, |r| r.id))
+    records::page(tx, RECORD_KIND, q).await
 }
 
 pub async fn get_report(tx: &mut TenantTx, id: Uuid) -> Result<JobRecord, ApiError> {
