@@ -126,7 +126,7 @@ grant select, insert, delete on import_files to tenantry_app;
 -- once, however often the job is delivered; `runs` counts deliveries.
 create table app.job_probes (
     job_id      uuid primary key,
-    token       text not null,
+    label       text not null,
     runs        int not null default 1,
     finished_at timestamptz not null default now()
 );

@@ -33,11 +33,20 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Broker, mailer and report store (shared with in-process workers).
     pub jobs: crate::jobs::worker::Services,
+    /// The keys that sign Tenantry's own access tokens.
+    pub keys: crate::auth::keys::KeyRing,
 }
 
 impl AppState {
-    /// The state of a server on `pool` with `config`.
-    pub fn new(pool: PgPool, config: Config, verifier: Verifier) -> anyhow::Result<AppState> {
+    /// The state of a server on `pool` with `config`. Loads the signing keys
+    /// (creating the first ones when `AUTH_KEYS_SECRET` is set) and lets
+    /// `verifier` accept tokens they signed.
+    pub async fn new(pool: PgPool, config: Config, verifier: Verifier) -> anyhow::Result<AppState> {
+        let keys = crate::auth::keys::KeyRing::load(&pool, &config).await?;
+        let verifier = match verifier.keyring() {
+            Some(_) => verifier,
+            None => verifier.with_keyring(keys.clone()),
+        };
         let cache = crate::core::cache::Cache::new(
             &config.redis_url,
             &config.cache_prefix,
@@ -51,6 +60,7 @@ impl AppState {
             verifier: Arc::new(verifier),
             config,
             jobs,
+            keys,
         })
     }
 }
@@ -70,6 +80,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "organizations"), (name = "members"), (name = "roles"),
         (name = "invitations"), (name = "audit"), (name = "users"), (name = "reports"),
         (name = "imports"), (name = "admin", description = "Operator routes: a `service_role` key"),
+        (name = "auth", description = "Tenantry's own auth server (GoTrue-compatible)"),
         (name = "health")
     )
 )]
@@ -123,6 +134,7 @@ pub fn api() -> (axum::Router<AppState>, OpenApiDoc) {
         .merge(crate::organizations::router())
         .merge(crate::jobs::routes::router())
         .merge(crate::reports::router().merge(crate::imports::router()))
+        .merge(crate::auth::server::router())
         .split_for_parts();
     document_errors(&mut api);
     (router, api)
@@ -335,7 +347,7 @@ pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let verifier = Verifier::new(&config.jwt)?;
     verifier.warm_up().await;
     let bind = config.bind_addr;
-    let state = AppState::new(pool.clone(), config, verifier)?;
+    let state = AppState::new(pool.clone(), config, verifier).await?;
     let (stop, stopped) = crate::jobs::worker::Shutdown::new();
     let background = with_worker.then(|| {
         tokio::spawn(crate::jobs::run_background(

@@ -28,6 +28,8 @@ pub struct Config {
     pub redis_url: Url,
     pub bind_addr: SocketAddr,
     pub jwt: JwtConfig,
+    /// The access tokens Tenantry signs itself.
+    pub auth: AuthConfig,
     pub log_format: LogFormat,
     pub cors_allowed_origins: Vec<String>,
     pub db_max_connections: u32,
@@ -95,6 +97,55 @@ pub struct JwtConfig {
     pub audience: String,
     pub leeway: Duration,
 }
+
+/// Tenantry's own access tokens: ES256 keys kept encrypted in the database.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// Key-encryption key of the signing keys (`AUTH_KEYS_SECRET`). Unset:
+    /// keys already in the database are published and verify, but nothing
+    /// is signed and no key is created.
+    pub keys_secret: Option<KeysSecret>,
+    /// Lifetime of access tokens (`JWT_EXPIRY_SECS`).
+    pub access_token_ttl: Duration,
+    /// `iss` of the access tokens (`AUTH_ISSUER`).
+    pub issuer: String,
+}
+
+/// 32 secret bytes; `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeysSecret([u8; 32]);
+
+impl KeysSecret {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        KeysSecret(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Whether this is the public development value.
+    pub fn is_dev(&self) -> bool {
+        *self == dev_auth_keys_secret()
+    }
+}
+
+impl std::fmt::Debug for KeysSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeysSecret(<redacted>)")
+    }
+}
+
+/// Only used by `tenantry dev` when `AUTH_KEYS_SECRET` is unset: a fixed,
+/// public value, so development keys survive restarts. Never in production.
+pub fn dev_auth_keys_secret() -> KeysSecret {
+    use sha2::Digest as _;
+    KeysSecret(
+        sha2::Sha256::digest(b"tenantry-dev-auth-keys-secret-do-not-use-in-production").into(),
+    )
+}
+
+pub const DEFAULT_AUTH_ISSUER: &str = "http://127.0.0.1:8080/auth/v1";
 
 /// A setting that could not be used; its `Display` is the one line printed at start.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +246,7 @@ impl Config {
             audience: get("JWT_AUDIENCE").unwrap_or_else(|| "authenticated".to_owned()),
             leeway: Duration::from_secs(30),
         };
+        let auth = AuthConfig::from_lookup(dev, bind_addr, &get)?;
 
         let log_format = match get("LOG_FORMAT").as_deref() {
             None if dev => LogFormat::Pretty,
@@ -242,6 +294,7 @@ impl Config {
             redis_url,
             bind_addr,
             jwt,
+            auth,
             log_format,
             cors_allowed_origins,
             db_max_connections: parse_or(&get, "DB_MAX_CONNECTIONS", 8)?,
@@ -366,6 +419,64 @@ impl JobsConfig {
             },
         })
     }
+}
+
+impl AuthConfig {
+    fn from_lookup(
+        dev: bool,
+        bind_addr: SocketAddr,
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let keys_secret = match get("AUTH_KEYS_SECRET") {
+            // The decoder's error would quote the offending character: name
+            // the setting only.
+            Some(v) => Some(parse_keys_secret(&v).ok_or_else(|| {
+                malformed(
+                    "AUTH_KEYS_SECRET",
+                    "must be the base64 of 32 bytes (openssl rand -base64 32)",
+                )
+            })?),
+            None if dev => {
+                if !bind_addr.ip().is_loopback() {
+                    return Err(ConfigError::Missing {
+                        name: "AUTH_KEYS_SECRET",
+                        hint: " when the dev server listens beyond loopback",
+                    });
+                }
+                Some(dev_auth_keys_secret())
+            }
+            None => None,
+        };
+        let ttl = parse_or::<u64>(get, "JWT_EXPIRY_SECS", 3600)?;
+        if !(60..=86400).contains(&ttl) {
+            return Err(malformed("JWT_EXPIRY_SECS", "must be between 60 and 86400"));
+        }
+        let issuer = get("AUTH_ISSUER").unwrap_or_else(|| DEFAULT_AUTH_ISSUER.to_owned());
+        if issuer.len() > 1024 || issuer.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(malformed(
+                "AUTH_ISSUER",
+                "must be at most 1024 characters without spaces",
+            ));
+        }
+        Ok(AuthConfig {
+            keys_secret,
+            access_token_ttl: Duration::from_secs(ttl),
+            issuer,
+        })
+    }
+}
+
+/// Standard or URL-safe base64, padded or not, of exactly 32 bytes.
+fn parse_keys_secret(value: &str) -> Option<KeysSecret> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let v = value.trim().trim_end_matches('=');
+    let padded = format!("{v}{}", "=".repeat((4 - v.len() % 4) % 4));
+    let bytes = STANDARD
+        .decode(&padded)
+        .or_else(|_| URL_SAFE.decode(&padded))
+        .ok()?;
+    Some(KeysSecret(bytes.try_into().ok()?))
 }
 
 /// The two database URLs: the API's login role and the owner role for migrations.
@@ -497,6 +608,11 @@ mod tests {
             ("CRON_PROBE", "every minute"),
             ("WORKER_METRICS_ADDR", "nowhere"),
             ("DEV_WORKER", "maybe"),
+            ("AUTH_KEYS_SECRET", "c2hvcnQ="),
+            ("JWT_EXPIRY_SECS", "59"),
+            ("JWT_EXPIRY_SECS", "86401"),
+            ("JWT_EXPIRY_SECS", "an hour"),
+            ("AUTH_ISSUER", "https://auth.example.com/ auth/v1"),
         ] {
             let err = cfg(Profile::Dev, &[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{name}: {err}");
@@ -511,6 +627,72 @@ mod tests {
             .to_string();
         assert!(err.contains("SMTP_URL"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_auth_keys_secret_is_named_without_echoing_it() {
+        // Not base64 (the decoder would quote the symbol), base64 of 31 and 33 bytes.
+        for value in [
+            "hunter2-hunter2-hunter2-hunter2-hunter2-hunt$r",
+            "aHVudGVyMi1odW50ZXIyLWh1bnRlcjItaHVudGVyMg==",
+            "aHVudGVyMi1odW50ZXIyLWh1bnRlcjItaHVudGVyMi1o",
+        ] {
+            let err = cfg(Profile::Dev, &[("AUTH_KEYS_SECRET", value)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("AUTH_KEYS_SECRET is malformed"), "{err}");
+            assert!(!err.contains("hunter2") && !err.contains("aHVud"), "{err}");
+            assert!(!err.contains('$'), "{err}");
+        }
+    }
+
+    #[test]
+    fn auth_settings_have_defaults_and_parse() {
+        let c = cfg(Profile::Dev, &[]).unwrap();
+        assert_eq!(c.auth.issuer, DEFAULT_AUTH_ISSUER);
+        assert_eq!(c.auth.access_token_ttl, Duration::from_secs(3600));
+        let dev = c.auth.keys_secret.expect("dev derives a keys secret");
+        assert!(dev.is_dev());
+        assert_eq!(format!("{dev:?}"), "KeysSecret(<redacted>)");
+        let err = cfg(
+            Profile::Dev,
+            &[
+                ("BIND_ADDR", "0.0.0.0:8080"),
+                ("JWT_SECRET", &"x".repeat(32)),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("AUTH_KEYS_SECRET is required"), "{err}");
+
+        let prod = [
+            ("JWT_SECRET", "x".repeat(32)),
+            ("DATABASE_URL", "postgres://u:p@h/db".to_owned()),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut vars: Vec<(&str, &str)> = prod.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            vars.extend_from_slice(extra);
+            cfg(Profile::Production, &vars)
+        };
+        let c = with(&[]).unwrap();
+        assert!(c.auth.keys_secret.is_none(), "production never derives one");
+        // Standard and URL-safe alphabets, with or without padding.
+        for value in [
+            "+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8=",
+            "-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_8",
+        ] {
+            let c = with(&[
+                ("AUTH_KEYS_SECRET", value),
+                ("JWT_EXPIRY_SECS", "600"),
+                ("AUTH_ISSUER", "https://auth.example.com/auth/v1"),
+            ])
+            .unwrap();
+            let secret = c.auth.keys_secret.unwrap();
+            assert_eq!(secret.expose()[..3], [0xfb, 0xff, 0xbf]);
+            assert!(!secret.is_dev());
+            assert_eq!(c.auth.access_token_ttl, Duration::from_secs(600));
+            assert_eq!(c.auth.issuer, "https://auth.example.com/auth/v1");
+        }
     }
 
     #[test]

@@ -38,6 +38,28 @@ enum AdminAction {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Access-token signing keys and API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Retire the active signing key (published until its tokens expire, by
+    /// this process's JWT_EXPIRY_SECS), activate the next one, create a new
+    /// next one, and prune expired keys. Servers follow within 30 s.
+    Rotate,
+    /// List the signing keys: kid, state and dates (no private material).
+    List,
+    /// Delete retired keys whose tokens have all expired.
+    Prune,
+    /// Print a Supabase-style `anon` API key (HS256, JWT_SECRET, ten years).
+    Anon,
+    /// Print a Supabase-style `service_role` API key (HS256, JWT_SECRET, ten
+    /// years): a platform administrator. Keep it secret.
+    Service,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +137,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if config.jwt.secret.as_deref() == Some(tenantry::config::DEV_JWT_SECRET.as_bytes()) {
                 tracing::warn!("JWT_SECRET is unset: using the built-in development secret");
             }
+            if config.auth.keys_secret.as_ref().is_some_and(|s| s.is_dev()) {
+                tracing::warn!(
+                    "AUTH_KEYS_SECRET is unset: signing keys are encrypted with the built-in development secret"
+                );
+            }
             db::create_database_if_missing(&config.migration_database_url).await?;
             db::migrate_up(&config.migration_database_url, &config.database_url).await?;
             let with_worker = config.jobs.in_process_worker;
@@ -132,9 +159,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin { action } => {
             let config = Config::from_env(Profile::Production)?;
-            telemetry::init(tenantry::config::LogFormat::Pretty);
+            telemetry::init_stderr(tenantry::config::LogFormat::Pretty);
             match action {
                 AdminAction::Jobs { action } => admin_jobs(config, action).await,
+                AdminAction::Keys { action } => admin_keys(config, action).await,
             }
         }
         Command::Migrate { action } => {
@@ -205,14 +233,14 @@ async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
             fail_attempts,
             wait_secs,
         } => {
-            let token = format!("admin:{}", uuid::Uuid::now_v7());
-            let ids = admin::probe(&services, count, &token, sleep_ms, fail_attempts).await?;
-            println!("enqueued {} probe jobs ({token})", ids.len());
+            let label = format!("admin:{}", uuid::Uuid::now_v7());
+            let ids = admin::probe(&services, count, &label, sleep_ms, fail_attempts).await?;
+            println!("enqueued {} probe jobs ({label})", ids.len());
             if wait_secs > 0 {
                 let start = std::time::Instant::now();
                 let deadline = start + std::time::Duration::from_secs(wait_secs);
                 loop {
-                    let done = admin::probes_done(&services.pool, &token).await?;
+                    let done = admin::probes_done(&services.pool, &label).await?;
                     if done >= count as i64 {
                         println!("all {count} ran in {:.2} s", start.elapsed().as_secs_f64());
                         break;
@@ -228,6 +256,75 @@ async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
             let rate = rate.filter(|r| *r > 0.0);
             let report = admin::bench(&services, count, batch.max(1), rate).await?;
             print(&report);
+        }
+    }
+    Ok(())
+}
+
+async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
+    use tenantry::auth::keys::{self, KeyRing};
+    let date = |d: Option<chrono::DateTime<chrono::Utc>>| {
+        d.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    match action {
+        KeysAction::Anon => println!("{}", keys::api_key(&config, "anon")?),
+        KeysAction::Service => println!("{}", keys::api_key(&config, "service_role")?),
+        KeysAction::Rotate => {
+            let pool = db::connect_pool(&config.database_url, 2).await?;
+            let report = KeyRing::rotate(&pool, &config).await?;
+            println!("active {}", report.active);
+            println!("next {}", report.next);
+            if let Some(kid) = &report.retired {
+                println!(
+                    "retired {kid} (published until {})",
+                    date(report.retired_expires_at)
+                );
+            }
+            for kid in &report.pruned {
+                println!("pruned {kid}");
+            }
+            println!("published {}", report.published.join(" "));
+            // Relying parties may cache the JWKS for 300 s.
+            match report.active_published_secs {
+                Some(secs) if secs < 300 => eprintln!(
+                    "warning: the new active key was published only {secs} s ago; \
+                     a relying party holding an older copy of the JWKS rejects its tokens until it refetches"
+                ),
+                None => eprintln!(
+                    "warning: there was no next key: the new active key signs without having been published"
+                ),
+                _ => {}
+            }
+            pool.close().await;
+        }
+        KeysAction::Prune => {
+            let pool = db::connect_pool(&config.database_url, 2).await?;
+            let pruned = KeyRing::prune(&pool).await?;
+            for kid in &pruned {
+                println!("pruned {kid}");
+            }
+            if pruned.is_empty() {
+                println!("nothing to prune");
+            }
+            pool.close().await;
+        }
+        KeysAction::List => {
+            let pool = db::connect_pool(&config.database_url, 2).await?;
+            let list = KeyRing::list(&pool).await?;
+            println!("kid\tstate\tcreated\tactivated\tretired\texpires");
+            for k in list {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.kid,
+                    k.state,
+                    date(Some(k.created_at)),
+                    date(k.activated_at),
+                    date(k.retired_at),
+                    date(k.expires_at)
+                );
+            }
+            pool.close().await;
         }
     }
     Ok(())

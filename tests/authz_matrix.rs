@@ -251,6 +251,7 @@ fn table() -> Vec<Spec> {
         public("/readyz"),
         // Prometheus text, not JSON.
         public("/metrics").check(any_body),
+        public("/auth/v1/.well-known/jwks.json").check(|v| v["keys"].is_array()),
         // ---- platform-admin routes (`{job_id}`: a random id, no such dead job)
         platform(M::GET, "/api/v1/admin/jobs", 200).check(|v| v["outbox"].is_number()),
         platform(M::GET, "/api/v1/admin/jobs/dead", 200).check(is_page),

@@ -22,9 +22,9 @@ async fn probe_runs(app: &TestApp, id: Uuid) -> Option<i32> {
         .unwrap()
 }
 
-fn probe(token: &str) -> Probe {
+fn probe(label: &str) -> Probe {
     Probe {
-        token: token.into(),
+        label: label.into(),
         sleep_ms: 0,
         fail_attempts: 0,
     }
@@ -142,7 +142,7 @@ async fn failures_are_retried_with_backoff_then_dead_and_operators_can_retry_or_
         "{}",
         dead[0]
     );
-    assert_eq!(dead[0]["payload"]["token"], "doomed");
+    assert_eq!(dead[0]["payload"]["label"], "doomed");
     assert_eq!(probe_runs(&app, doomed_id).await, None);
 
     let (s, one) = app
@@ -204,7 +204,7 @@ async fn an_undecodable_payload_goes_to_the_dead_letters_with_the_reason() {
     let bad_payload = Uuid::now_v7();
     let envelope = json!({
         "id": bad_payload, "kind": "jobs.probe", "queue": "default",
-        "payload": {"token": 42, "surprise": true}, "max_attempts": 3,
+        "payload": {"label": 42, "surprise": true}, "max_attempts": 3,
         "enqueued_at_ms": 0,
     });
     let garbage = Uuid::now_v7();
@@ -351,8 +351,8 @@ async fn a_cron_schedule_fires_once_per_tick_with_three_workers() {
     assert!((3..=6).contains(&ticks), "ticks claimed: {ticks}");
     let rows: Vec<(String, i64, i64)> = eventually(20, "every tick's probe to run", || async {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "select token, count(*), sum(runs)::bigint from app.job_probes
-             where token like 'cron:%' group by token order by token",
+            "select label, count(*), sum(runs)::bigint from app.job_probes
+             where label like 'cron:%' group by label order by label",
         )
         .fetch_all(&app.db.admin)
         .await
@@ -360,11 +360,11 @@ async fn a_cron_schedule_fires_once_per_tick_with_three_workers() {
         (rows.len() as i64 == ticks).then_some(rows)
     })
     .await;
-    for (token, jobs, runs) in &rows {
+    for (label, jobs, runs) in &rows {
         assert_eq!(
             (*jobs, *runs),
             (1, 1),
-            "tick {token} fired {jobs} jobs, {runs} runs"
+            "tick {label} fired {jobs} jobs, {runs} runs"
         );
     }
     worker.stop().await;
@@ -543,4 +543,86 @@ async fn metrics_need_the_metrics_token_when_one_is_set() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.text().await.unwrap().contains("tenantry_jobs_outbox 0"));
+}
+
+#[tokio::test]
+async fn a_late_result_of_an_attempt_that_lost_its_lease_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let broker = &app.state.jobs.broker;
+    let id = Uuid::now_v7();
+    let env = tenantry::jobs::envelope_for(
+        &probe("lease"),
+        &Options {
+            id: Some(id),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text = serde_json::to_string(&env).unwrap();
+    let added = broker
+        .push(&[(id, "default".into(), None, text.clone(), 3)])
+        .await
+        .unwrap();
+    assert_eq!(added, 1);
+    // Pushing the same id again (a relay retry) adds nothing.
+    let again = broker
+        .push(&[(id, "default".into(), None, text, 3)])
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+
+    let first = broker
+        .fetch("default", 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(first.taken.len(), 1);
+    assert_eq!(first.taken[0].attempt, 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // The lease ran out: the next fetch hands the job on as attempt 2.
+    let second = broker
+        .fetch("default", 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(second.taken.len(), 1);
+    assert_eq!(second.taken[0].attempt, 2);
+
+    // The first attempt's late failure and late ack change nothing.
+    let applied = broker
+        .fail(id, 1, Some(Duration::ZERO), "late failure", true)
+        .await
+        .unwrap();
+    assert!(!applied);
+    assert_eq!(broker.ack(&[(id, 1, 0)]).await.unwrap(), 0);
+    let s = broker.stats().await.unwrap();
+    assert_eq!(
+        (s.running, s.scheduled),
+        (1, 0),
+        "still only attempt 2 runs"
+    );
+
+    // An outage failure gives its attempt back: the next delivery is attempt 2 again.
+    assert!(
+        broker
+            .fail(id, 2, Some(Duration::ZERO), "database down", false)
+            .await
+            .unwrap()
+    );
+    let third = broker
+        .fetch("default", 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(third.taken.len(), 1);
+    assert_eq!(third.taken[0].attempt, 2);
+    assert_eq!(broker.ack(&[(id, 2, 0)]).await.unwrap(), 1);
+    let s = broker.stats().await.unwrap();
+    assert_eq!((s.running, s.scheduled, s.dead), (0, 0, 0));
+    // Finished: a late push of the same id does not run it again.
+    let env_text = serde_json::to_string(&env).unwrap();
+    assert_eq!(
+        broker
+            .push(&[(id, "default".into(), None, env_text, 3)])
+            .await
+            .unwrap(),
+        0
+    );
 }

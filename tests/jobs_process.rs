@@ -59,10 +59,10 @@ async fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
     }
 }
 
-/// Enqueues `n` probe jobs with `token` in one transaction.
-async fn enqueue_probes(db: &TestDb, n: usize, token: &str, sleep_ms: u64) -> Vec<Uuid> {
+/// Enqueues `n` probe jobs with `label` in one transaction.
+async fn enqueue_probes(db: &TestDb, n: usize, label: &str, sleep_ms: u64) -> Vec<Uuid> {
     let job = tenantry::jobs::tasks::probe::Probe {
-        token: token.into(),
+        label: label.into(),
         sleep_ms,
         fail_attempts: 0,
     };
@@ -79,11 +79,11 @@ async fn enqueue_probes(db: &TestDb, n: usize, token: &str, sleep_ms: u64) -> Ve
     ids
 }
 
-async fn probes(db: &TestDb, token: &str) -> (i64, i64) {
+async fn probes(db: &TestDb, label: &str) -> (i64, i64) {
     sqlx::query_as(
-        "select count(*), coalesce(sum(runs), 0)::bigint from app.job_probes where token = $1",
+        "select count(*), coalesce(sum(runs), 0)::bigint from app.job_probes where label = $1",
     )
-    .bind(token)
+    .bind(label)
     .fetch_one(&db.admin)
     .await
     .unwrap()
@@ -107,15 +107,15 @@ const REDIS: &str = "redis://127.0.0.1:6379/0";
 async fn a_worker_killed_mid_run_loses_no_job_and_repeats_no_effect() {
     let db = TestDb::new().await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
-    let token = "sigkill";
-    let ids = enqueue_probes(&db, 1000, token, 5).await;
+    let label = "sigkill";
+    let ids = enqueue_probes(&db, 1000, label, 5).await;
     assert_eq!(ids.len(), 1000);
 
     let mut first = worker(&db, REDIS, &prefix, &[]);
     // Let it get part of the way, then kill it without warning.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (done, _) = probes(&db, token).await;
+        let (done, _) = probes(&db, label).await;
         if done >= 200 {
             break;
         }
@@ -127,7 +127,7 @@ async fn a_worker_killed_mid_run_loses_no_job_and_repeats_no_effect() {
     }
     signal(&first, "-KILL");
     wait_exit(&mut first, 10).await;
-    let (done_at_kill, _) = probes(&db, token).await;
+    let (done_at_kill, _) = probes(&db, label).await;
     assert!(
         done_at_kill < 1000,
         "the kill came too late to test anything"
@@ -136,7 +136,7 @@ async fn a_worker_killed_mid_run_loses_no_job_and_repeats_no_effect() {
     let mut second = worker(&db, REDIS, &prefix, &[]);
     let deadline = Instant::now() + Duration::from_secs(90);
     let (done, runs) = loop {
-        let (done, runs) = probes(&db, token).await;
+        let (done, runs) = probes(&db, label).await;
         if done == 1000 {
             break (done, runs);
         }
@@ -151,10 +151,10 @@ async fn a_worker_killed_mid_run_loses_no_job_and_repeats_no_effect() {
     assert_eq!(done, 1000);
     assert!(runs >= 1000);
     let ids_done: i64 = sqlx::query_scalar(
-        "select count(*) from app.job_probes where job_id = any($1) and token = $2",
+        "select count(*) from app.job_probes where job_id = any($1) and label = $2",
     )
     .bind(&ids)
-    .bind(token)
+    .bind(label)
     .fetch_one(&db.admin)
     .await
     .unwrap();

@@ -317,7 +317,12 @@ async fn audit_log_report_needs_audit_read() {
         "org creation and the invitation leave audit entries"
     );
     assert_eq!(record["result"]["rows"], entries, "{record}");
+    // Reading the audit log through a report needs audit:read too: a member
+    // (reports:read only) cannot download what an owner built.
     let dl = download(&app, org, id, &ann).await;
+    assert_eq!(dl.status, StatusCode::FORBIDDEN, "{}", dl.body);
+    assert!(dl.body.contains("permission_denied"), "{}", dl.body);
+    let dl = download(&app, org, id, &owner).await;
     assert_eq!(dl.status, StatusCode::OK, "{}", dl.body);
     let lines: Vec<&str> = dl.body.lines().collect();
     assert_eq!(

@@ -3,6 +3,10 @@
 //! ES256/RS256 tokens name a key by `kid` from the JWKS at `JWKS_URL`, cached
 //! for at most ten minutes and refetched on an unknown `kid` at most once per
 //! `min_refetch`. `jku`, `x5u` and embedded `jwk` headers are ignored.
+//!
+//! With a [`KeyRing`] attached, ES256 tokens whose `kid` names one of
+//! Tenantry's own keys verify with that key, and must carry `iss` equal to
+//! `AUTH_ISSUER`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 use url::Url;
 
+use crate::auth::keys::KeyRing;
 use crate::config::JwtConfig;
 
 /// Longest token accepted; Supabase tokens are around 1 KiB.
@@ -74,7 +79,16 @@ impl Claims {
 pub struct Verifier {
     secret: Option<Arc<DecodingKey>>,
     jwks: Option<JwksCache>,
+    /// Tenantry's own signing keys.
+    keyring: Option<KeyRing>,
     validation_base: Validation,
+}
+
+/// A token's verification key, and whose it is.
+struct TokenKey {
+    key: Arc<DecodingKey>,
+    alg: Algorithm,
+    own: bool,
 }
 
 impl Verifier {
@@ -111,8 +125,19 @@ impl Verifier {
                 .as_deref()
                 .map(|s| Arc::new(DecodingKey::from_secret(s))),
             jwks,
+            keyring: None,
             validation_base: v,
         })
+    }
+
+    /// Also accepts ES256 tokens signed by Tenantry's own keys.
+    pub fn with_keyring(mut self, keyring: KeyRing) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    pub fn keyring(&self) -> Option<&KeyRing> {
+        self.keyring.as_ref()
     }
 
     /// Fetches the JWKS once at start so the first requests need not wait.
@@ -166,15 +191,16 @@ impl Verifier {
         // Asymmetric tokens name their key; HS256 tokens (which may also carry
         // a `kid` in Supabase) use the shared secret. Either way the key fixes
         // the one algorithm it verifies.
-        let (key, alg) = match (&header.kid, &self.jwks, header.alg) {
-            (_, _, Algorithm::HS256) => match &self.secret {
-                Some(secret) => (secret.clone(), Algorithm::HS256),
+        let TokenKey { key, alg, own } = match (&header.kid, header.alg) {
+            (_, Algorithm::HS256) => match &self.secret {
+                Some(secret) => TokenKey {
+                    key: secret.clone(),
+                    alg: Algorithm::HS256,
+                    own: false,
+                },
                 None => return Err(TokenError::UnknownKey),
             },
-            (Some(kid), Some(jwks), _) => {
-                let k = jwks.key(kid).await.ok_or(TokenError::UnknownKey)?;
-                (k.key.clone(), k.alg)
-            }
+            (Some(kid), _) => self.asymmetric_key(kid).await?,
             _ => return Err(TokenError::UnknownKey),
         };
         if header.alg != alg {
@@ -182,6 +208,11 @@ impl Verifier {
         }
         let mut validation = self.validation_base.clone();
         validation.algorithms = vec![alg];
+        if own && let Some(ring) = &self.keyring {
+            // Our tokens name our issuer, whatever JWT_ISSUER says of Supabase's.
+            validation.set_issuer(&[ring.issuer()]);
+            validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
@@ -196,6 +227,41 @@ impl Verifier {
             }
         })?;
         Ok(data.claims)
+    }
+}
+
+impl Verifier {
+    /// The key a `kid` names: ours (cached), then the JWKS's (which may
+    /// refetch), then ours again after a reload (another process may have
+    /// rotated the keys).
+    async fn asymmetric_key(&self, kid: &str) -> Result<TokenKey, TokenError> {
+        let own = |key| TokenKey {
+            key,
+            alg: Algorithm::ES256,
+            own: true,
+        };
+        if let Some(ring) = &self.keyring
+            && let Some(key) = ring.decoding_key(kid)
+        {
+            return Ok(own(key));
+        }
+        if let Some(jwks) = &self.jwks
+            && let Some(k) = jwks.key(kid).await
+        {
+            return Ok(TokenKey {
+                key: k.key.clone(),
+                alg: k.alg,
+                own: false,
+            });
+        }
+        match &self.keyring {
+            Some(ring) => ring
+                .decoding_key_fresh(kid)
+                .await
+                .map(own)
+                .ok_or(TokenError::UnknownKey),
+            None => Err(TokenError::UnknownKey),
+        }
     }
 }
 

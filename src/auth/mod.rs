@@ -1,10 +1,14 @@
-//! Authentication (verifying Supabase-style access tokens) and authorization
+//! Authentication (verifying Supabase-style access tokens, and signing
+//! Tenantry's own with the keys in [`keys`]) and authorization
 //! (roles, permissions as types, and the org context that opens a tenant
 //! transaction only for an authorised caller).
 
 pub mod jwt;
+pub mod keys;
+pub mod password;
 pub mod principal;
 pub mod rbac;
+pub mod server;
 
 pub use principal::AuthUser;
 pub use rbac::{OrgContext, PermSet, Permission, perm};

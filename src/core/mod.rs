@@ -6,5 +6,6 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod pagination;
+pub mod ratelimit;
 pub mod telemetry;
 pub mod validate;

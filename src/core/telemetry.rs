@@ -9,9 +9,26 @@ tokio::task_local! {
 }
 
 pub fn init(format: LogFormat) {
+    init_to(format, false)
+}
+
+/// Logs to stderr, for commands whose stdout is their output (`admin ...`).
+pub fn init_stderr(format: LogFormat) {
+    init_to(format, true)
+}
+
+fn init_to(format: LogFormat, stderr: bool) {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if stderr {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            }
+        });
     let _ = match format {
         LogFormat::Json => builder
             .json()

@@ -39,8 +39,11 @@ pub async fn retry(services: &Services, id: Uuid) -> anyhow::Result<bool> {
     if !services.broker.revive(id).await? {
         return Ok(false);
     }
-    if let Some(org) = job.and_then(|j| j.org_id) {
-        super::records::mark_requeued(&services.pool, org, id).await?;
+    if let Some(org) = job.and_then(|j| j.org_id)
+        && let Err(e) = super::records::mark_requeued(&services.pool, org, id).await
+    {
+        // The job is requeued; its record catches up when the job runs.
+        tracing::warn!(job = %id, error = %e, "cannot mark the job record queued");
     }
     Ok(true)
 }
@@ -62,12 +65,12 @@ pub async fn discard(services: &Services, id: Uuid) -> anyhow::Result<bool> {
 pub async fn probe(
     services: &Services,
     count: usize,
-    token: &str,
+    label: &str,
     sleep_ms: u64,
     fail_attempts: u32,
 ) -> anyhow::Result<Vec<Uuid>> {
     let job = super::tasks::probe::Probe {
-        token: token.to_owned(),
+        label: label.to_owned(),
         sleep_ms,
         fail_attempts,
     };
@@ -86,14 +89,14 @@ pub async fn probe(
     Ok(ids)
 }
 
-/// How many probes of `token` ran (each counted once).
-pub async fn probes_done(pool: &sqlx::PgPool, token: &str) -> anyhow::Result<i64> {
+/// How many probes labelled `label` ran (each counted once).
+pub async fn probes_done(pool: &sqlx::PgPool, label: &str) -> anyhow::Result<i64> {
     let mut tx = pool.begin().await?;
     sqlx::query("select set_config('role', 'tenantry_app', true)")
         .execute(&mut *tx)
         .await?;
-    let (n,): (i64,) = sqlx::query_as("select count(*) from app.job_probes where token = $1")
-        .bind(token)
+    let (n,): (i64,) = sqlx::query_as("select count(*) from app.job_probes where label = $1")
+        .bind(label)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -24,14 +24,23 @@ use uuid::Uuid;
 
 use super::Envelope;
 
-/// ARGV: prefix, now, then groups of (id, queue, due_ms or 0, envelope, max).
+/// Every script reads the time from Redis (`TIME`), so the clocks of worker
+/// machines never decide when a lease has expired or a job is due.
+const NOW: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
+
+/// ARGV: prefix, then groups of (id, queue, due_ms or 0, envelope, max).
 /// Returns the number of jobs added (known or finished ids are skipped).
 const PUSH: &str = r#"
 local p = ARGV[1]
-local now = tonumber(ARGV[2])
+local now = now_ms()
 local added = 0
 local woken = {}
-for i = 3, #ARGV, 5 do
+for i = 2, #ARGV, 5 do
   local id, queue, due, env, max = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3], ARGV[i+4]
   local key = p .. ':job:' .. id
   if redis.call('EXISTS', key) == 0 and redis.call('EXISTS', p .. ':done:' .. id) == 0 then
@@ -53,13 +62,15 @@ end
 return added
 "#;
 
-/// ARGV: prefix, queue, max jobs, now, lease deadline.
+/// ARGV: prefix, queue, max jobs, lease ms, dead ttl ms.
 /// Promotes due scheduled jobs, reclaims expired leases, then takes up to
-/// `max` ready jobs of `queue`. Returns {taken, lost, next_due}: taken and
+/// `max` ready jobs of `queue`. Returns {taken, lost, next_in}: taken and
 /// lost are flat lists of (id, envelope, attempts); lost jobs were killed by
-/// an expired lease on their last attempt and are now dead.
+/// an expired lease on their last attempt and are now dead; next_in is the
+/// time in ms until the next scheduled job is due or lease runs out (-1: none).
 const FETCH: &str = r#"
-local p, queue, n, now, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local p, queue, n, lease, dead_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = now_ms()
 local function wake(q)
   redis.call('LPUSH', p .. ':wake:' .. q, 1)
   redis.call('LTRIM', p .. ':wake:' .. q, 0, 0)
@@ -82,6 +93,7 @@ for _, id in ipairs(expired) do
   if job[1] then
     if tonumber(job[2]) >= tonumber(job[3]) then
       redis.call('HSET', key, 'err', 'lease expired on the last attempt: the worker running it stopped', 'died', now)
+      redis.call('PEXPIRE', key, dead_ttl)
       redis.call('ZADD', p .. ':dead', now, id)
       table.insert(lost, id); table.insert(lost, job[4]); table.insert(lost, job[2])
     else
@@ -100,27 +112,29 @@ while got < n do
   local env = redis.call('HGET', key, 'env')
   if env then
     local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('ZADD', p .. ':run', deadline, id)
+    redis.call('ZADD', p .. ':run', now + lease, id)
     table.insert(taken, id); table.insert(taken, env); table.insert(taken, attempts)
     got = got + 1
   end
 end
 if redis.call('LLEN', p .. ':q:' .. queue) > 0 then wake(queue) end
-local next_due = redis.call('ZRANGE', p .. ':sched', 0, 0, 'WITHSCORES')
 local nd = -1
+local next_due = redis.call('ZRANGE', p .. ':sched', 0, 0, 'WITHSCORES')
 if next_due[2] then nd = tonumber(next_due[2]) end
 local next_lease = redis.call('ZRANGE', p .. ':run', 0, 0, 'WITHSCORES')
 if next_lease[2] and (nd < 0 or tonumber(next_lease[2]) < nd) then nd = tonumber(next_lease[2]) end
-return { taken, lost, tostring(nd) }
+local next_in = -1
+if nd >= 0 then next_in = math.max(0, nd - now) end
+return { taken, lost, tostring(next_in) }
 "#;
 
-/// ARGV: prefix, now, done ttl ms, then triples of (id, attempt, started ms).
+/// ARGV: prefix, done ttl ms, then triples of (id, attempt, started ms).
 /// Finishes attempts that still hold their job; the done marker keeps when
 /// the attempt started. Returns how many were finished.
 const ACK: &str = r#"
-local p, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local p, ttl = ARGV[1], tonumber(ARGV[2])
 local n = 0
-for i = 4, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local id, attempt, started = ARGV[i], ARGV[i+1], ARGV[i+2]
   local key = p .. ':job:' .. id
   if redis.call('HGET', key, 'attempts') == attempt then
@@ -133,26 +147,34 @@ end
 return n
 "#;
 
-/// ARGV: prefix, id, attempt, now, retry due (ms) or -1 for dead, error.
-/// Returns 1 when applied, 0 when the attempt no longer holds the job.
+/// ARGV: prefix, id, attempt, retry delay ms or -1 for dead, error,
+/// counted (1, or 0 when the attempt should not count: an outage of the
+/// database or broker, not the job's fault), dead ttl ms.
+/// Applies only while the attempt still holds its lease; returns 1 then, 0
+/// when the lease had expired and the job was already handed on.
 const FAIL: &str = r#"
-local p, id, attempt, now, due, err = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local p, id, attempt, delay, err, counted, dead_ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 local key = p .. ':job:' .. id
 if redis.call('HGET', key, 'attempts') ~= attempt then return 0 end
+if not redis.call('ZSCORE', p .. ':run', id) then return 0 end
+local now = now_ms()
 redis.call('ZREM', p .. ':run', id)
 redis.call('HSET', key, 'err', err)
-if due < 0 then
+if delay < 0 then
   redis.call('HSET', key, 'died', now)
+  redis.call('PEXPIRE', key, dead_ttl)
   redis.call('ZADD', p .. ':dead', now, id)
 else
-  redis.call('ZADD', p .. ':sched', due, id)
+  if counted == '0' then redis.call('HINCRBY', key, 'attempts', -1) end
+  redis.call('ZADD', p .. ':sched', now + delay, id)
 end
 return 1
 "#;
 
-/// ARGV: prefix, deadline, then pairs of (id, attempt): renews leases.
+/// ARGV: prefix, lease ms, then pairs of (id, attempt): renews leases.
 const RENEW: &str = r#"
-local p, deadline = ARGV[1], ARGV[2]
+local p, lease = ARGV[1], tonumber(ARGV[2])
+local deadline = now_ms() + lease
 for i = 3, #ARGV, 2 do
   local id, attempt = ARGV[i], ARGV[i+1]
   if redis.call('HGET', p .. ':job:' .. id, 'attempts') == attempt then
@@ -169,6 +191,7 @@ if redis.call('ZREM', p .. ':dead', id) == 0 then return 0 end
 local key = p .. ':job:' .. id
 local q = redis.call('HGET', key, 'queue')
 if not q then return 0 end
+redis.call('PERSIST', key)
 redis.call('HSET', key, 'attempts', 0)
 redis.call('HDEL', key, 'died')
 redis.call('RPUSH', p .. ':q:' .. q, id)
@@ -184,6 +207,10 @@ if redis.call('ZREM', p .. ':dead', id) == 0 then return 0 end
 redis.call('DEL', p .. ':job:' .. id)
 return 1
 "#;
+
+/// Dead jobs are kept this long, then expire (their payload may hold links
+/// with secrets, such as an invitation's).
+pub const DEAD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long the done marker of a finished job is kept.
 const DONE_TTL: Duration = Duration::from_secs(3600);
@@ -215,8 +242,8 @@ pub struct Fetched {
     pub taken: Vec<Delivery>,
     /// Jobs found dead by an expired lease on their last attempt.
     pub lost: Vec<Delivery>,
-    /// When the next scheduled job is due or the next lease runs out.
-    pub next_due_ms: Option<i64>,
+    /// Time until the next scheduled job is due or the next lease runs out.
+    pub next_in: Option<Duration>,
 }
 
 /// A dead job as operators see it.
@@ -233,7 +260,9 @@ pub struct DeadJob {
     pub enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
     pub request_id: Option<String>,
     pub org_id: Option<Uuid>,
-    /// The payload as stored (JSON, or the raw text when it is not JSON).
+    /// The payload (JSON, or the raw text when it is not JSON), with secrets
+    /// redacted: query strings of URLs (invitation and reset links carry
+    /// their tokens there) and fields named like tokens, passwords, secrets.
     pub payload: serde_json::Value,
 }
 
@@ -265,11 +294,11 @@ impl Broker {
             client,
             conn,
             prefix: format!("{prefix}:jobs"),
-            push: Script::new(PUSH),
-            fetch: Script::new(FETCH),
+            push: Script::new(&format!("{NOW}{PUSH}")),
+            fetch: Script::new(&format!("{NOW}{FETCH}")),
             ack: Script::new(ACK),
-            fail: Script::new(FAIL),
-            renew: Script::new(RENEW),
+            fail: Script::new(&format!("{NOW}{FAIL}")),
+            renew: Script::new(&format!("{NOW}{RENEW}")),
             revive: Script::new(REVIVE),
             discard: Script::new(DISCARD),
         })
@@ -289,7 +318,7 @@ impl Broker {
             return Ok(0);
         }
         let mut inv = self.push.prepare_invoke();
-        inv.arg(&self.prefix).arg(super::now_ms());
+        inv.arg(&self.prefix);
         for (id, queue, due, env, max) in jobs {
             inv.arg(id.to_string())
                 .arg(queue)
@@ -306,22 +335,25 @@ impl Broker {
         max: usize,
         lease: Duration,
     ) -> redis::RedisResult<Fetched> {
-        let now = super::now_ms();
         let (taken, lost, next): (Vec<String>, Vec<String>, String) = self
             .fetch
             .prepare_invoke()
             .arg(&self.prefix)
             .arg(queue)
             .arg(max)
-            .arg(now)
-            .arg(now + lease.as_millis() as i64)
+            .arg(lease.as_millis() as u64)
+            .arg(DEAD_TTL.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let next = next.parse::<i64>().ok().filter(|n| *n >= 0);
+        let next = next
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(|ms| Duration::from_millis(ms as u64));
         Ok(Fetched {
             taken: deliveries(taken),
             lost: deliveries(lost),
-            next_due_ms: next,
+            next_in: next,
         })
     }
 
@@ -331,22 +363,23 @@ impl Broker {
             return Ok(0);
         }
         let mut inv = self.ack.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(super::now_ms())
-            .arg(DONE_TTL.as_millis() as u64);
+        inv.arg(&self.prefix).arg(DONE_TTL.as_millis() as u64);
         for (id, attempt, started) in done {
             inv.arg(id.to_string()).arg(*attempt).arg(*started);
         }
         inv.invoke_async(&mut self.conn.clone()).await
     }
 
-    /// Records a failed attempt: retry at `retry_at_ms`, or dead when `None`.
+    /// Records a failed attempt: retry after `retry_in`, or dead when
+    /// `None`. `counted: false` gives the attempt back (an outage, not the
+    /// job's fault). `false`: the attempt had lost its lease; nothing changed.
     pub async fn fail(
         &self,
         id: Uuid,
         attempt: u32,
-        retry_at_ms: Option<i64>,
+        retry_in: Option<Duration>,
         error: &str,
+        counted: bool,
     ) -> redis::RedisResult<bool> {
         let applied: i64 = self
             .fail
@@ -354,9 +387,10 @@ impl Broker {
             .arg(&self.prefix)
             .arg(id.to_string())
             .arg(attempt)
-            .arg(super::now_ms())
-            .arg(retry_at_ms.unwrap_or(-1))
+            .arg(retry_in.map(|d| d.as_millis() as i64).unwrap_or(-1))
             .arg(truncate(error, 2000))
+            .arg(if counted { "1" } else { "0" })
+            .arg(DEAD_TTL.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(applied == 1)
@@ -367,8 +401,7 @@ impl Broker {
             return Ok(());
         }
         let mut inv = self.renew.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(super::now_ms() + lease.as_millis() as i64);
+        inv.arg(&self.prefix).arg(lease.as_millis() as u64);
         for (id, attempt) in running {
             inv.arg(id.to_string()).arg(*attempt);
         }
@@ -478,7 +511,16 @@ impl Broker {
             .arg(&["env", "queue", "attempts", "max", "err"])
             .query_async(&mut conn)
             .await?;
-        let (Some(score), Some(env)) = (score, fields.first().cloned().flatten()) else {
+        let Some(score) = score else {
+            return Ok(None);
+        };
+        let Some(env) = fields.first().cloned().flatten() else {
+            // Its data expired (DEAD_TTL): forget the entry too.
+            let _: i64 = redis::cmd("ZREM")
+                .arg(format!("{}:dead", self.prefix))
+                .arg(id.to_string())
+                .query_async(&mut conn)
+                .await?;
             return Ok(None);
         };
         let field = |i: usize| fields.get(i).cloned().flatten().unwrap_or_default();
@@ -502,9 +544,11 @@ impl Broker {
                 .and_then(|e| chrono::DateTime::from_timestamp_millis(e.enqueued_at_ms)),
             request_id: parsed.as_ref().and_then(|e| e.request_id.clone()),
             org_id: parsed.as_ref().and_then(|e| e.org_id),
-            payload: parsed
-                .map(|e| e.payload)
-                .unwrap_or_else(|| raw.get("payload").cloned().unwrap_or(raw)),
+            payload: redact(
+                parsed
+                    .map(|e| e.payload)
+                    .unwrap_or_else(|| raw.get("payload").cloned().unwrap_or(raw)),
+            ),
         }))
     }
 
@@ -546,6 +590,37 @@ impl Broker {
     }
 }
 
+/// Hides secrets in a payload shown to operators.
+pub fn redact(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    let secret = ["token", "password", "secret", "key"]
+                        .iter()
+                        .any(|s| lower.contains(s));
+                    if secret && !v.is_null() {
+                        (k, Value::String("[redacted]".into()))
+                    } else {
+                        (k, redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+        Value::String(s) => match url::Url::parse(&s) {
+            Ok(mut u) if u.query().is_some() && matches!(u.scheme(), "http" | "https") => {
+                u.set_query(Some("redacted"));
+                Value::String(u.to_string())
+            }
+            _ => Value::String(s),
+        },
+        other => other,
+    }
+}
+
 fn deliveries(flat: Vec<String>) -> Vec<Delivery> {
     flat.chunks_exact(3)
         .filter_map(|c| {
@@ -569,4 +644,30 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_in_payloads_are_redacted_for_operators() {
+        let v = redact(json!({
+            "to": "ann@example.com",
+            "template": "invitation",
+            "accept_url": "https://app.example.com/invitations/accept?token=inv_secret",
+            "nested": [{"reset_token": "abc", "note": "plain text ?token=x"}],
+            "api_key": null,
+        }));
+        assert_eq!(v["to"], "ann@example.com");
+        assert_eq!(
+            v["accept_url"],
+            "https://app.example.com/invitations/accept?redacted"
+        );
+        assert_eq!(v["nested"][0]["reset_token"], "[redacted]");
+        assert_eq!(v["nested"][0]["note"], "plain text ?token=x");
+        assert!(v["api_key"].is_null());
+        assert!(!v.to_string().contains("inv_secret"));
+    }
 }

@@ -230,12 +230,9 @@ pub async fn finish_failed(
              finished_at = now(), updated_at = now()
          where id = $1 and org_id = $2 and state <> 'succeeded'"
     };
-    update(pool, env, sql, attempt, Some(error)).await?;
-    if !dead && let Some(org) = env.org_id {
-        // A failed job is final: nothing will read its upload again.
-        drop_upload(pool, org, env.id).await?;
-    }
-    Ok(())
+    // An import's upload stays while its job is in the dead letters (an
+    // operator may retry it); discarding the job deletes it.
+    update(pool, env, sql, attempt, Some(error)).await
 }
 
 /// An operator discarded the dead job: its record is final (`failed`) and
@@ -252,12 +249,6 @@ pub async fn mark_discarded(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<(),
     .bind(org_id)
     .execute(tx.conn())
     .await?;
-    delete_upload(tx.conn(), org_id, id).await?;
-    tx.commit().await
-}
-
-async fn drop_upload(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = org_tx(pool, org_id).await?;
     delete_upload(tx.conn(), org_id, id).await?;
     tx.commit().await
 }

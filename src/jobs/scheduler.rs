@@ -52,7 +52,7 @@ pub fn schedules(config: &crate::config::Config) -> Vec<Schedule> {
     {
         out.push(Schedule::new("jobs.probe", cron, |tick| {
             super::tasks::probe::Probe {
-                token: format!("cron:{}", tick.to_rfc3339()),
+                label: format!("cron:{}", tick.to_rfc3339()),
                 sleep_ms: 0,
                 fail_attempts: 0,
             }
@@ -80,6 +80,7 @@ pub async fn run(pool: PgPool, schedules: Vec<Schedule>, shutdown: Shutdown) {
             _ = shutdown.wait() => return,
         }
         let now = Utc::now();
+        let mut failed = false;
         for (i, s) in schedules.iter().enumerate() {
             let Some(tick) = next[i] else { continue };
             if tick > now {
@@ -91,10 +92,19 @@ pub async fn run(pool: PgPool, schedules: Vec<Schedule>, shutdown: Shutdown) {
                     tracing::debug!(schedule = %s.name, %tick, "cron tick fired by another worker")
                 }
                 Err(e) => {
-                    tracing::warn!(schedule = %s.name, %tick, error = %e, "cannot fire cron tick")
+                    // Keep the tick and try again shortly: claiming is idempotent.
+                    tracing::warn!(schedule = %s.name, %tick, error = %e, "cannot fire cron tick; retrying");
+                    failed = true;
+                    continue;
                 }
             }
             next[i] = next_tick(&s.cron, now);
+        }
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                _ = shutdown.wait() => return,
+            }
         }
     }
 }

@@ -159,6 +159,9 @@ pub async fn run(services: Services, registry: Registry, shutdown: Shutdown) {
     }
     drop(ack_tx);
     tracing::info!(queues = ?registry.queues(), "worker started");
+    if services.config.jobs.smtp_url.is_none() && !services.config.create_database {
+        tracing::warn!("SMTP_URL is unset: emails are written to the log, not sent");
+    }
     for l in loops {
         let _ = l.await;
     }
@@ -180,12 +183,15 @@ async fn queue_loop(
 ) {
     let sem = Arc::new(Semaphore::new(concurrency));
     let lease = services.config.jobs.lease;
+    let mut tasks = tokio::task::JoinSet::new();
     let mut waiter = None;
     let mut error_backoff = Duration::from_millis(200);
     loop {
         if shutdown.is_set() {
             break;
         }
+        // Reap finished job tasks.
+        while tasks.try_join_next().is_some() {}
         let first = tokio::select! {
             p = sem.clone().acquire_owned() => p.expect("semaphore open"),
             _ = shutdown.wait() => break,
@@ -229,20 +235,26 @@ async fn queue_loop(
         if fetched.taken.is_empty() {
             drop(permits);
             let wait = fetched
-                .next_due_ms
-                .map(|due| Duration::from_millis((due - super::now_ms()).clamp(5, 1000) as u64))
-                .unwrap_or(Duration::from_secs(1));
+                .next_in
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_millis(5), Duration::from_secs(1));
             if waiter.is_none() {
                 waiter = services.broker.blocking_connection().await.ok();
             }
             match waiter.as_mut() {
                 Some(conn) => {
+                    // The blocking call has no response timeout of its own: a
+                    // connection dropped silently must not stall the queue.
                     let r = tokio::select! {
-                        r = services.broker.wait(conn, queue, wait) => r,
+                        r = tokio::time::timeout(wait + Duration::from_secs(2), services.broker.wait(conn, queue, wait)) => r,
                         _ = shutdown.wait() => break,
                     };
-                    if r.is_err() {
+                    if !matches!(r, Ok(Ok(()))) {
                         waiter = None;
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {},
+                            _ = shutdown.wait() => break,
+                        }
                     }
                 }
                 None => tokio::select! {
@@ -263,24 +275,32 @@ async fn queue_loop(
             let registry = registry.clone();
             let running = running.clone();
             let ack = ack.clone();
-            tokio::spawn(async move {
-                let id = delivery.id;
+            tasks.spawn(async move {
+                let (id, attempt) = (delivery.id, delivery.attempt);
                 run_one(services, &registry, delivery, &ack).await;
-                running.lock().unwrap().remove(&id);
+                // Only this attempt's entry: a newer delivery of the same job
+                // in this process keeps its own.
+                let mut running = running.lock().unwrap();
+                if running.get(&id) == Some(&attempt) {
+                    running.remove(&id);
+                }
                 drop(permit);
             });
         }
     }
-    // Wait for this queue's running jobs, at most the grace period.
+    // Let this queue's running jobs finish, at most the grace period; then
+    // stop them (their leases expire and they run again elsewhere).
     let grace = services.config.jobs.shutdown_grace;
-    if tokio::time::timeout(grace, sem.acquire_many(concurrency as u32))
-        .await
-        .is_err()
-    {
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
         tracing::warn!(
             queue,
-            "jobs still running after the grace period; their leases will expire and they will run again"
+            n = tasks.len(),
+            "jobs still running after the grace period are stopped; they will run again when their leases expire"
         );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
     }
 }
 
@@ -371,6 +391,8 @@ async fn execute(services: &Services, registry: &Registry, d: &Delivery) -> Resu
     // Its own task: a panicking handler fails its attempt, nothing else.
     let task = tokio::spawn(handler(ctx, env.payload.clone()).instrument(tracing::Span::current()));
     let abort = task.abort_handle();
+    // If this attempt is stopped (shutdown after the grace period), so is its handler.
+    let _guard = AbortOnDrop(abort.clone());
     match tokio::time::timeout(policy.timeout, task).await {
         Ok(Ok(r)) => r,
         Ok(Err(join)) => Err(JobError::Retry(anyhow::anyhow!("the job panicked: {join}"))),
@@ -386,30 +408,41 @@ async fn execute(services: &Services, registry: &Registry, d: &Delivery) -> Resu
 
 async fn fail(services: &Services, registry: &Registry, d: &Delivery, kind: &str, err: JobError) {
     let max = d.envelope.as_ref().map(|e| e.max_attempts).unwrap_or(1);
+    // An outage of Postgres or Redis is retried without using up attempts,
+    // so a database restart does not send every queued job to the dead letters.
+    let outage = matches!(&err, JobError::Retry(e) if is_outage(e));
     let (dead, permanent) = match &err {
         JobError::Permanent(_) => (true, true),
-        JobError::Retry(_) => (d.attempt >= max, false),
+        JobError::Retry(_) => (!outage && d.attempt >= max, false),
     };
     let message = err.to_string();
-    let retry_at = if dead {
-        None
-    } else {
-        let policy = registry.policy(kind).unwrap_or_default();
-        Some(super::now_ms() + policy.delay_after(d.attempt).as_millis() as i64)
-    };
+    let retry_in = (!dead).then(|| {
+        registry
+            .policy(kind)
+            .unwrap_or_default()
+            .delay_after(d.attempt)
+    });
+    match services
+        .broker
+        .fail(d.id, d.attempt, retry_in, &message, !outage)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(error = %message, "attempt failed after losing its lease; the job was already handed on");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the failure; the job will run again when its lease expires");
+            return;
+        }
+    }
     if dead {
         metrics::job_dead(kind);
         tracing::warn!(error = %message, "job failed; it is dead");
     } else {
         metrics::job_failed(kind);
-        tracing::info!(error = %message, "job failed; it will be retried");
-    }
-    if let Err(e) = services
-        .broker
-        .fail(d.id, d.attempt, retry_at, &message)
-        .await
-    {
-        tracing::warn!(error = %e, "cannot record the failure; the job will run again when its lease expires");
+        tracing::info!(error = %message, outage, "job failed; it will be retried");
     }
     if let Ok(env) = &d.envelope
         && env.recorded
@@ -423,6 +456,35 @@ async fn fail(services: &Services, registry: &Registry, d: &Delivery, kind: &str
             tracing::warn!(error = %e, "cannot update the job record");
         }
     }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether an error is an outage of the database or the broker rather than
+/// the job's own failure: such attempts are retried without being counted.
+fn is_outage(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(db) = cause.downcast_ref::<sqlx::Error>() {
+            return matches!(
+                db,
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            );
+        }
+        if let Some(r) = cause.downcast_ref::<redis::RedisError>() {
+            return r.is_io_error() || r.is_connection_dropped() || r.is_timeout();
+        }
+        false
+    })
 }
 
 /// Acknowledges finished jobs in batches (one script call for many).

@@ -252,7 +252,9 @@ impl TestApp {
 
     pub async fn spawn_on(db: TestDb, config: Config, verifier: Verifier) -> TestApp {
         let prefix = config.cache_prefix.clone();
-        let state = AppState::new(db.app.clone(), config, verifier).expect("app state");
+        let state = AppState::new(db.app.clone(), config, verifier)
+            .await
+            .expect("app state");
         let app = tenantry::app::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

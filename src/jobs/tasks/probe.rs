@@ -17,7 +17,7 @@ use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
 #[serde(deny_unknown_fields)]
 pub struct Probe {
     /// Free text stored with the run (a batch name, the cron tick).
-    pub token: String,
+    pub label: String,
     /// Sleep this long before finishing (at most 10 minutes).
     #[serde(default)]
     pub sleep_ms: u64,
@@ -54,11 +54,11 @@ impl Job for Probe {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "insert into app.job_probes (job_id, token) values ($1, $2)
+            "insert into app.job_probes (job_id, label) values ($1, $2)
              on conflict (job_id) do update set runs = app.job_probes.runs + 1",
         )
         .bind(ctx.id)
-        .bind(&self.token)
+        .bind(&self.label)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -1,0 +1,1 @@
+drop table app.auth_signing_keys;
