@@ -35,6 +35,10 @@ pub struct AppState {
     pub jobs: crate::jobs::worker::Services,
     /// The keys that sign Tenantry's own access tokens.
     pub keys: crate::auth::keys::KeyRing,
+    /// Password hashing for the auth server (argon2id on a bounded pool).
+    pub hasher: crate::auth::password::Hasher,
+    /// Brute-force limits of the auth server (Redis; fails closed).
+    pub limiter: crate::core::ratelimit::RateLimiter,
 }
 
 impl AppState {
@@ -52,6 +56,12 @@ impl AppState {
             &config.cache_prefix,
             config.cache_ttl,
         )?;
+        let hasher =
+            crate::auth::password::Hasher::new(crate::auth::password::PasswordParams::default())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let limiter =
+            crate::core::ratelimit::RateLimiter::new(&config.redis_url, &config.cache_prefix)?
+                .with_fail_mode(crate::core::ratelimit::FailMode::Closed);
         let config = Arc::new(config);
         let jobs = crate::jobs::worker::Services::new(pool.clone(), config.clone())?;
         Ok(AppState {
@@ -61,6 +71,8 @@ impl AppState {
             config,
             jobs,
             keys,
+            hasher,
+            limiter,
         })
     }
 }
@@ -358,12 +370,16 @@ pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = stop.send(true);
-        })
-        .await?;
+    // The peer address feeds the auth server's per-IP limits.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    })
+    .await?;
     if let Some(bg) = background {
         let _ = bg.await;
     }

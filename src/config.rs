@@ -109,6 +109,17 @@ pub struct AuthConfig {
     pub access_token_ttl: Duration,
     /// `iss` of the access tokens (`AUTH_ISSUER`).
     pub issuer: String,
+    /// Sign-ups are confirmed at once, without an email (`AUTH_AUTOCONFIRM`;
+    /// default: on under `dev`, off otherwise).
+    pub autoconfirm: bool,
+    /// Base URL of the links in auth emails (`AUTH_SITE_URL`, default `APP_URL`).
+    pub site_url: Url,
+    /// How long after a refresh token was rotated its parent still returns
+    /// the same new token instead of revoking the session
+    /// (`AUTH_REFRESH_REUSE_INTERVAL_SECS`, default 10).
+    pub refresh_reuse_interval: Duration,
+    /// `POST /auth/v1/signup` answers `signup_disabled` (`AUTH_DISABLE_SIGNUP`).
+    pub disable_signup: bool,
 }
 
 /// 32 secret bytes; `Debug` never shows them.
@@ -458,10 +469,33 @@ impl AuthConfig {
                 "must be at most 1024 characters without spaces",
             ));
         }
+        // Defaults to APP_URL: a bad value is named as the setting it came from.
+        let (site_name, site_url) = match get("AUTH_SITE_URL") {
+            Some(v) => ("AUTH_SITE_URL", v),
+            None => (
+                "APP_URL",
+                get("APP_URL").unwrap_or_else(|| "http://localhost:3000".to_owned()),
+            ),
+        };
+        let site_url = Url::parse(&site_url).map_err(|e| malformed(site_name, e))?;
+        if !matches!(site_url.scheme(), "http" | "https") {
+            return Err(malformed(site_name, "scheme must be http or https"));
+        }
+        let reuse = parse_or::<u64>(get, "AUTH_REFRESH_REUSE_INTERVAL_SECS", 10)?;
+        if reuse > 3600 {
+            return Err(malformed(
+                "AUTH_REFRESH_REUSE_INTERVAL_SECS",
+                "must be between 0 and 3600",
+            ));
+        }
         Ok(AuthConfig {
             keys_secret,
             access_token_ttl: Duration::from_secs(ttl),
             issuer,
+            autoconfirm: parse_bool(get, "AUTH_AUTOCONFIRM", dev)?,
+            site_url,
+            refresh_reuse_interval: Duration::from_secs(reuse),
+            disable_signup: parse_bool(get, "AUTH_DISABLE_SIGNUP", false)?,
         })
     }
 }
@@ -544,6 +578,19 @@ where
     }
 }
 
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(name).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(_) => Err(malformed(name, "must be true or false")),
+    }
+}
+
 fn check_postgres_url(name: &'static str, value: &str) -> Result<(), ConfigError> {
     let url = Url::parse(value).map_err(|e| malformed(name, e))?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
@@ -613,6 +660,10 @@ mod tests {
             ("JWT_EXPIRY_SECS", "86401"),
             ("JWT_EXPIRY_SECS", "an hour"),
             ("AUTH_ISSUER", "https://auth.example.com/ auth/v1"),
+            ("AUTH_AUTOCONFIRM", "yes"),
+            ("AUTH_DISABLE_SIGNUP", "nope"),
+            ("AUTH_SITE_URL", "ftp://x"),
+            ("AUTH_REFRESH_REUSE_INTERVAL_SECS", "3601"),
         ] {
             let err = cfg(Profile::Dev, &[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{name}: {err}");
@@ -651,6 +702,12 @@ mod tests {
         let c = cfg(Profile::Dev, &[]).unwrap();
         assert_eq!(c.auth.issuer, DEFAULT_AUTH_ISSUER);
         assert_eq!(c.auth.access_token_ttl, Duration::from_secs(3600));
+        assert!(c.auth.autoconfirm, "dev confirms sign-ups at once");
+        assert!(!c.auth.disable_signup);
+        assert_eq!(c.auth.refresh_reuse_interval, Duration::from_secs(10));
+        assert_eq!(c.auth.site_url.as_str(), "http://localhost:3000/");
+        let c2 = cfg(Profile::Dev, &[("APP_URL", "https://app.example.com")]).unwrap();
+        assert_eq!(c2.auth.site_url.as_str(), "https://app.example.com/");
         let dev = c.auth.keys_secret.expect("dev derives a keys secret");
         assert!(dev.is_dev());
         assert_eq!(format!("{dev:?}"), "KeysSecret(<redacted>)");
@@ -676,6 +733,7 @@ mod tests {
         };
         let c = with(&[]).unwrap();
         assert!(c.auth.keys_secret.is_none(), "production never derives one");
+        assert!(!c.auth.autoconfirm, "production confirms by email");
         // Standard and URL-safe alphabets, with or without padding.
         for value in [
             "+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8=",

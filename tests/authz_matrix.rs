@@ -92,6 +92,11 @@ enum Access {
     /// Operator routes: 401 anonymous; 403 for any user token; `ok` for a
     /// `service_role` key.
     Platform { ok: u16 },
+    /// The GoTrue-compatible auth server (`/auth/v1`): `anonymous` without
+    /// a bearer token, `signed_in` with any (these callers' tokens are
+    /// Supabase tokens of users the auth server does not know, or a
+    /// service key: GoTrue answers 403 `user_not_found` / `bad_jwt`).
+    Auth { anonymous: u16, signed_in: u16 },
     /// 401 anonymous (and for a service key); 404 unless a member of the
     /// org in the path; then `ok` for the roles in `allowed`, 403 for the
     /// others.
@@ -119,6 +124,8 @@ struct Spec {
     body: fn(&BodyCtx) -> Option<Value>,
     /// Checked on the response of a cell that got its expected 2xx.
     check: fn(&Value) -> bool,
+    /// A query string (without `?`) added to the path.
+    query: Option<&'static str>,
 }
 
 fn no_body(_: &BodyCtx) -> Option<Value> {
@@ -152,6 +159,7 @@ fn org_route(
         },
         body: no_body,
         check: any_body,
+        query: None,
     }
 }
 
@@ -164,6 +172,10 @@ impl Spec {
         self.check = f;
         self
     }
+    fn query(mut self, q: &'static str) -> Spec {
+        self.query = Some(q);
+        self
+    }
     fn key(&self) -> (String, String) {
         (self.method.as_str().to_owned(), self.path.to_owned())
     }
@@ -172,7 +184,10 @@ impl Spec {
     }
     fn targets(&self) -> &'static [Target] {
         match self.access {
-            Access::Public | Access::User { .. } | Access::Platform { .. } => &[Target::Caller],
+            Access::Public
+            | Access::User { .. }
+            | Access::Platform { .. }
+            | Access::Auth { .. } => &[Target::Caller],
             Access::Org { object: None, .. } => &[Target::OwnOrg, Target::OtherOrg],
             Access::Org {
                 object: Some(_), ..
@@ -184,6 +199,13 @@ impl Spec {
     fn expected(&self, caller: Caller, target: Target) -> u16 {
         match self.access {
             Access::Public => 200,
+            Access::Auth {
+                anonymous,
+                signed_in,
+            } => match caller {
+                Caller::Anonymous => anonymous,
+                _ => signed_in,
+            },
             Access::Platform { ok } => match caller {
                 Caller::Anonymous => 401,
                 Caller::Platform => ok,
@@ -231,6 +253,7 @@ fn table() -> Vec<Spec> {
         access: Access::User { ok },
         body: no_body,
         check: any_body,
+        query: None,
     };
     let public = |path: &'static str| Spec {
         method: M::GET,
@@ -238,6 +261,7 @@ fn table() -> Vec<Spec> {
         access: Access::Public,
         body: no_body,
         check: |v| v["status"] == "ok",
+        query: None,
     };
     let platform = |method: Method, path: &'static str, ok: u16| Spec {
         method,
@@ -245,6 +269,18 @@ fn table() -> Vec<Spec> {
         access: Access::Platform { ok },
         body: no_body,
         check: any_body,
+        query: None,
+    };
+    let auth = |method: Method, path: &'static str, anonymous: u16, signed_in: u16| Spec {
+        method,
+        path,
+        access: Access::Auth {
+            anonymous,
+            signed_in,
+        },
+        body: no_body,
+        check: any_body,
+        query: None,
     };
     vec![
         public("/healthz"),
@@ -252,6 +288,34 @@ fn table() -> Vec<Spec> {
         // Prometheus text, not JSON.
         public("/metrics").check(any_body),
         public("/auth/v1/.well-known/jwks.json").check(|v| v["keys"].is_array()),
+        // ---- the GoTrue-compatible auth server (no org; the app here has
+        // no AUTH_KEYS_SECRET and confirms sign-ups by email, so no cell
+        // needs to sign a token)
+        public("/auth/v1/health").check(|v| v["name"] == "GoTrue"),
+        public("/auth/v1/settings").check(|v| v["external"]["email"] == true),
+        // Sign-up ignores the bearer token: a fresh address is a new,
+        // unconfirmed user for everyone.
+        auth(M::POST, "/auth/v1/signup", 200, 200)
+            .body(|c| {
+                Some(json!({
+                    "email": format!("signup-{}@matrix.example.com", c.n),
+                    "password": "matrix password"
+                }))
+            })
+            .check(|v| v["email_confirmed_at"].is_null() && v["access_token"].is_null()),
+        // Wrong credentials for everyone.
+        auth(M::POST, "/auth/v1/token", 400, 400)
+            .query("grant_type=password")
+            .body(|c| {
+                Some(json!({
+                    "email": format!("nobody-{}@matrix.example.com", c.n),
+                    "password": "matrix password"
+                }))
+            }),
+        // The callers' tokens name no user of the auth server: 403.
+        auth(M::GET, "/auth/v1/user", 401, 403),
+        auth(M::PUT, "/auth/v1/user", 401, 403).body(|_| Some(json!({ "data": { "k": 1 } }))),
+        auth(M::POST, "/auth/v1/logout", 401, 403),
         // ---- platform-admin routes (`{job_id}`: a random id, no such dead job)
         platform(M::GET, "/api/v1/admin/jobs", 200).check(|v| v["outbox"].is_number()),
         platform(M::GET, "/api/v1/admin/jobs/dead", 200).check(is_page),
@@ -581,6 +645,9 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
         "{}: unfilled path parameter in {path}",
         spec.name()
     );
+    if let Some(q) = spec.query {
+        path = format!("{path}?{q}");
+    }
     let body = (spec.body)(&BodyCtx {
         n,
         org_admin: org.admin.id,
@@ -688,7 +755,15 @@ async fn authorization_matrix() {
     }
 
     // 2. Every cell over real HTTP.
-    let app = TestApp::spawn().await;
+    // With a signing key, as a deployment of the auth server has.
+    let app = TestApp::spawn_with(
+        &[(
+            "AUTH_KEYS_SECRET",
+            "dGVzdC1vbmx5LWF1dGgta2V5cy1zZWNyZXQtMzJieXQ=",
+        )],
+        5,
+    )
+    .await;
     let outsider = app.user("outsider@matrix.example.com");
     app.create_org(&outsider, "Outsider Org").await;
     let platform_key = service_key();

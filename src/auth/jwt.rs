@@ -153,6 +153,16 @@ impl Verifier {
     /// Supabase, signed with the JWT secret, HS256, usually without `aud`).
     /// Anything else, including a valid user token, is refused.
     pub fn verify_service(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_api_key_roles(token, &["service_role"])
+    }
+
+    /// Verifies a Supabase-style API key: an HS256 JWT signed with the JWT
+    /// secret whose `role` is `anon` or `service_role` (the `apikey` header).
+    pub fn verify_api_key(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_api_key_roles(token, &["anon", "service_role"])
+    }
+
+    fn verify_api_key_roles(&self, token: &str, roles: &[&str]) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
             return Err(TokenError::Malformed);
         }
@@ -175,8 +185,17 @@ impl Verifier {
                 _ => TokenError::Malformed,
             }
         })?;
-        if data.claims.role.as_deref() != Some("service_role") {
-            return Err(TokenError::Invalid("the token's role is not service_role"));
+        if !data
+            .claims
+            .role
+            .as_deref()
+            .is_some_and(|r| roles.contains(&r))
+        {
+            return Err(TokenError::Invalid(if roles == ["service_role"] {
+                "the token's role is not service_role"
+            } else {
+                "the token's role is not anon or service_role"
+            }));
         }
         Ok(data.claims)
     }

@@ -1,6 +1,15 @@
-//! Tenantry's own, GoTrue-compatible auth server under `/auth/v1`. So far:
-//! the JWKS of the keys that sign Tenantry's access tokens.
+//! Tenantry's own, GoTrue-compatible auth server under `/auth/v1`, so that
+//! `@supabase/supabase-js` works against Tenantry unchanged: email and
+//! password sign-up and sign-in, rotating refresh tokens, the signed-in
+//! user, sign-out, settings and health, and the JWKS of the keys that sign
+//! Tenantry's access tokens.
+//!
+//! Its tables (`app.auth_*`) are visible only to transactions that set
+//! `app.auth = on` ([`sessions::begin`]); tenant code never sees them.
 
-mod routes;
+pub mod accounts;
+pub mod errors;
+pub mod routes;
+pub mod sessions;
 
 pub use routes::router;

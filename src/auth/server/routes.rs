@@ -1,18 +1,419 @@
-//! `/auth/v1` routes.
+//! `/auth/v1` routes: the GoTrue-compatible API `@supabase/supabase-js`
+//! speaks, and the JWKS of Tenantry's signing keys.
+
+use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::accounts::{self, UserUpdate};
+use super::errors::{AuthError, api_version_header};
+use super::sessions::{self, Origin};
 use crate::app::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(jwks))
+    OpenApiRouter::new()
+        .routes(routes!(jwks))
+        .routes(routes!(signup))
+        .routes(routes!(token))
+        .routes(routes!(get_user, update_user))
+        .routes(routes!(logout))
+        .routes(routes!(settings))
+        .routes(routes!(health))
+        .layer(axum::middleware::map_response(api_version_header))
+}
+
+// ------------------------------------------------------------------ extractors
+
+/// The `apikey` header, when sent, must be an `anon` or `service_role` key
+/// (HS256 with `JWT_SECRET`) or a valid access token; requests without one
+/// are accepted (GoTrue itself does not check it; Supabase's gateway does).
+pub struct ApiKey;
+
+impl FromRequestParts<AppState> for ApiKey {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AuthError> {
+        let Some(value) = parts.headers.get("apikey") else {
+            return Ok(ApiKey);
+        };
+        let invalid = || {
+            AuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "Invalid API key",
+            )
+        };
+        let key = value.to_str().map_err(|_| invalid())?.trim();
+        if state.verifier.verify_api_key(key).is_ok() || state.verifier.verify(key).await.is_ok() {
+            Ok(ApiKey)
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Origin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Origin {
+            // Only the peer address: forwarding headers are the client's to forge.
+            ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ci| ci.0.ip().to_string()),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        })
+    }
+}
+
+/// A request body as a JSON object: `application/json` (or no Content-Type),
+/// or `application/x-www-form-urlencoded` (every value a string). Unknown
+/// fields are ignored, as GoTrue does (supabase-js sends
+/// `gotrue_meta_security`, `code_challenge`, ...).
+pub struct AuthBody(Map<String, Value>);
+
+impl FromRequest<AppState> for AuthBody {
+    type Rejection = AuthError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, AuthError> {
+        let mime = req.headers().get(header::CONTENT_TYPE).map(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        let form = match mime.as_deref() {
+            None | Some("application/json") => false,
+            Some(m) if m.starts_with("application/") && m.ends_with("+json") => false,
+            Some("application/x-www-form-urlencoded") => true,
+            Some(_) => {
+                return Err(AuthError::validation(
+                    "Content-Type must be application/json or application/x-www-form-urlencoded",
+                ));
+            }
+        };
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(inner)
+                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                AuthError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    "Request body is larger than the limit",
+                )
+            }
+            _ => AuthError::bad_request("bad_json", "Could not read the request body"),
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(AuthBody(Map::new()));
+        }
+        if form {
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+                .map_err(|_| AuthError::bad_request("bad_json", "Could not parse the form body"))?;
+            return Ok(AuthBody(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            ));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => Ok(AuthBody(m)),
+            Ok(_) => Err(AuthError::bad_request(
+                "bad_json",
+                "Could not parse request body as JSON: expected an object",
+            )),
+            Err(e) => Err(AuthError::bad_request(
+                "bad_json",
+                format!("Could not parse request body as JSON: {e}"),
+            )),
+        }
+    }
+}
+
+impl AuthBody {
+    /// A string field (absent or null: None; another type: `bad_json`).
+    fn string(&self, name: &str) -> Result<Option<String>, AuthError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(AuthError::bad_request(
+                "bad_json",
+                format!("Could not parse request body as JSON: {name} must be a string"),
+            )),
+        }
+    }
+
+    fn value(&self, name: &str) -> Option<Value> {
+        self.0.get(name).cloned()
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, AuthError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| AuthError::validation("Malformed query string"))?;
+    Ok(pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v))
+}
+
+// ------------------------------------------------------------------ documentation types
+
+/// `POST /signup` body.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct SignupRequest {
+    email: String,
+    password: String,
+    /// Initial `user_metadata`.
+    #[schema(value_type = Object)]
+    data: Option<Value>,
+}
+
+/// `POST /token` body: `email` and `password` for `grant_type=password`,
+/// `refresh_token` for `grant_type=refresh_token`.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct TokenRequest {
+    email: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+}
+
+/// `PUT /user` body (`app_metadata` is not writable and is ignored).
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct UserUpdateRequest {
+    email: Option<String>,
+    password: Option<String>,
+    /// Merged into `user_metadata`; a null value removes the key.
+    #[schema(value_type = Object)]
+    data: Option<Value>,
+}
+
+/// A GoTrue error.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct AuthErrorBody {
+    #[schema(example = "invalid_credentials")]
+    code: String,
+    error_code: String,
+    msg: String,
+    message: String,
+}
+
+/// A session: `{access_token, token_type, expires_in, expires_at, refresh_token, user}`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct SessionBody {
+    access_token: String,
+    #[schema(example = "bearer")]
+    token_type: String,
+    expires_in: i64,
+    expires_at: i64,
+    refresh_token: String,
+    #[schema(value_type = Object)]
+    user: Value,
+}
+
+// ------------------------------------------------------------------ handlers
+
+/// Sessions need a signing key: without `AUTH_KEYS_SECRET` (outside `dev`)
+/// this server verifies tokens but issues none — a clear 503, before any
+/// account is created.
+fn can_issue(state: &AppState) -> Result<(), AuthError> {
+    if state.keys.can_sign() {
+        return Ok(());
+    }
+    Err(AuthError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "signing_unavailable",
+        "This server issues no sessions: it has no signing key (set AUTH_KEYS_SECRET)",
+    ))
+}
+
+/// Signs up with email and password. With autoconfirm the answer is a
+/// session; otherwise the user, and a confirmation email is on its way.
+#[utoipa::path(post, path = "/auth/v1/signup", tag = "auth", request_body = SignupRequest,
+    responses(
+        (status = 200, description = "A session (autoconfirm) or the unconfirmed user", body = SessionBody),
+        (status = 400, body = AuthErrorBody), (status = 422, body = AuthErrorBody)))]
+async fn signup(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    origin: Origin,
+    body: AuthBody,
+) -> Result<Json<Value>, AuthError> {
+    if state.config.auth.autoconfirm {
+        can_issue(&state)?;
+    }
+    let email = body.string("email")?.unwrap_or_default();
+    let password = body.string("password")?.unwrap_or_default();
+    let res = accounts::signup(&state, &email, &password, body.value("data"), &origin).await?;
+    Ok(Json(res))
+}
+
+/// Issues a session: `grant_type=password` (email, password) or
+/// `grant_type=refresh_token` (rotates the refresh token).
+#[utoipa::path(post, path = "/auth/v1/token", tag = "auth", request_body = TokenRequest,
+    params(("grant_type" = String, Query, description = "`password` or `refresh_token`")),
+    responses((status = 200, body = SessionBody),
+        (status = 400, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
+async fn token(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    origin: Origin,
+    RawQuery(query): RawQuery,
+    body: AuthBody,
+) -> Result<Json<Value>, AuthError> {
+    let grant = query_param(query.as_deref(), "grant_type")?;
+    can_issue(&state)?;
+    let res = match grant.as_deref() {
+        Some("password") => {
+            let email = body.string("email")?.unwrap_or_default();
+            let password = body.string("password")?.unwrap_or_default();
+            accounts::password_grant(&state, &email, &password, &origin).await?
+        }
+        Some("refresh_token") => {
+            let Some(token) = body.string("refresh_token")?.filter(|t| !t.is_empty()) else {
+                return Err(AuthError::validation("refresh_token required"));
+            };
+            sessions::refresh(&state, &token).await?
+        }
+        _ => {
+            return Err(AuthError::bad_request(
+                "unsupported_grant_type",
+                "unsupported_grant_type",
+            ));
+        }
+    };
+    Ok(Json(res))
+}
+
+/// The signed-in user.
+#[utoipa::path(get, path = "/auth/v1/user", tag = "auth",
+    responses((status = 200, description = "The GoTrue user object", body = Object),
+        (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody)))]
+async fn get_user(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AuthError> {
+    let caller = sessions::authenticate(&state, &headers).await?;
+    Ok(Json(accounts::get_user(&state, caller).await?))
+}
+
+/// Changes the signed-in user: `data` (merged into `user_metadata`),
+/// `password` (revokes the user's other sessions), `email` (with autoconfirm).
+#[utoipa::path(put, path = "/auth/v1/user", tag = "auth", request_body = UserUpdateRequest,
+    responses((status = 200, description = "The GoTrue user object", body = Object),
+        (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
+        (status = 422, body = AuthErrorBody)))]
+async fn update_user(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    headers: HeaderMap,
+    body: Result<AuthBody, AuthError>,
+) -> Result<Json<Value>, AuthError> {
+    let caller = sessions::authenticate(&state, &headers).await?;
+    let body = body?;
+    let update = UserUpdate {
+        email: body.string("email")?,
+        password: body.string("password")?,
+        data: body.value("data"),
+    };
+    Ok(Json(accounts::update_user(&state, caller, update).await?))
+}
+
+/// Signs out: `scope=local` (this session, the default), `global` (all of
+/// the user's sessions) or `others` (all but this one).
+#[utoipa::path(post, path = "/auth/v1/logout", tag = "auth",
+    params(("scope" = Option<String>, Query, description = "`local` (default), `global` or `others`")),
+    responses((status = 204, description = "Signed out"),
+        (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody)))]
+async fn logout(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<StatusCode, AuthError> {
+    let caller = sessions::authenticate(&state, &headers).await?;
+    let scope = query_param(query.as_deref(), "scope")?.unwrap_or_else(|| "local".into());
+    sessions::logout(&state, caller, &scope).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What this server supports, as GoTrue describes it.
+#[utoipa::path(get, path = "/auth/v1/settings", tag = "auth",
+    responses((status = 200, description = "GoTrue settings", body = Object)))]
+async fn settings(State(state): State<AppState>, _key: ApiKey) -> Json<Value> {
+    let auth = &state.config.auth;
+    let mut external = Map::new();
+    for provider in [
+        "anonymous_users",
+        "apple",
+        "azure",
+        "bitbucket",
+        "discord",
+        "facebook",
+        "figma",
+        "fly",
+        "github",
+        "gitlab",
+        "google",
+        "keycloak",
+        "kakao",
+        "linkedin",
+        "linkedin_oidc",
+        "notion",
+        "spotify",
+        "slack",
+        "slack_oidc",
+        "workos",
+        "twitch",
+        "twitter",
+        "zoom",
+        "phone",
+        "saml",
+    ] {
+        external.insert(provider.into(), Value::Bool(false));
+    }
+    external.insert("email".into(), Value::Bool(true));
+    Json(json!({
+        "external": external,
+        "disable_signup": auth.disable_signup,
+        "mailer_autoconfirm": auth.autoconfirm,
+        "phone_autoconfirm": false,
+        "sms_provider": "",
+        "saml_enabled": false,
+    }))
+}
+
+/// Liveness of the auth server, as GoTrue reports it.
+#[utoipa::path(get, path = "/auth/v1/health", tag = "auth",
+    responses((status = 200, description = "`{version, name, description}`", body = Object)))]
+async fn health(_key: ApiKey) -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "name": "GoTrue",
+        "description": "Tenantry's GoTrue-compatible auth server",
+    }))
 }
 
 /// A JWK set (RFC 7517).

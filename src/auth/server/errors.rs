@@ -1,0 +1,146 @@
+//! GoTrue-shaped errors: `{code, error_code, msg, message}` with the HTTP
+//! status GoTrue uses, so `@supabase/supabase-js` reads the error code (it
+//! reads `code` when the response says `X-Supabase-Api-Version: 2024-01-01`,
+//! `error_code` otherwise, and the message from `msg`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The API version GoTrue announces (and supabase-js looks for).
+pub const API_VERSION: &str = "2024-01-01";
+pub static API_VERSION_HEADER: HeaderName = HeaderName::from_static("x-supabase-api-version");
+
+#[derive(Debug)]
+pub struct AuthError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// `Retry-After` in seconds (429s).
+    pub retry_after: Option<u64>,
+    /// Extra top-level fields (`weak_password`).
+    pub extra: Option<(&'static str, Value)>,
+}
+
+impl AuthError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AuthError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            extra: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::bad_request("validation_failed", message)
+    }
+
+    pub fn invalid_credentials() -> Self {
+        Self::bad_request("invalid_credentials", "Invalid login credentials")
+    }
+
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "over_request_rate_limit",
+            "Request rate limit reached",
+        );
+        e.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        e
+    }
+
+    pub fn weak_password(message: impl Into<String>) -> Self {
+        let mut e = Self::unprocessable("weak_password", message);
+        e.extra = Some(("weak_password", json!({ "reasons": ["length"] })));
+        e
+    }
+
+    /// 500, logged with its cause; the client learns nothing more.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "auth server internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unexpected_failure",
+            "Unexpected failure, please check server logs for more information",
+        )
+    }
+}
+
+impl From<sqlx::Error> for AuthError {
+    fn from(e: sqlx::Error) -> Self {
+        let busy = match &e {
+            sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "57014")),
+            _ => false,
+        };
+        if busy {
+            tracing::warn!(error = %e, "database busy");
+            return AuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "Processing this request timed out, please retry after a moment.",
+            );
+        }
+        AuthError::internal(format!("{e:#}"))
+    }
+}
+
+impl From<anyhow::Error> for AuthError {
+    fn from(e: anyhow::Error) -> Self {
+        AuthError::internal(format!("{e:#}"))
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "code": self.code,
+            "error_code": self.code,
+            "msg": self.message,
+            "message": self.message,
+        });
+        if let Some((k, v)) = self.extra {
+            body[k] = v;
+        }
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+/// Adds `X-Supabase-Api-Version` to every `/auth/v1` response.
+pub async fn api_version_header(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        API_VERSION_HEADER.clone(),
+        HeaderValue::from_static(API_VERSION),
+    );
+    res
+}
