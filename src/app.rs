@@ -90,7 +90,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     components(schemas(Problem, FieldError)),
     tags(
         (name = "organizations"), (name = "members"), (name = "roles"),
-        (name = "invitations"), (name = "audit"), (name = "users"), (name = "reports"),
+        (name = "invitations"), (name = "api-keys"), (name = "audit"), (name = "users"), (name = "reports"),
         (name = "imports"), (name = "admin", description = "Operator routes: a `service_role` key"),
         (name = "auth", description = "Tenantry's own auth server (GoTrue-compatible)"),
         (name = "health")
@@ -144,6 +144,7 @@ pub fn api() -> (axum::Router<AppState>, OpenApiDoc) {
         .routes(routes!(readyz))
         .merge(crate::users::router())
         .merge(crate::organizations::router())
+        .merge(crate::auth::apikeys::router())
         .merge(crate::jobs::routes::router())
         .merge(crate::reports::router().merge(crate::imports::router()))
         .merge(crate::auth::server::router())

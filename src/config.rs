@@ -120,6 +120,16 @@ pub struct AuthConfig {
     pub refresh_reuse_interval: Duration,
     /// `POST /auth/v1/signup` answers `signup_disabled` (`AUTH_DISABLE_SIGNUP`).
     pub disable_signup: bool,
+    /// Where clients reach `/auth/v1`, for the links in auth emails
+    /// (`AUTH_EXTERNAL_URL`, default `AUTH_ISSUER`); always ends in `/`.
+    pub external_url: Url,
+    /// Besides URLs under `site_url`, where `/verify` may redirect
+    /// (`AUTH_REDIRECT_ALLOW_LIST`: comma-separated URL prefixes).
+    pub redirect_allow_list: Vec<Url>,
+    /// Requests a minute per client IP to sign-up, sign-in, verify and
+    /// recover (`AUTH_IP_LIMIT_PER_MIN`, default 30; raise it where many
+    /// users share an address).
+    pub ip_limit_per_min: u32,
 }
 
 /// 32 secret bytes; `Debug` never shows them.
@@ -488,6 +498,39 @@ impl AuthConfig {
                 "must be between 0 and 3600",
             ));
         }
+        let (external_name, external) = match get("AUTH_EXTERNAL_URL") {
+            Some(v) => ("AUTH_EXTERNAL_URL", v),
+            None => ("AUTH_ISSUER", issuer.clone()),
+        };
+        let mut external_url = Url::parse(&external).map_err(|e| {
+            malformed(
+                external_name,
+                format!("{e} (set AUTH_EXTERNAL_URL to where clients reach /auth/v1)"),
+            )
+        })?;
+        if !matches!(external_url.scheme(), "http" | "https") {
+            return Err(malformed(external_name, "scheme must be http or https"));
+        }
+        if !external_url.path().ends_with('/') {
+            let path = format!("{}/", external_url.path());
+            external_url.set_path(&path);
+        }
+        let redirect_allow_list = get("AUTH_REDIRECT_ALLOW_LIST")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                let u = Url::parse(v).map_err(|e| malformed("AUTH_REDIRECT_ALLOW_LIST", e))?;
+                if u.cannot_be_a_base() {
+                    return Err(malformed(
+                        "AUTH_REDIRECT_ALLOW_LIST",
+                        "entries must be URL prefixes like https://app.example.com/callback",
+                    ));
+                }
+                Ok(u)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(AuthConfig {
             keys_secret,
             access_token_ttl: Duration::from_secs(ttl),
@@ -496,6 +539,18 @@ impl AuthConfig {
             site_url,
             refresh_reuse_interval: Duration::from_secs(reuse),
             disable_signup: parse_bool(get, "AUTH_DISABLE_SIGNUP", false)?,
+            external_url,
+            redirect_allow_list,
+            ip_limit_per_min: {
+                let n = parse_or::<u32>(get, "AUTH_IP_LIMIT_PER_MIN", 30)?;
+                if !(1..=1_000_000).contains(&n) {
+                    return Err(malformed(
+                        "AUTH_IP_LIMIT_PER_MIN",
+                        "must be between 1 and 1000000",
+                    ));
+                }
+                n
+            },
         })
     }
 }
@@ -664,6 +719,8 @@ mod tests {
             ("AUTH_DISABLE_SIGNUP", "nope"),
             ("AUTH_SITE_URL", "ftp://x"),
             ("AUTH_REFRESH_REUSE_INTERVAL_SECS", "3601"),
+            ("AUTH_EXTERNAL_URL", "not a url"),
+            ("AUTH_REDIRECT_ALLOW_LIST", "https://ok.example, nope"),
         ] {
             let err = cfg(Profile::Dev, &[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{name}: {err}");
@@ -708,6 +765,37 @@ mod tests {
         assert_eq!(c.auth.site_url.as_str(), "http://localhost:3000/");
         let c2 = cfg(Profile::Dev, &[("APP_URL", "https://app.example.com")]).unwrap();
         assert_eq!(c2.auth.site_url.as_str(), "https://app.example.com/");
+        // Email links go to /verify under the issuer unless told otherwise.
+        assert_eq!(
+            c.auth.external_url.as_str(),
+            "http://127.0.0.1:8080/auth/v1/"
+        );
+        assert!(c.auth.redirect_allow_list.is_empty());
+        let c3 = cfg(
+            Profile::Dev,
+            &[
+                ("AUTH_EXTERNAL_URL", "https://api.example.com/auth/v1"),
+                (
+                    "AUTH_REDIRECT_ALLOW_LIST",
+                    " https://m.example.com/cb ,, com.example.app://login ",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c3.auth.external_url.as_str(),
+            "https://api.example.com/auth/v1/"
+        );
+        let allowed: Vec<&str> = c3
+            .auth
+            .redirect_allow_list
+            .iter()
+            .map(|u| u.as_str())
+            .collect();
+        assert_eq!(
+            allowed,
+            ["https://m.example.com/cb", "com.example.app://login"]
+        );
         let dev = c.auth.keys_secret.expect("dev derives a keys secret");
         assert!(dev.is_dev());
         assert_eq!(format!("{dev:?}"), "KeysSecret(<redacted>)");

@@ -283,7 +283,7 @@ async fn without_autoconfirm_sign_in_waits_for_the_emailed_confirmation() {
     assert_eq!(mail[0].rcpt_to, vec!["eve@example.com".to_owned()]);
     let text = mail[0].text_body().unwrap();
     assert!(
-        text.contains("https://app.example.com/auth/confirm?token_hash=")
+        text.contains("http://127.0.0.1:8080/auth/v1/verify?token=")
             && text.contains("type=signup"),
         "{text}"
     );

@@ -74,6 +74,8 @@ enum Obj {
     Report,
     /// `{import_id}`: a queued member import.
     Import,
+    /// `{key_id}`: a live API key.
+    ApiKey,
 }
 
 // ------------------------------------------------------------------ the expectation table
@@ -288,9 +290,8 @@ fn table() -> Vec<Spec> {
         // Prometheus text, not JSON.
         public("/metrics").check(any_body),
         public("/auth/v1/.well-known/jwks.json").check(|v| v["keys"].is_array()),
-        // ---- the GoTrue-compatible auth server (no org; the app here has
-        // no AUTH_KEYS_SECRET and confirms sign-ups by email, so no cell
-        // needs to sign a token)
+        // ---- the GoTrue-compatible auth server (no org; the app here
+        // confirms sign-ups by email, so no cell gets a session)
         public("/auth/v1/health").check(|v| v["name"] == "GoTrue"),
         public("/auth/v1/settings").check(|v| v["external"]["email"] == true),
         // Sign-up ignores the bearer token: a fresh address is a new,
@@ -316,6 +317,15 @@ fn table() -> Vec<Spec> {
         auth(M::GET, "/auth/v1/user", 401, 403),
         auth(M::PUT, "/auth/v1/user", 401, 403).body(|_| Some(json!({ "data": { "k": 1 } }))),
         auth(M::POST, "/auth/v1/logout", 401, 403),
+        // Everyone's guess is wrong (the bearer token is ignored).
+        auth(M::POST, "/auth/v1/verify", 403, 403)
+            .body(|c| Some(json!({ "type": "signup", "token_hash": format!("matrix-{}", c.n) }))),
+        // The emailed link: 303 to AUTH_SITE_URL with the error in the fragment.
+        auth(M::GET, "/auth/v1/verify", 303, 303).query("token=matrix&type=signup"),
+        // No enumeration: {} for everyone.
+        auth(M::POST, "/auth/v1/recover", 200, 200)
+            .body(|c| Some(json!({ "email": format!("recover-{}@matrix.example.com", c.n) })))
+            .check(|v| v.as_object().is_some_and(|m| m.is_empty())),
         // ---- platform-admin routes (`{job_id}`: a random id, no such dead job)
         platform(M::GET, "/api/v1/admin/jobs", 200).check(|v| v["outbox"].is_number()),
         platform(M::GET, "/api/v1/admin/jobs/dead", 200).check(is_page),
@@ -422,6 +432,31 @@ fn table() -> Vec<Spec> {
             204,
             Some(Obj::Invitation),
         ),
+        // ---- API keys
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/api-keys",
+            MANAGERS,
+            200,
+            None,
+        )
+        .check(is_page),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/api-keys",
+            MANAGERS,
+            201,
+            None,
+        )
+        .body(|c| Some(json!({ "name": format!("matrix-{}", c.n), "role": "viewer" })))
+        .check(|v| v["key"].as_str().is_some_and(|k| k.starts_with("tnt_"))),
+        org_route(
+            M::DELETE,
+            "/api/v1/orgs/{org_id}/api-keys/{key_id}",
+            MANAGERS,
+            204,
+            Some(Obj::ApiKey),
+        ),
         // ---- audit
         org_route(
             M::GET,
@@ -517,6 +552,8 @@ struct OrgFx {
     custom_role: &'static str,
     report: Uuid,
     import: Uuid,
+    /// `{key_id}`: a live API key (role `viewer`).
+    api_key: Uuid,
 }
 
 /// Org A is where the role-holding callers are; org B is somebody else's.
@@ -580,6 +617,15 @@ async fn build_org(app: &TestApp, custom_role: &'static str) -> OrgFx {
     .await;
     assert_eq!(s, 202, "fixture import: {body}");
     let import = body["id"].as_str().unwrap().parse().unwrap();
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/orgs/{id}/api-keys"),
+            &owner,
+            json!({ "name": "fixture", "role": "viewer" }),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 201, "fixture api key: {body}");
+    let api_key = body["id"].as_str().unwrap().parse().unwrap();
     OrgFx {
         id,
         owner,
@@ -592,6 +638,7 @@ async fn build_org(app: &TestApp, custom_role: &'static str) -> OrgFx {
         custom_role,
         report,
         import,
+        api_key,
     }
 }
 
@@ -633,6 +680,7 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
             Obj::CustomRole => ("{role}", obj_org.custom_role.to_owned()),
             Obj::Report => ("{report_id}", obj_org.report.to_string()),
             Obj::Import => ("{import_id}", obj_org.import.to_string()),
+            Obj::ApiKey => ("{key_id}", obj_org.api_key.to_string()),
         };
         path = path.replace(param, &value);
     }
@@ -756,7 +804,7 @@ async fn authorization_matrix() {
 
     // 2. Every cell over real HTTP.
     // With a signing key, as a deployment of the auth server has.
-    let app = TestApp::spawn_with(
+    let mut app = TestApp::spawn_with(
         &[(
             "AUTH_KEYS_SECRET",
             "dGVzdC1vbmx5LWF1dGgta2V5cy1zZWNyZXQtMzJieXQ=",
@@ -764,6 +812,11 @@ async fn authorization_matrix() {
         5,
     )
     .await;
+    // Redirects are answers of their own here (GET /auth/v1/verify).
+    app.client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let outsider = app.user("outsider@matrix.example.com");
     app.create_org(&outsider, "Outsider Org").await;
     let platform_key = service_key();

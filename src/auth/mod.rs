@@ -3,6 +3,7 @@
 //! (roles, permissions as types, and the org context that opens a tenant
 //! transaction only for an authorised caller).
 
+pub mod apikeys;
 pub mod jwt;
 pub mod keys;
 pub mod password;

@@ -24,6 +24,12 @@ impl FromRequestParts<AppState> for AuthUser {
             return Ok(user.clone());
         }
         let token = bearer_token(parts)?;
+        if crate::auth::apikeys::is_api_key(token) {
+            return Err(ApiError::Unauthorized(
+                "API keys only work on organization routes; this route needs a user's access token"
+                    .into(),
+            ));
+        }
         let claims = state
             .verifier
             .verify(token)
@@ -80,7 +86,7 @@ impl FromRequestParts<AppState> for PlatformAdmin {
     }
 }
 
-fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+pub(crate) fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)

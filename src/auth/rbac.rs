@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
+use crate::auth::apikeys::{self, KEY_DENIED, PresentedKey};
 use crate::core::db::{MembershipRow, TenantTx};
 use crate::core::error::ApiError;
 use crate::core::extract::path_uuid;
@@ -172,15 +173,74 @@ pub trait Requirement: Send + Sync + 'static {
     fn describe() -> &'static str;
 }
 
+/// Who acts inside an org: a signed-in user, or an API key of the org.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(AuthUser),
+    /// The key's id. A key has no user: `TenantTx::user_id()` is `Uuid::nil()`.
+    ApiKey(Uuid),
+}
+
+impl Caller {
+    pub fn user(&self) -> Option<&AuthUser> {
+        match self {
+            Caller::User(u) => Some(u),
+            Caller::ApiKey(_) => None,
+        }
+    }
+
+    pub fn api_key_id(&self) -> Option<Uuid> {
+        match self {
+            Caller::User(_) => None,
+            Caller::ApiKey(id) => Some(*id),
+        }
+    }
+}
+
+/// The credential a request presents on an org route.
+enum Credential {
+    User(AuthUser),
+    ApiKey(PresentedKey),
+}
+
+/// `Authorization: Bearer tnt_...` is an API key (malformed: 401
+/// `invalid_api_key`); anything else must be a user's access token.
+async fn credential(parts: &mut Parts, state: &AppState) -> Result<Credential, ApiError> {
+    if let Ok(token) = crate::auth::principal::bearer_token(parts)
+        && apikeys::is_api_key(token)
+    {
+        return apikeys::parse(token)
+            .map(Credential::ApiKey)
+            .ok_or_else(invalid_api_key);
+    }
+    AuthUser::from_request_parts(parts, state)
+        .await
+        .map(Credential::User)
+}
+
+/// 401 for an API key that is malformed, unknown, revoked or expired (alike).
+pub fn invalid_api_key() -> ApiError {
+    ApiError::Status {
+        status: axum::http::StatusCode::UNAUTHORIZED,
+        code: "invalid_api_key",
+        detail: "the API key is invalid, revoked or expired".into(),
+    }
+}
+
 /// An authorised caller inside one org, with the tenant transaction open.
 ///
 /// Extraction verifies the token, reads `{org_id}` from the path, opens a
 /// [`TenantTx`] and checks membership and `R` in the same statement. Not a
 /// member (or no such org): 404. A member without `R`: 403.
+///
+/// An API key (`Bearer tnt_...`) names its org: on another org's path it
+/// gets 404; unknown, revoked or expired it gets 401 `invalid_api_key`;
+/// otherwise its role is checked against `R` as a member's would be, minus
+/// [`KEY_DENIED`] (403).
 pub struct OrgContext<R> {
     pub tx: TenantTx,
     pub org_id: Uuid,
-    pub user: AuthUser,
+    pub caller: Caller,
     pub role: String,
     pub perms: PermSet,
     cache: crate::core::cache::Cache,
@@ -188,13 +248,22 @@ pub struct OrgContext<R> {
 }
 
 /// Not a member (or no such org): 404. A member whose role does not meet `R`: 403.
+/// For an API key: no live key (or an owner key, which cannot be made): 401;
+/// its permissions never include [`KEY_DENIED`].
 fn authorize<R: Requirement>(
     membership: Option<MembershipRow>,
+    api_key: bool,
 ) -> Result<(MembershipRow, PermSet), ApiError> {
-    let Some(m) = membership else {
-        return Err(ApiError::NotFound("organization"));
+    let m = match membership {
+        Some(m) if api_key && m.role == OWNER => return Err(invalid_api_key()),
+        Some(m) => m,
+        None if api_key => return Err(invalid_api_key()),
+        None => return Err(ApiError::NotFound("organization")),
     };
-    let perms = PermSet::from_names(&m.permissions);
+    let mut perms = PermSet::from_names(&m.permissions);
+    if api_key {
+        perms = PermSet::from_iter(perms.iter().filter(|p| !KEY_DENIED.contains(p)));
+    }
     if !R::allows(&m.role, perms) {
         return Err(ApiError::Forbidden {
             code: "permission_denied",
@@ -208,9 +277,9 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgContext<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
+        let credential = credential(parts, state).await?;
         let org_id = path_uuid(parts, "org_id").await?;
-        Ok(OrgContext::enter(state, org_id, user).await?.0)
+        Ok(OrgContext::enter(state, org_id, credential).await?.0)
     }
 }
 
@@ -220,14 +289,41 @@ impl<R: Requirement> OrgContext<R> {
     async fn enter(
         state: &AppState,
         org_id: Uuid,
-        user: AuthUser,
+        credential: Credential,
     ) -> Result<(Self, MembershipRow), ApiError> {
-        let (tx, membership) = TenantTx::enter(&state.pool, org_id, user.id).await?;
-        let (m, perms) = authorize::<R>(membership)?;
+        let (tx, caller, membership) = match credential {
+            Credential::User(user) => {
+                let (tx, membership) = TenantTx::enter(&state.pool, org_id, user.id).await?;
+                (tx, Caller::User(user), membership)
+            }
+            // A key of another org: that org might as well not exist.
+            Credential::ApiKey(key) if key.org_id != org_id => {
+                return Err(ApiError::NotFound("organization"));
+            }
+            Credential::ApiKey(key) => {
+                let (tx, found) = TenantTx::enter_api_key(&state.pool, org_id, &key.hash).await?;
+                let Some(found) = found else {
+                    return Err(invalid_api_key());
+                };
+                if found.touch {
+                    // In the background: it needs a second connection, which
+                    // must not be awaited while this request holds one.
+                    let (pool, key_id) = (state.pool.clone(), found.key_id);
+                    tokio::spawn(async move {
+                        let touched = crate::core::db::touch_api_key(&pool, org_id, key_id);
+                        if let Err(e) = touched.await {
+                            tracing::warn!(error = %e, %key_id, "cannot record an API key's use");
+                        }
+                    });
+                }
+                (tx, Caller::ApiKey(found.key_id), Some(found.membership))
+            }
+        };
+        let (m, perms) = authorize::<R>(membership, tx.api_key_id().is_some())?;
         let ctx = OrgContext {
             tx,
             org_id,
-            user,
+            caller,
             role: m.role.clone(),
             perms,
             cache: state.cache.clone(),
@@ -245,6 +341,10 @@ impl<R: Requirement> OrgContext<R> {
 /// With both present and the membership meeting `R`, the body is served
 /// without touching Postgres. Otherwise it opens an [`OrgContext`] as usual
 /// (404/403 as there) and hands back a [`ViewFill`] to cache the fresh body.
+///
+/// API keys bypass the cache: they always read through Postgres (where the
+/// key is checked live) and never fill it, so revoking a key takes effect on
+/// the next request.
 pub enum OrgView<R> {
     Cached(Vec<u8>),
     Fresh {
@@ -278,7 +378,23 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgView<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
+        let user = match credential(parts, state).await? {
+            Credential::User(user) => user,
+            key @ Credential::ApiKey(_) => {
+                let org_id = path_uuid(parts, "org_id").await?;
+                let (ctx, _) = OrgContext::enter(state, org_id, key).await?;
+                let fill = ViewFill {
+                    cache: state.cache.clone(),
+                    org_id,
+                    epoch: None,
+                    view: String::new(),
+                };
+                return Ok(OrgView::Fresh {
+                    ctx: Box::new(ctx),
+                    fill,
+                });
+            }
+        };
         let org_id = path_uuid(parts, "org_id").await?;
         // Only first pages are cached, under a key built from the parsed
         // limit: the key space per org stays small whatever callers send.
@@ -311,7 +427,7 @@ impl<R: Requirement> FromRequestParts<AppState> for OrgView<R> {
             }
         }
         let user_id = user.id;
-        let (ctx, m) = OrgContext::enter(state, org_id, user).await?;
+        let (ctx, m) = OrgContext::enter(state, org_id, Credential::User(user)).await?;
         if let (Some(epoch), None) = (&found.epoch, &found.membership) {
             let (cache, epoch) = (state.cache.clone(), epoch.clone());
             tokio::spawn(async move {
@@ -365,9 +481,11 @@ impl<R: Requirement> OrgContext<R> {
     }
 
     /// Serialises this request with every other change to the org: takes the
-    /// org row lock, re-reads the caller's membership and checks `R` again.
+    /// org row lock, re-reads the caller's membership (or API key: revoked or
+    /// expired meanwhile is 401) and checks `R` again.
     pub async fn lock(&mut self) -> Result<Actor, ApiError> {
-        let (m, perms) = authorize::<R>(self.tx.lock_org().await?)?;
+        let api_key = self.tx.api_key_id().is_some();
+        let (m, perms) = authorize::<R>(self.tx.lock_org().await?, api_key)?;
         self.role = m.role.clone();
         self.perms = perms;
         Ok(Actor {
@@ -387,7 +505,7 @@ pub async fn act_for<R: Requirement>(
     user_id: Uuid,
 ) -> Result<(TenantTx, Actor), ApiError> {
     let (mut tx, _) = TenantTx::enter(pool, org_id, user_id).await?;
-    let (m, perms) = authorize::<R>(tx.lock_org().await?)?;
+    let (m, perms) = authorize::<R>(tx.lock_org().await?, false)?;
     Ok((
         tx,
         Actor {

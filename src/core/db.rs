@@ -253,7 +253,36 @@ pub struct MembershipRow {
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     org_id: Uuid,
+    /// `Uuid::nil()` when an API key acts (there is no user).
     user_id: Uuid,
+    api_key_id: Option<Uuid>,
+}
+
+/// A live API key as read by `app.enter_api_key`: its id, role and permissions.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRow {
+    pub key_id: Uuid,
+    pub membership: MembershipRow,
+    /// `last_used_at` is due (see [`touch_api_key`]).
+    pub touch: bool,
+}
+
+/// Records that an API key was used (at most once a minute), in a short
+/// transaction of its own: the request's transaction must not hold the key
+/// row while it waits for the org row lock (a revocation holds that lock and
+/// then writes the key row).
+pub(crate) async fn touch_api_key(
+    pool: &PgPool,
+    org_id: Uuid,
+    key_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select app.touch_api_key($1, $2)")
+        .bind(org_id)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 impl TenantTx {
@@ -277,8 +306,42 @@ impl TenantTx {
                 tx,
                 org_id,
                 user_id,
+                api_key_id: None,
             },
             membership,
+        ))
+    }
+
+    /// Begins a transaction in `org_id` as the API key whose SHA-256 is
+    /// `secret_hash`: switches to the app role, sets the org context with no
+    /// user, and reads the key (live only: not revoked, not expired, its role
+    /// still there) in one statement. `None`: no such live key in this org.
+    pub(crate) async fn enter_api_key(
+        pool: &PgPool,
+        org_id: Uuid,
+        secret_hash: &[u8],
+    ) -> Result<(TenantTx, Option<ApiKeyRow>), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let row: Option<(Uuid, String, Vec<String>, bool)> = sqlx::query_as(
+            "select key_id, role, permissions, touch from app.enter_api_key($1, $2)",
+        )
+        .bind(org_id)
+        .bind(secret_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let key = row.map(|(key_id, role, permissions, touch)| ApiKeyRow {
+            key_id,
+            membership: MembershipRow { role, permissions },
+            touch,
+        });
+        Ok((
+            TenantTx {
+                tx,
+                org_id,
+                user_id: Uuid::nil(),
+                api_key_id: key.as_ref().map(|k| k.key_id),
+            },
+            key,
         ))
     }
 
@@ -298,12 +361,14 @@ impl TenantTx {
             tx,
             org_id,
             user_id,
+            api_key_id: None,
         })
     }
 
-    /// Takes the org's row lock, then reads the user's membership again: a
-    /// statement after the lock sees what concurrent changes committed while
-    /// this transaction waited. `None`: the user (or the org) is gone.
+    /// Takes the org's row lock, then reads the user's membership (or the API
+    /// key's role) again: a statement after the lock sees what concurrent
+    /// changes committed while this transaction waited. `None`: the user (or
+    /// the org) is gone, or the key was revoked, expired or lost its role.
     pub(crate) async fn lock_org(&mut self) -> Result<Option<MembershipRow>, sqlx::Error> {
         let locked: Option<(Uuid,)> =
             sqlx::query_as("select id from organizations where id = $1 for update")
@@ -312,6 +377,19 @@ impl TenantTx {
                 .await?;
         if locked.is_none() {
             return Ok(None);
+        }
+        if let Some(key_id) = self.api_key_id {
+            let row: Option<(String, Vec<String>)> = sqlx::query_as(
+                "select k.role, r.permissions from api_keys k
+                 join roles r on r.org_id = k.org_id and r.name = k.role
+                 where k.org_id = $1 and k.id = $2 and k.revoked_at is null
+                   and (k.expires_at is null or k.expires_at > now())",
+            )
+            .bind(self.org_id)
+            .bind(key_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            return Ok(row.map(|(role, permissions)| MembershipRow { role, permissions }));
         }
         let row: Option<(String, Vec<String>)> = sqlx::query_as(
             "select m.role, r.permissions from memberships m
@@ -329,8 +407,14 @@ impl TenantTx {
         self.org_id
     }
 
+    /// The acting user; `Uuid::nil()` when an API key acts (see [`Self::api_key_id`]).
     pub fn user_id(&self) -> Uuid {
         self.user_id
+    }
+
+    /// The API key acting in this transaction, if one does (there is then no user).
+    pub fn api_key_id(&self) -> Option<Uuid> {
+        self.api_key_id
     }
 
     pub fn conn(&mut self) -> &mut PgConnection {

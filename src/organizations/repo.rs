@@ -341,7 +341,9 @@ pub async fn role_usage(conn: &mut PgConnection, org_id: Uuid, name: &str) -> sq
     sqlx::query_scalar(
         "select (select count(*) from memberships where org_id = $1 and role = $2)
               + (select count(*) from invitations where org_id = $1 and role = $2
-                 and accepted_at is null and revoked_at is null and expires_at > now())",
+                 and accepted_at is null and revoked_at is null and expires_at > now())
+              + (select count(*) from api_keys where org_id = $1 and role = $2
+                 and revoked_at is null and (expires_at is null or expires_at > now()))",
     )
     .bind(org_id)
     .bind(name)

@@ -505,7 +505,7 @@ pub async fn delete_role(tx: &mut TenantTx, locked: &Actor, name: &str) -> Resul
     if repo::role_usage(tx.conn(), org_id, name).await? > 0 {
         return Err(ApiError::conflict(
             "role_in_use",
-            "members or open invitations still have this role",
+            "members, open invitations or live API keys still have this role",
         ));
     }
     repo::delete_role(tx.conn(), org_id, name).await?;

@@ -409,6 +409,7 @@ impl TestApp {
             "import_rows",
             "import_files",
             "app.job_outbox",
+            "api_keys",
         ] {
             let v: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "select md5(coalesce(string_agg(t::text, '|' order by t::text), '')) from {t} t"

@@ -7,7 +7,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::errors::AuthError;
-use super::sessions::{self, Caller, Origin, begin, sha256};
+use super::flows::{self, TokenKind};
+use super::sessions::{self, Caller, Origin, begin};
 use crate::app::AppState;
 use crate::auth::password::{self, PasswordError};
 use crate::core::ratelimit::{Decision, Quota};
@@ -17,11 +18,8 @@ use crate::mail::templates::Template;
 
 /// Sign-in attempts per email address, and per client IP.
 pub const LOGIN_PER_EMAIL: Quota = Quota::per_minute(10);
-pub const LOGIN_PER_IP: Quota = Quota::per_minute(30);
-/// Lifetime of an email confirmation link.
-const CONFIRMATION_TTL_HOURS: i64 = 24;
-/// Least time between two confirmation emails to one address.
-const CONFIRMATION_RESEND_SECS: i64 = 60;
+/// Least time between two confirmation (or email change) emails to one address.
+pub(super) const CONFIRMATION_RESEND_SECS: i64 = 60;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Account {
@@ -36,19 +34,25 @@ pub struct Account {
     pub last_sign_in_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub recovery_sent_at: Option<DateTime<Utc>>,
+    /// The address a pending (unconfirmed) email change switches to.
+    pub email_change: Option<String>,
+    pub email_change_sent_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "user_id, email, encrypted_password, email_confirmed_at, confirmation_sent_at, \
-     app_metadata, user_metadata, banned_until, last_sign_in_at, created_at, updated_at";
+pub(super) const COLUMNS: &str = "user_id, email, encrypted_password, email_confirmed_at, \
+     confirmation_sent_at, app_metadata, user_metadata, banned_until, last_sign_in_at, \
+     created_at, updated_at, recovery_sent_at, email_change, email_change_sent_at";
 
 impl Account {
     pub fn is_banned(&self) -> bool {
         self.banned_until.is_some_and(|t| t > Utc::now())
     }
 
-    /// The GoTrue user object.
+    /// The GoTrue user object (`new_email`, `email_change_sent_at` and
+    /// `recovery_sent_at` only when set, as GoTrue omits them).
     pub fn user_json(&self) -> Value {
-        json!({
+        let mut user = json!({
             "id": self.user_id,
             "aud": "authenticated",
             "role": "authenticated",
@@ -64,7 +68,17 @@ impl Account {
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "is_anonymous": false,
-        })
+        });
+        if let Some(e) = &self.email_change {
+            user["new_email"] = json!(e);
+        }
+        if let Some(t) = self.email_change_sent_at {
+            user["email_change_sent_at"] = json!(t);
+        }
+        if let Some(t) = self.recovery_sent_at {
+            user["recovery_sent_at"] = json!(t);
+        }
+        user
     }
 }
 
@@ -77,7 +91,10 @@ pub async fn by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>,
     .await?)
 }
 
-async fn by_email(conn: &mut PgConnection, email: &str) -> Result<Option<Account>, AuthError> {
+pub(super) async fn by_email(
+    conn: &mut PgConnection,
+    email: &str,
+) -> Result<Option<Account>, AuthError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {COLUMNS} from app.auth_accounts where email = $1"
     )))
@@ -87,7 +104,7 @@ async fn by_email(conn: &mut PgConnection, email: &str) -> Result<Option<Account
 }
 
 /// Makes `user_id` the user of the transaction, for the `users` row (RLS).
-async fn act_as(conn: &mut PgConnection, user_id: Uuid) -> Result<(), AuthError> {
+pub(super) async fn act_as(conn: &mut PgConnection, user_id: Uuid) -> Result<(), AuthError> {
     sqlx::query("select set_config('app.user_id', $1, true)")
         .bind(user_id.to_string())
         .execute(conn)
@@ -95,7 +112,7 @@ async fn act_as(conn: &mut PgConnection, user_id: Uuid) -> Result<(), AuthError>
     Ok(())
 }
 
-fn parse_email(raw: &str) -> Result<String, AuthError> {
+pub(super) fn parse_email(raw: &str) -> Result<String, AuthError> {
     Email::parse("email", raw)
         .map(|e| e.as_str().to_owned())
         .map_err(|_| AuthError::validation("Unable to validate email address: invalid format"))
@@ -144,6 +161,7 @@ pub async fn signup(
     email: &str,
     password: &str,
     data: Option<Value>,
+    redirect_to: Option<&str>,
     origin: &Origin,
 ) -> Result<Value, AuthError> {
     let auth = &state.config.auth;
@@ -187,7 +205,7 @@ pub async fn signup(
         let account = if recent {
             existing
         } else {
-            send_confirmation(state, &mut tx, &existing).await?
+            send_confirmation(state, &mut tx, &existing, redirect_to).await?
         };
         tx.commit().await?;
         return Ok(account.user_json());
@@ -231,7 +249,7 @@ pub async fn signup(
         tx.commit().await?;
         return Ok(session);
     }
-    let account = send_confirmation(state, &mut tx, &account).await?;
+    let account = send_confirmation(state, &mut tx, &account, redirect_to).await?;
     tx.commit().await?;
     Ok(account.user_json())
 }
@@ -259,46 +277,22 @@ fn fake_user(email: &str, metadata: Value) -> Value {
     })
 }
 
-/// A confirmation token (hashed, 24 h) and its email, in the transaction.
+/// A confirmation token (hashed, 24 h) and its email (a link to
+/// `GET /verify`), in the transaction.
 async fn send_confirmation(
     state: &AppState,
     conn: &mut PgConnection,
     account: &Account,
+    redirect_to: Option<&str>,
 ) -> Result<Account, AuthError> {
-    use base64::Engine as _;
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    sqlx::query(
-        "delete from app.auth_one_time_tokens where user_id = $1 and kind = 'confirmation'",
-    )
-    .bind(account.user_id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "insert into app.auth_one_time_tokens (id, user_id, kind, token_hash, expires_at)
-         values ($1, $2, 'confirmation', $3, now() + make_interval(hours => $4))",
-    )
-    .bind(Uuid::new_v4())
-    .bind(account.user_id)
-    .bind(sha256(token.as_bytes()))
-    .bind(CONFIRMATION_TTL_HOURS as i32)
-    .execute(&mut *conn)
-    .await?;
-    let mut url = state
-        .config
-        .auth
-        .site_url
-        .join("auth/confirm")
-        .map_err(AuthError::internal)?;
-    url.query_pairs_mut()
-        .append_pair("token_hash", &token)
-        .append_pair("type", "signup");
+    let token =
+        flows::issue_token(&mut *conn, account.user_id, TokenKind::Confirmation, None).await?;
+    let url = flows::verify_link(state, &token, "signup", redirect_to)?;
     crate::jobs::enqueue(
-        conn,
+        &mut *conn,
         &SendEmail {
             to: account.email.clone(),
-            template: Template::ConfirmEmail {
-                confirm_url: url.to_string(),
-            },
+            template: Template::ConfirmEmail { confirm_url: url },
         },
     )
     .await?;
@@ -311,7 +305,10 @@ async fn send_confirmation(
     .await?)
 }
 
-async fn mark_signed_in(conn: &mut PgConnection, user_id: Uuid) -> Result<Account, AuthError> {
+pub(super) async fn mark_signed_in(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<Account, AuthError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update app.auth_accounts set last_sign_in_at = now(), updated_at = now()
          where user_id = $1 returning {COLUMNS}"
@@ -321,7 +318,7 @@ async fn mark_signed_in(conn: &mut PgConnection, user_id: Uuid) -> Result<Accoun
     .await?)
 }
 
-async fn limit(state: &AppState, key: &str, quota: Quota) -> Result<(), AuthError> {
+pub(super) async fn limit(state: &AppState, key: &str, quota: Quota) -> Result<(), AuthError> {
     match state.limiter.check(key, quota).await {
         Decision::Allowed { .. } => Ok(()),
         Decision::Limited { retry_after } => Err(AuthError::rate_limited(retry_after)),
@@ -339,7 +336,7 @@ pub async fn password_grant(
         return Err(AuthError::validation("missing email or password"));
     }
     let ip = origin.ip.as_deref().unwrap_or("unknown");
-    limit(state, &format!("auth:login:ip:{ip}"), LOGIN_PER_IP).await?;
+    limit(state, &format!("auth:login:ip:{ip}"), per_ip(state)).await?;
     let normalized = email.trim().to_lowercase();
     limit(
         state,
@@ -438,11 +435,13 @@ pub struct UserUpdate {
 
 /// `PUT /user`: `data` merges into `user_metadata` (a null value removes a
 /// key); a new password revokes the user's other sessions; a new email is
-/// taken at once with autoconfirm (otherwise `email_change_not_supported`).
+/// taken at once with autoconfirm, otherwise a link to confirm it is sent to
+/// the new address (`POST`/`GET /verify`, type `email_change`, switches it).
 pub async fn update_user(
     state: &AppState,
     caller: Caller,
     update: UserUpdate,
+    redirect_to: Option<&str>,
 ) -> Result<Value, AuthError> {
     let data = match update.data {
         None | Some(Value::Null) => None,
@@ -468,12 +467,7 @@ pub async fn update_user(
         a.ok_or_else(sessions::session_not_found)?
     };
     let new_email = new_email.filter(|e| *e != current.email);
-    if new_email.is_some() && !state.config.auth.autoconfirm {
-        return Err(AuthError::unprocessable(
-            "email_change_not_supported",
-            "Changing the email address needs a confirmation email, which this server does not send yet",
-        ));
-    }
+    let confirm_email = !state.config.auth.autoconfirm;
     let new_phc = match &update.password {
         Some(p) => {
             if let Some(old) = &current.encrypted_password
@@ -512,6 +506,9 @@ pub async fn update_user(
             }
         }
     }
+    // The address to confirm (a link is sent to it), or to take at once.
+    let mut pending_email = None;
+    let mut switch_email = None;
     if let Some(email) = &new_email {
         if by_email(&mut tx, email).await?.is_some() {
             return Err(AuthError::unprocessable(
@@ -519,6 +516,42 @@ pub async fn update_user(
                 "A user with this email address has already been registered",
             ));
         }
+        if confirm_email {
+            if let Some(sent) = account.email_change_sent_at {
+                let wait = CONFIRMATION_RESEND_SECS - (Utc::now() - sent).num_seconds();
+                if wait > 0 {
+                    let mut e = AuthError::new(
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        "over_email_send_rate_limit",
+                        format!(
+                            "For security purposes, you can only request this after {wait} seconds."
+                        ),
+                    );
+                    e.retry_after = Some(wait as u64);
+                    return Err(e);
+                }
+            }
+            let token =
+                flows::issue_token(&mut tx, caller.user_id, TokenKind::EmailChange, Some(email))
+                    .await?;
+            let url = flows::verify_link(state, &token, "email_change", redirect_to)?;
+            crate::jobs::enqueue(
+                &mut tx,
+                &SendEmail {
+                    to: email.clone(),
+                    template: Template::EmailChange {
+                        confirm_url: url,
+                        new_email: email.clone(),
+                    },
+                },
+            )
+            .await?;
+            pending_email = Some(email.clone());
+        } else {
+            switch_email = Some(email.clone());
+        }
+    }
+    if let Some(email) = &switch_email {
         act_as(&mut tx, caller.user_id).await?;
         sqlx::query("update users set email = $2, updated_at = now() where id = $1")
             .bind(caller.user_id)
@@ -533,6 +566,11 @@ pub async fn update_user(
             user_metadata = $2,
             encrypted_password = coalesce($3, encrypted_password),
             email = coalesce($4, email),
+            email_change = case when $4 is not null then null
+                                else coalesce($5, email_change) end,
+            email_change_sent_at = case when $4 is not null then null
+                                        when $5 is not null then now()
+                                        else email_change_sent_at end,
             updated_at = now()
          where user_id = $1
          returning {COLUMNS}"
@@ -540,7 +578,8 @@ pub async fn update_user(
     .bind(caller.user_id)
     .bind(Value::Object(metadata))
     .bind(new_phc.as_deref())
-    .bind(new_email.as_deref())
+    .bind(switch_email.as_deref())
+    .bind(pending_email.as_deref())
     .fetch_one(&mut *tx)
     .await;
     let updated = match updated {
@@ -562,4 +601,9 @@ pub async fn update_user(
     tx.commit().await?;
     state.cache.invalidate_orgs(&stale_orgs).await;
     Ok(updated.user_json())
+}
+
+/// The per-client-IP quota of sign-up, sign-in, verify and recover.
+pub fn per_ip(state: &AppState) -> Quota {
+    Quota::per_minute(state.config.auth.ip_limit_per_min)
 }

@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 
 use super::accounts::{self, UserUpdate};
 use super::errors::{AuthError, api_version_header};
+use super::flows::{self, TokenKind, VerifyRequest};
 use super::sessions::{self, Origin};
 use crate::app::AppState;
 
@@ -25,6 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(jwks))
         .routes(routes!(signup))
         .routes(routes!(token))
+        .routes(routes!(verify_get, verify_post))
+        .routes(routes!(recover))
         .routes(routes!(get_user, update_user))
         .routes(routes!(logout))
         .routes(routes!(settings))
@@ -173,6 +176,23 @@ fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, AuthEr
     Ok(pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v))
 }
 
+/// `redirect_to`: supabase-js sends it in the query; a body field also counts.
+fn redirect_to(query: Option<&str>, body: &AuthBody) -> Result<Option<String>, AuthError> {
+    Ok(query_param(query, "redirect_to")?
+        .or(body.string("redirect_to")?)
+        .filter(|r| !r.trim().is_empty()))
+}
+
+async fn limit_ip(
+    state: &AppState,
+    what: &str,
+    origin: &Origin,
+    quota: crate::core::ratelimit::Quota,
+) -> Result<(), AuthError> {
+    let ip = origin.ip.as_deref().unwrap_or("unknown");
+    accounts::limit(state, &format!("auth:{what}:ip:{ip}"), quota).await
+}
+
 // ------------------------------------------------------------------ documentation types
 
 /// `POST /signup` body.
@@ -194,6 +214,26 @@ struct TokenRequest {
     email: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
+}
+
+/// `POST /verify` body: `type` and `token_hash` (the token of the emailed
+/// link), or `type`, `token` and `email`.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct VerifyBody {
+    /// `signup` or `email` (confirmation), `recovery`, `email_change`.
+    #[serde(rename = "type")]
+    kind: String,
+    token_hash: Option<String>,
+    token: Option<String>,
+    email: Option<String>,
+}
+
+/// `POST /recover` body.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+struct RecoverBody {
+    email: String,
 }
 
 /// `PUT /user` body (`app_metadata` is not writable and is ignored).
@@ -249,24 +289,187 @@ fn can_issue(state: &AppState) -> Result<(), AuthError> {
 }
 
 /// Signs up with email and password. With autoconfirm the answer is a
-/// session; otherwise the user, and a confirmation email is on its way.
+/// session; otherwise the user, and a confirmation email is on its way (its
+/// link leads to `GET /verify`, then to `redirect_to` when allowed). At most
+/// 30 a minute per client IP.
 #[utoipa::path(post, path = "/auth/v1/signup", tag = "auth", request_body = SignupRequest,
+    params(("redirect_to" = Option<String>, Query, description = "Where the confirmation link lands")),
     responses(
         (status = 200, description = "A session (autoconfirm) or the unconfirmed user", body = SessionBody),
-        (status = 400, body = AuthErrorBody), (status = 422, body = AuthErrorBody)))]
+        (status = 400, body = AuthErrorBody), (status = 422, body = AuthErrorBody),
+        (status = 429, body = AuthErrorBody)))]
 async fn signup(
     State(state): State<AppState>,
     _key: ApiKey,
     origin: Origin,
+    RawQuery(query): RawQuery,
     body: AuthBody,
 ) -> Result<Json<Value>, AuthError> {
     if state.config.auth.autoconfirm {
         can_issue(&state)?;
     }
+    limit_ip(&state, "signup", &origin, accounts::per_ip(&state)).await?;
     let email = body.string("email")?.unwrap_or_default();
     let password = body.string("password")?.unwrap_or_default();
-    let res = accounts::signup(&state, &email, &password, body.value("data"), &origin).await?;
+    let redirect = redirect_to(query.as_deref(), &body)?;
+    let res = accounts::signup(
+        &state,
+        &email,
+        &password,
+        body.value("data"),
+        redirect.as_deref(),
+        &origin,
+    )
+    .await?;
     Ok(Json(res))
+}
+
+/// Uses an emailed token (`verifyOtp({token_hash, type})`): `signup`/`email`
+/// confirms the address, `recovery` signs in (then `PUT /user {password}`),
+/// `email_change` switches the address; each answers a session. Invalid,
+/// expired or used: 403 `otp_expired`. At most 30 a minute and 20 in ten
+/// minutes per client IP.
+#[utoipa::path(post, path = "/auth/v1/verify", tag = "auth", request_body = VerifyBody,
+    responses((status = 200, body = SessionBody),
+        (status = 400, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
+        (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
+async fn verify_post(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    origin: Origin,
+    body: AuthBody,
+) -> Result<Json<Value>, AuthError> {
+    can_issue(&state)?;
+    let kind = verification_kind(body.string("type")?.as_deref())?;
+    let token_hash = body.string("token_hash")?.filter(|t| !t.is_empty());
+    let token = body.string("token")?.filter(|t| !t.is_empty());
+    let email = body.string("email")?;
+    let (token, email) = match (token_hash, token) {
+        (Some(hash), _) => (hash, None),
+        (None, Some(token)) => {
+            let Some(email) = email.filter(|e| !e.trim().is_empty()) else {
+                return Err(AuthError::validation(
+                    "Only an email address is supported with a token: send email",
+                ));
+            };
+            (token, Some(email))
+        }
+        (None, None) => {
+            return Err(AuthError::validation(
+                "Verify requires a token_hash, or a token and an email",
+            ));
+        }
+    };
+    let req = VerifyRequest {
+        kind,
+        token: &token,
+        email: email.as_deref(),
+    };
+    Ok(Json(flows::verify(&state, req, &origin).await?))
+}
+
+fn verification_kind(kind: Option<&str>) -> Result<TokenKind, AuthError> {
+    match kind {
+        None | Some("") => Err(AuthError::validation("Verify requires a verification type")),
+        Some(t) => TokenKind::from_type(t).ok_or_else(|| {
+            AuthError::validation(
+                "Unsupported verification type: use signup, email, recovery or email_change",
+            )
+        }),
+    }
+}
+
+/// The link in auth emails: uses the token and redirects (303) to
+/// `redirect_to` when it is under `AUTH_SITE_URL` or in
+/// `AUTH_REDIRECT_ALLOW_LIST` (else to `AUTH_SITE_URL`), with the session in
+/// the fragment (`#access_token=..&refresh_token=..&expires_in=..&token_type=bearer&type=..`)
+/// or the error (`#error=..&error_code=otp_expired&error_description=..`).
+#[utoipa::path(get, path = "/auth/v1/verify", tag = "auth",
+    params(("token" = String, Query, description = "The emailed token"),
+        ("type" = String, Query, description = "`signup`, `email`, `recovery` or `email_change`"),
+        ("redirect_to" = Option<String>, Query, description = "Where to land")),
+    responses((status = 303, description = "To the site, the session or the error in the fragment")))]
+async fn verify_get(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    origin: Origin,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let redirect = query_param(query.as_deref(), "redirect_to").ok().flatten();
+    let mut target = flows::redirect_target(&state, redirect.as_deref());
+    let kind = query_param(query.as_deref(), "type").ok().flatten();
+    let outcome = async {
+        can_issue(&state)?;
+        let kind_enum = verification_kind(kind.as_deref())?;
+        let token = query_param(query.as_deref(), "token")?.unwrap_or_default();
+        let req = VerifyRequest {
+            kind: kind_enum,
+            token: &token,
+            email: None,
+        };
+        flows::verify(&state, req, &origin).await
+    }
+    .await;
+    let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+    match outcome {
+        Ok(session) => {
+            for key in [
+                "access_token",
+                "expires_at",
+                "expires_in",
+                "refresh_token",
+                "token_type",
+            ] {
+                let value = match &session[key] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                fragment.append_pair(key, &value);
+            }
+            fragment.append_pair("type", kind.as_deref().unwrap_or_default());
+        }
+        Err(e) => {
+            let error = if e.status.is_server_error() {
+                "server_error"
+            } else {
+                "access_denied"
+            };
+            fragment
+                .append_pair("error", error)
+                .append_pair("error_code", e.code)
+                .append_pair("error_description", &e.message);
+        }
+    }
+    target.set_fragment(Some(&fragment.finish()));
+    let mut res = axum::response::Redirect::to(target.as_str()).into_response();
+    let headers = res.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+/// Sends a password recovery link (`resetPasswordForEmail`): always `{}`,
+/// whether or not the address has an account (an email goes only to an
+/// existing, confirmed one, at most once a minute). At most 30 a minute per
+/// client IP and 5 an hour per address, else 429.
+#[utoipa::path(post, path = "/auth/v1/recover", tag = "auth", request_body = RecoverBody,
+    params(("redirect_to" = Option<String>, Query, description = "Where the recovery link lands")),
+    responses((status = 200, description = "`{}`", body = Object),
+        (status = 400, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
+async fn recover(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    origin: Origin,
+    RawQuery(query): RawQuery,
+    body: AuthBody,
+) -> Result<Json<Value>, AuthError> {
+    let email = body.string("email")?.unwrap_or_default();
+    let redirect = redirect_to(query.as_deref(), &body)?;
+    flows::recover(&state, &email, redirect.as_deref(), &origin).await?;
+    Ok(Json(json!({})))
 }
 
 /// Issues a session: `grant_type=password` (email, password) or
@@ -320,15 +523,19 @@ async fn get_user(
 }
 
 /// Changes the signed-in user: `data` (merged into `user_metadata`),
-/// `password` (revokes the user's other sessions), `email` (with autoconfirm).
+/// `password` (revokes the user's other sessions), `email` (at once with
+/// autoconfirm; otherwise a confirmation link goes to the new address and the
+/// user shows `new_email` until it is used).
 #[utoipa::path(put, path = "/auth/v1/user", tag = "auth", request_body = UserUpdateRequest,
+    params(("redirect_to" = Option<String>, Query, description = "Where the email change link lands")),
     responses((status = 200, description = "The GoTrue user object", body = Object),
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
-        (status = 422, body = AuthErrorBody)))]
+        (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn update_user(
     State(state): State<AppState>,
     _key: ApiKey,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Result<AuthBody, AuthError>,
 ) -> Result<Json<Value>, AuthError> {
     let caller = sessions::authenticate(&state, &headers).await?;
@@ -338,7 +545,10 @@ async fn update_user(
         password: body.string("password")?,
         data: body.value("data"),
     };
-    Ok(Json(accounts::update_user(&state, caller, update).await?))
+    let redirect = redirect_to(query.as_deref(), &body)?;
+    Ok(Json(
+        accounts::update_user(&state, caller, update, redirect.as_deref()).await?,
+    ))
 }
 
 /// Signs out: `scope=local` (this session, the default), `global` (all of

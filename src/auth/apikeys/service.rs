@@ -1,0 +1,144 @@
+//! Business rules of API keys. Creating and revoking take an [`Actor`] (the
+//! org row lock), and write their audit rows in the same transaction.
+//!
+//! Nobody makes a key with a role holding permissions they do not hold, and
+//! nobody makes an owner key.
+
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::*;
+use super::repo;
+use crate::auth::rbac::{Actor, OWNER, PermSet};
+use crate::core::db::TenantTx;
+use crate::core::error::ApiError;
+use crate::core::pagination::{Page, PageQuery};
+use crate::core::validate::{self, Fields, RoleName};
+use crate::organizations::repo::{self as org_repo, AuditRecord};
+
+/// Most live (unrevoked, unexpired) keys one org may hold.
+pub const MAX_LIVE_KEYS: i64 = 100;
+
+async fn audit(
+    tx: &mut TenantTx,
+    action: &str,
+    key_id: Uuid,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<(), ApiError> {
+    let org_id = tx.org_id();
+    let actor_id = tx.user_id();
+    org_repo::insert_audit(
+        tx.conn(),
+        AuditRecord {
+            org_id,
+            actor_id,
+            action,
+            target_type: "api_key",
+            target_id: Some(key_id.to_string()),
+            before,
+            after,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn create(
+    tx: &mut TenantTx,
+    locked: &Actor,
+    input: CreateApiKey,
+) -> Result<CreatedApiKey, ApiError> {
+    let mut f = Fields::default();
+    let name = f.check(validate::display_name("name", &input.name));
+    let role = f.check(RoleName::parse("role", &input.role));
+    if input.expires_at.is_some_and(|t| t <= Utc::now()) {
+        f.check::<()>(Err(crate::core::error::FieldError::new(
+            "expires_at",
+            "in_past",
+            "must be in the future",
+        )));
+    }
+    f.finish()?;
+    let (name, role) = (name.expect("checked"), role.expect("checked"));
+    let org_id = tx.org_id();
+    let stored = org_repo::get_role(tx.conn(), org_id, role.as_str())
+        .await?
+        .ok_or_else(|| {
+            ApiError::field(
+                "role",
+                "unknown_role",
+                format!("this organization has no role {:?}", role.as_str()),
+            )
+        })?;
+    if role.as_str() == OWNER {
+        return Err(ApiError::forbidden("an API key cannot have the owner role"));
+    }
+    if !PermSet::from_names(&stored.permissions).is_subset_of(locked.perms()) {
+        return Err(ApiError::forbidden(
+            "you cannot create a key with a role holding permissions you do not hold",
+        ));
+    }
+    if repo::count_live(tx.conn(), org_id).await? >= MAX_LIVE_KEYS {
+        return Err(ApiError::conflict(
+            "api_key_limit",
+            format!("an organization may hold at most {MAX_LIVE_KEYS} live API keys"),
+        ));
+    }
+    let (key, prefix, hash) = super::generate(org_id);
+    let created_by = Some(tx.user_id()).filter(|id| !id.is_nil());
+    let row = repo::insert(
+        tx.conn(),
+        repo::NewKey {
+            id: Uuid::now_v7(),
+            org_id,
+            name: &name,
+            role: role.as_str(),
+            prefix: &prefix,
+            secret_hash: &hash,
+            created_by,
+            expires_at: input.expires_at,
+        },
+    )
+    .await?;
+    audit(tx, "api_key.created", row.id, None, Some(json!(row))).await?;
+    Ok(CreatedApiKey {
+        id: row.id,
+        name: row.name,
+        role: row.role,
+        prefix: row.prefix,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        key,
+    })
+}
+
+pub async fn list(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<ApiKey>, ApiError> {
+    let limit = q.limit()?;
+    let after: Option<Uuid> = q.after()?;
+    let org_id = tx.org_id();
+    let rows = repo::list(tx.conn(), org_id, after, limit + 1).await?;
+    Ok(Page::from_rows(rows, limit, |k| k.id))
+}
+
+/// Revokes a key. Revoking a revoked key again changes nothing (and succeeds);
+/// a key of another org, or none, is 404.
+pub async fn revoke(tx: &mut TenantTx, _locked: &Actor, id: Uuid) -> Result<(), ApiError> {
+    let org_id = tx.org_id();
+    let before = repo::get(tx.conn(), org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound("API key"))?;
+    let Some(after) = repo::revoke(tx.conn(), org_id, id).await? else {
+        return Ok(());
+    };
+    audit(
+        tx,
+        "api_key.revoked",
+        id,
+        Some(json!(before)),
+        Some(json!(after)),
+    )
+    .await?;
+    Ok(())
+}
