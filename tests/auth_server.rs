@@ -871,3 +871,52 @@ async fn without_a_signing_key_no_session_is_issued_and_no_account_created() {
         .unwrap();
     assert_eq!(accounts, 0);
 }
+
+#[tokio::test]
+async fn a_platform_admin_bans_a_user_which_ends_their_sessions() {
+    let app = app_with(&[]).await;
+    let s = signup(&app, "banned@example.com").await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.body);
+    let access = s.body["access_token"].as_str().unwrap().to_owned();
+    let refresh_token = s.body["refresh_token"].as_str().unwrap().to_owned();
+    let id = s.body["user"]["id"].as_str().unwrap().to_owned();
+    let admin_put = |token: Option<String>, body: Value| {
+        let req = app
+            .client
+            .put(format!("{}/auth/v1/admin/users/{id}", app.base))
+            .json(&body);
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Not without a service_role key: the user's own token is refused.
+    let (st, body) = admin_put(Some(access.clone()), json!({"ban_duration": "24h"})).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    let (st, _) = admin_put(None, json!({"ban_duration": "24h"})).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, body) = admin_put(Some(service_key()), json!({"ban_duration": "forever"})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+
+    let (st, body) = admin_put(Some(service_key()), json!({"ban_duration": "24h"})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(body["banned_until"].is_string(), "{body}");
+    // Sessions are over: refresh fails, the access token no longer reads the user.
+    let r = refresh(&app, &refresh_token).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = auth(&app, Method::GET, "/user", Some(&access), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    // Signing in is refused while banned, allowed again once lifted.
+    let r = login(&app, "banned@example.com", PASSWORD).await;
+    assert_error(&r, 400, "user_banned");
+    let (st, body) = admin_put(Some(service_key()), json!({"ban_duration": "none"})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(body["banned_until"].is_null(), "{body}");
+    let r = login(&app, "banned@example.com", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}

@@ -332,6 +332,9 @@ fn table() -> Vec<Spec> {
         platform(M::GET, "/api/v1/admin/jobs/dead/{job_id}", 404),
         platform(M::DELETE, "/api/v1/admin/jobs/dead/{job_id}", 404),
         platform(M::POST, "/api/v1/admin/jobs/dead/{job_id}/retry", 404),
+        // Ban a user (GoTrue's admin update): no such account here.
+        platform(M::PUT, "/auth/v1/admin/users/{user_id}", 404)
+            .body(|_| Some(json!({ "ban_duration": "24h" }))),
         // ---- user-level routes
         user(M::GET, "/api/v1/me", 200).check(|v| v["id"].is_string()),
         user(M::PATCH, "/api/v1/me", 200)
@@ -685,8 +688,10 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
         path = path.replace(param, &value);
     }
     if let Access::Platform { .. } = spec.access {
-        // A job id no dead job has.
-        path = path.replace("{job_id}", &Uuid::new_v4().to_string());
+        // A job id no dead job has; a user id no account has.
+        path = path
+            .replace("{job_id}", &Uuid::new_v4().to_string())
+            .replace("{user_id}", &Uuid::new_v4().to_string());
     }
     assert!(
         !path.contains('{'),

@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(logout))
         .routes(routes!(settings))
         .routes(routes!(health))
+        .routes(routes!(admin_update_user))
         .layer(axum::middleware::map_response(api_version_header))
 }
 
@@ -668,4 +669,55 @@ async fn jwks(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("public, max-age=300"),
     );
     res
+}
+
+/// Platform administrators (a `service_role` key as the bearer): ban a user
+/// for a duration (`"24h"`, `"30m"`, `"876000h"`), ending all their
+/// sessions, or lift the ban (`"none"`). Other fields of GoTrue's admin
+/// update are not supported yet.
+#[utoipa::path(put, path = "/auth/v1/admin/users/{user_id}", tag = "auth",
+    params(("user_id" = Uuid, Path)),
+    request_body = Object,
+    responses((status = 200, description = "The GoTrue user object, with `banned_until`", body = Object),
+        (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
+        (status = 404, body = AuthErrorBody), (status = 400, body = AuthErrorBody)))]
+async fn admin_update_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+    body: AuthBody,
+) -> Result<Json<Value>, AuthError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| {
+            AuthError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "no_authorization",
+                "This endpoint requires a Bearer token",
+            )
+        })?;
+    if state.verifier.verify_service(token.trim()).is_err() {
+        return Err(AuthError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "not_admin",
+            "User not allowed",
+        ));
+    }
+    let user_id: uuid::Uuid = user_id
+        .parse()
+        .map_err(|_| AuthError::validation("user_id must be a UUID"))?;
+    let Some(duration) = body.string("ban_duration")? else {
+        return Err(AuthError::validation(
+            "Only ban_duration is supported here (a duration like \"24h\", or \"none\")",
+        ));
+    };
+    let ban = accounts::parse_ban_duration(duration.trim()).ok_or_else(|| {
+        AuthError::validation("ban_duration must be a duration like \"24h\" or \"none\"")
+    })?;
+    Ok(Json(accounts::set_ban(&state, user_id, ban).await?))
 }
