@@ -3,18 +3,16 @@
 //! change, as `@supabase/supabase-js` drives them.
 
 mod common;
+use common::gotrue::*;
 use common::smtp::{Received, SmtpSink};
 use common::*;
 
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use url::Url;
 
-const KEYS_SECRET: &str = "dGVzdC1vbmx5LWF1dGgta2V5cy1zZWNyZXQtMzJieXQ=";
-const PASSWORD: &str = "correct horse battery";
 const SITE: &str = "https://app.example.com";
 const MAIL_WAIT: Duration = Duration::from_secs(15);
 
@@ -33,40 +31,6 @@ async fn app_with(sink: Option<&SmtpSink>, extra: &[(&str, &str)]) -> TestApp {
     TestApp::spawn_with(&vars, 5).await
 }
 
-struct Res {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-async fn auth(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Res {
-    let mut req = app
-        .client
-        .request(method, format!("{}/auth/v1{path}", app.base))
-        .header("X-Supabase-Api-Version", "2024-01-01");
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.bytes().await.unwrap_or_default();
-    Res {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
-
 async fn signup(app: &TestApp, email: &str, redirect_to: Option<&str>) -> Res {
     let path = match redirect_to {
         Some(r) => format!("/signup?redirect_to={}", urlencode(r)),
@@ -78,17 +42,6 @@ async fn signup(app: &TestApp, email: &str, redirect_to: Option<&str>) -> Res {
         &path,
         None,
         Some(json!({ "email": email, "password": PASSWORD })),
-    )
-    .await
-}
-
-async fn login(app: &TestApp, email: &str, password: &str) -> Res {
-    auth(
-        app,
-        Method::POST,
-        "/token?grant_type=password",
-        None,
-        Some(json!({ "email": email, "password": password })),
     )
     .await
 }
@@ -117,13 +70,6 @@ async fn recover(app: &TestApp, email: &str) -> Res {
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-fn assert_error(r: &Res, status: u16, code: &str) {
-    assert_eq!(r.status.as_u16(), status, "{code}: {}", r.body);
-    assert_eq!(r.body["code"], code, "{}", r.body);
-    assert_eq!(r.body["error_code"], code, "{}", r.body);
-    assert!(r.body["msg"].is_string(), "{}", r.body);
 }
 
 fn assert_session(r: &Res, email: &str) {

@@ -2,17 +2,15 @@
 //! real Postgres and Redis: the calls `@supabase/supabase-js` makes.
 
 mod common;
+use common::gotrue::*;
 use common::smtp::SmtpSink;
 use common::*;
 
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-const KEYS_SECRET: &str = "dGVzdC1vbmx5LWF1dGgta2V5cy1zZWNyZXQtMzJieXQ=";
-const PASSWORD: &str = "correct horse battery";
 
 /// An app that signs tokens, confirming sign-ups at once unless `extra` says otherwise.
 async fn app_with(extra: &[(&str, &str)]) -> TestApp {
@@ -22,49 +20,6 @@ async fn app_with(extra: &[(&str, &str)]) -> TestApp {
     ];
     vars.extend_from_slice(extra);
     TestApp::spawn_with(&vars, 5).await
-}
-
-/// A Supabase `anon` key for this app (HS256 with the JWT secret).
-fn anon_key() -> String {
-    let now = chrono::Utc::now().timestamp();
-    sign_hs256(&json!({ "iss": "supabase", "role": "anon", "iat": now, "exp": now + 3600 }))
-}
-
-struct Res {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-/// Sends like supabase-js: the `apikey` header, JSON bodies, and a bearer
-/// token when given.
-async fn auth(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Res {
-    let mut req = app
-        .client
-        .request(method, format!("{}/auth/v1{path}", app.base))
-        .header("apikey", anon_key())
-        .header("X-Supabase-Api-Version", "2024-01-01");
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.bytes().await.unwrap_or_default();
-    Res {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
 }
 
 async fn signup(app: &TestApp, email: &str) -> Res {
@@ -78,17 +33,6 @@ async fn signup(app: &TestApp, email: &str) -> Res {
     .await
 }
 
-async fn login(app: &TestApp, email: &str, password: &str) -> Res {
-    auth(
-        app,
-        Method::POST,
-        "/token?grant_type=password",
-        None,
-        Some(json!({ "email": email, "password": password })),
-    )
-    .await
-}
-
 async fn refresh(app: &TestApp, token: &str) -> Res {
     auth(
         app,
@@ -98,25 +42,6 @@ async fn refresh(app: &TestApp, token: &str) -> Res {
         Some(json!({ "refresh_token": token })),
     )
     .await
-}
-
-/// A GoTrue error: the status, the code in `code` and `error_code`, a message,
-/// and the API version header.
-fn assert_error(r: &Res, status: u16, code: &str) {
-    assert_eq!(r.status.as_u16(), status, "{code}: {}", r.body);
-    assert_eq!(r.body["code"], code, "{}", r.body);
-    assert_eq!(r.body["error_code"], code, "{}", r.body);
-    assert!(
-        r.body["msg"].is_string() && r.body["message"].is_string(),
-        "{}",
-        r.body
-    );
-    assert_eq!(
-        r.headers
-            .get("x-supabase-api-version")
-            .and_then(|v| v.to_str().ok()),
-        Some("2024-01-01")
-    );
 }
 
 fn assert_session(r: &Res, email: &str) {

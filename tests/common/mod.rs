@@ -3,6 +3,7 @@
 //! over real HTTP on a random port, and helpers that read like user stories.
 #![allow(dead_code)]
 
+pub mod gotrue;
 pub mod smtp;
 
 use std::collections::HashMap;
