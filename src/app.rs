@@ -91,7 +91,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     tags(
         (name = "organizations"), (name = "members"), (name = "roles"),
         (name = "invitations"), (name = "api-keys"), (name = "audit"), (name = "users"), (name = "reports"),
-        (name = "imports"), (name = "admin", description = "Operator routes: a `service_role` key"),
+        (name = "imports"), (name = "billing"), (name = "admin", description = "Operator routes: a `service_role` key"),
         (name = "auth", description = "Tenantry's own auth server (GoTrue-compatible)"),
         (name = "health")
     )
@@ -146,6 +146,7 @@ pub fn api() -> (axum::Router<AppState>, OpenApiDoc) {
         .merge(crate::organizations::router())
         .merge(crate::auth::apikeys::router())
         .merge(crate::jobs::routes::router())
+        .merge(crate::billing::router())
         .merge(crate::reports::router().merge(crate::imports::router()))
         .merge(crate::auth::server::router())
         .split_for_parts();

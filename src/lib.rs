@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod config;
 pub mod core;
 pub mod imports;

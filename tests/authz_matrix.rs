@@ -290,6 +290,7 @@ fn table() -> Vec<Spec> {
         // Prometheus text, not JSON.
         public("/metrics").check(any_body),
         public("/auth/v1/.well-known/jwks.json").check(|v| v["keys"].is_array()),
+        public("/api/v1/plans").check(|v| v.as_array().is_some_and(|p| !p.is_empty())),
         // ---- the GoTrue-compatible auth server (no org; the app here
         // confirms sign-ups by email, so no cell gets a session)
         public("/auth/v1/health").check(|v| v["name"] == "GoTrue"),
