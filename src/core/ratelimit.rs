@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 /// KEYS[1]: the bucket. ARGV[1]: emission interval (ms), ARGV[2]: tolerance
@@ -176,13 +176,7 @@ impl RateLimiter {
     /// A limiter on `url` with keys under `{prefix}:rl:`, failing open.
     /// Connects lazily and reconnects on its own.
     pub fn new(url: &url::Url, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(250)))
-            .set_response_timeout(Some(Duration::from_millis(100)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = super::cache::fast_connection(url)?;
         Ok(RateLimiter {
             conn,
             down_until: Default::default(),
