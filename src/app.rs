@@ -39,6 +39,10 @@ pub struct AppState {
     pub hasher: crate::auth::password::Hasher,
     /// Brute-force limits of the auth server (Redis; fails closed).
     pub limiter: crate::core::ratelimit::RateLimiter,
+    /// The payment provider `PAYMENT_PROVIDER` names (Stripe or manual).
+    pub payments: Arc<dyn crate::billing::payments::PaymentProvider>,
+    /// Group commit of concurrent spends per org.
+    pub spends: crate::billing::credits::batch::SpendBatcher,
 }
 
 impl AppState {
@@ -62,6 +66,7 @@ impl AppState {
         let limiter =
             crate::core::ratelimit::RateLimiter::new(&config.redis_url, &config.cache_prefix)?
                 .with_fail_mode(crate::core::ratelimit::FailMode::Closed);
+        let payments = crate::billing::payments::provider_from_config(&config.billing)?;
         let config = Arc::new(config);
         let jobs = crate::jobs::worker::Services::new(pool.clone(), config.clone())?;
         Ok(AppState {
@@ -73,6 +78,8 @@ impl AppState {
             keys,
             hasher,
             limiter,
+            payments,
+            spends: Default::default(),
         })
     }
 }

@@ -44,6 +44,124 @@ pub struct Config {
     /// Create the database named in `MIGRATION_DATABASE_URL` when it is missing.
     pub create_database: bool,
     pub jobs: JobsConfig,
+    /// Payments: which provider, and Stripe's keys.
+    pub billing: BillingConfig,
+}
+
+/// Which payment provider takes payments (`PAYMENT_PROVIDER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentProviderKind {
+    /// Tenantry issues invoices and a platform admin marks them paid.
+    Manual,
+    /// Stripe Checkout, Billing Portal and webhooks.
+    Stripe,
+}
+
+impl PaymentProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentProviderKind::Manual => "manual",
+            PaymentProviderKind::Stripe => "stripe",
+        }
+    }
+}
+
+/// Payments configuration.
+#[derive(Clone, Debug)]
+pub struct BillingConfig {
+    /// `PAYMENT_PROVIDER=manual|stripe` (default manual).
+    pub provider: PaymentProviderKind,
+    /// `STRIPE_SECRET_KEY` (required with stripe); `Debug` never shows it.
+    pub stripe_secret_key: Option<Secret>,
+    /// `STRIPE_WEBHOOK_SECRET`: comma-separated; several while rotating
+    /// (required with stripe). A signature made with any of them is accepted.
+    pub stripe_webhook_secrets: Vec<Secret>,
+    /// `STRIPE_API_BASE` (default `https://api.stripe.com`); tests point it
+    /// at a local server.
+    pub stripe_api_base: Url,
+}
+
+/// A secret string; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
+
+impl BillingConfig {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let provider = match get("PAYMENT_PROVIDER").as_deref().map(str::trim) {
+            None | Some("manual") => PaymentProviderKind::Manual,
+            Some("stripe") => PaymentProviderKind::Stripe,
+            Some(other) => {
+                return Err(malformed(
+                    "PAYMENT_PROVIDER",
+                    format!("{other:?} is not manual or stripe"),
+                ));
+            }
+        };
+        // Secrets: name the setting, never echo the value.
+        let stripe_secret_key = match get("STRIPE_SECRET_KEY").map(|v| v.trim().to_owned()) {
+            Some(v) if v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(malformed(
+                    "STRIPE_SECRET_KEY",
+                    "must not contain spaces or control characters",
+                ));
+            }
+            Some(v) => Some(Secret(v)),
+            None => None,
+        };
+        let stripe_webhook_secrets: Vec<Secret> = get("STRIPE_WEBHOOK_SECRET")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret(v.to_owned()))
+            .collect();
+        let base = get("STRIPE_API_BASE").unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.to_owned());
+        let stripe_api_base =
+            Url::parse(base.trim()).map_err(|e| malformed("STRIPE_API_BASE", e))?;
+        if !matches!(stripe_api_base.scheme(), "http" | "https")
+            || stripe_api_base.cannot_be_a_base()
+        {
+            return Err(malformed("STRIPE_API_BASE", "scheme must be http or https"));
+        }
+        if provider == PaymentProviderKind::Stripe {
+            if stripe_secret_key.is_none() {
+                return Err(ConfigError::Missing {
+                    name: "STRIPE_SECRET_KEY",
+                    hint: " when PAYMENT_PROVIDER=stripe",
+                });
+            }
+            if stripe_webhook_secrets.is_empty() {
+                return Err(ConfigError::Missing {
+                    name: "STRIPE_WEBHOOK_SECRET",
+                    hint: " when PAYMENT_PROVIDER=stripe (comma-separated during rotation)",
+                });
+            }
+        }
+        Ok(BillingConfig {
+            provider,
+            stripe_secret_key,
+            stripe_webhook_secrets,
+            stripe_api_base,
+        })
+    }
 }
 
 /// Background jobs, email and report storage.
@@ -353,6 +471,7 @@ impl Config {
             },
             create_database: dev,
             jobs: JobsConfig::from_lookup(dev, &get)?,
+            billing: BillingConfig::from_lookup(&get)?,
         })
     }
 }
@@ -896,6 +1015,64 @@ mod tests {
             vec!["https://app.example.com", "http://localhost:3000"]
         );
         assert!(cfg(Profile::Dev, &[("CORS_ALLOWED_ORIGINS", "not an origin")]).is_err());
+    }
+
+    #[test]
+    fn payment_settings_parse_and_keep_secrets_out_of_debug() {
+        let c = cfg(Profile::Dev, &[]).unwrap();
+        assert_eq!(c.billing.provider, PaymentProviderKind::Manual);
+        assert_eq!(
+            c.billing.stripe_api_base.as_str(),
+            "https://api.stripe.com/"
+        );
+        assert!(c.billing.stripe_webhook_secrets.is_empty());
+        let err = cfg(Profile::Dev, &[("PAYMENT_PROVIDER", "paypal")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PAYMENT_PROVIDER"), "{err}");
+        let err = cfg(Profile::Dev, &[("PAYMENT_PROVIDER", "stripe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STRIPE_SECRET_KEY is required"), "{err}");
+        let err = cfg(
+            Profile::Dev,
+            &[
+                ("PAYMENT_PROVIDER", "stripe"),
+                ("STRIPE_SECRET_KEY", "sk_test_hunter2"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("STRIPE_WEBHOOK_SECRET is required"), "{err}");
+        let err = cfg(Profile::Dev, &[("STRIPE_API_BASE", "ftp://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STRIPE_API_BASE"), "{err}");
+        let c = cfg(
+            Profile::Dev,
+            &[
+                ("PAYMENT_PROVIDER", "stripe"),
+                ("STRIPE_SECRET_KEY", "sk_test_hunter2"),
+                ("STRIPE_WEBHOOK_SECRET", " whsec_one, ,whsec_two "),
+                ("STRIPE_API_BASE", "http://127.0.0.1:9999"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.billing.provider, PaymentProviderKind::Stripe);
+        let secrets: Vec<&str> = c
+            .billing
+            .stripe_webhook_secrets
+            .iter()
+            .map(|s| s.expose())
+            .collect();
+        assert_eq!(secrets, ["whsec_one", "whsec_two"]);
+        assert_eq!(
+            c.billing.stripe_secret_key.as_ref().unwrap().expose(),
+            "sk_test_hunter2"
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("whsec_one"), "{debug}");
     }
 
     #[test]

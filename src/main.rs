@@ -43,6 +43,43 @@ enum AdminAction {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// The credit ledger.
+    Credits {
+        #[command(subcommand)]
+        action: CreditsAction,
+    },
+    /// The plan catalog: list, show, create or replace, deactivate.
+    Plans {
+        #[command(subcommand)]
+        action: PlansAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsAction {
+    /// Checks every org's stored balances, grant remainders and holds against
+    /// the ledger's sums (with MIGRATION_DATABASE_URL, which sees every org);
+    /// prints each difference and fails when there is one.
+    Reconcile,
+}
+
+#[derive(Subcommand)]
+enum PlansAction {
+    /// Every plan, active or not (JSON).
+    List,
+    /// One plan (JSON).
+    Show { code: String },
+    /// Create or replace a plan from a JSON body, as `PUT /api/v1/admin/plans/{code}`.
+    Set {
+        code: String,
+        /// The plan: {"name", "price_minor", "currency", "interval", "trial_days",
+        /// "credits_per_period", "seat_limit", "features", "credit_overage_limit",
+        /// "active", "sort_order"}.
+        #[arg(long)]
+        json: String,
+    },
+    /// Hide a plan from the catalog; orgs on it keep it (plans are never deleted).
+    Deactivate { code: String },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +215,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match action {
                 AdminAction::Jobs { action } => admin_jobs(config, action).await,
                 AdminAction::Keys { action } => admin_keys(config, action).await,
+                AdminAction::Plans { action } => admin_plans(config, action).await,
+                AdminAction::Credits { action } => admin_credits(config, action).await,
             }
         }
         Command::Migrate { action } => {
@@ -274,6 +313,76 @@ async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn admin_credits(config: Config, action: CreditsAction) -> anyhow::Result<()> {
+    match action {
+        CreditsAction::Reconcile => {
+            let mut conn =
+                <sqlx::PgConnection as sqlx::Connection>::connect(&config.migration_database_url)
+                    .await?;
+            let found = tenantry::billing::credits::reconcile(&mut conn).await?;
+            let orgs: i64 = sqlx::query_scalar("select count(*) from credit_accounts")
+                .fetch_one(&mut conn)
+                .await?;
+            sqlx::Connection::close(conn).await?;
+            for (org, item, stored, ledger) in &found {
+                println!("{org} {item}: stored {stored}, ledger {ledger}");
+            }
+            if !found.is_empty() {
+                anyhow::bail!(
+                    "{} difference(s) between balances and the ledger",
+                    found.len()
+                );
+            }
+            println!("{orgs} credit account(s) match the ledger");
+            Ok(())
+        }
+    }
+}
+
+async fn admin_plans(config: Config, action: PlansAction) -> anyhow::Result<()> {
+    use tenantry::billing::{model::PlanInput, plans_admin};
+    let pool = db::connect_pool(&config.database_url, 2).await?;
+    let print = |v: &dyn erased::Json| println!("{}", v.json());
+    let result = match action {
+        PlansAction::List => plans_admin::list(&pool).await.map(|p| print(&p)),
+        PlansAction::Show { code } => plans_admin::get(&pool, &code).await.map(|p| print(&p)),
+        PlansAction::Set { code, json } => {
+            match tenantry::core::extract::parse_json::<PlanInput>(json.as_bytes()) {
+                Ok(input) => plans_admin::put(&pool, &code, input)
+                    .await
+                    .map(|(p, _)| print(&p)),
+                Err(e) => Err(e),
+            }
+        }
+        PlansAction::Deactivate { code } => plans_admin::deactivate(&pool, &code)
+            .await
+            .map(|p| print(&p)),
+    };
+    pool.close().await;
+    result.map_err(admin_error)
+}
+
+/// An API error as one line for the operator, with each field error.
+fn admin_error(e: tenantry::core::error::ApiError) -> anyhow::Error {
+    use tenantry::core::error::ApiError;
+    match e {
+        ApiError::Validation(errors) => anyhow::anyhow!(
+            "invalid plan: {}",
+            errors
+                .iter()
+                .map(|f| if f.field.is_empty() {
+                    f.message.clone()
+                } else {
+                    format!("{}: {}", f.field, f.message)
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        ApiError::Internal(e) => e,
+        other => anyhow::anyhow!("{other}"),
+    }
 }
 
 async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {

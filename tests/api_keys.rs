@@ -166,6 +166,8 @@ async fn a_key_works_in_its_org_until_revoked_and_is_audited() {
 #[tokio::test]
 async fn roles_permissions_and_key_denied_actions() {
     let app = TestApp::spawn().await;
+    // More seats than the free plan's default allows.
+    app.unlimited_seats().await;
     let (org, owner, admin) = org_with_admin(&app).await;
 
     // A viewer key reads but cannot manage.

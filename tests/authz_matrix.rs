@@ -76,6 +76,8 @@ enum Obj {
     Import,
     /// `{key_id}`: a live API key.
     ApiKey,
+    /// `{hold_id}`: an open credit hold.
+    Hold,
 }
 
 // ------------------------------------------------------------------ the expectation table
@@ -85,6 +87,10 @@ const MANAGERS: &[Caller] = &[Caller::Owner, Caller::Admin];
 const OWNER_ONLY: &[Caller] = &[Caller::Owner];
 /// `reports:create`: every built-in role but `viewer`.
 const REPORT_CREATORS: &[Caller] = &[Caller::Owner, Caller::Admin, Caller::Member];
+/// `credits:spend`: every built-in role but `viewer`.
+const SPENDERS: &[Caller] = &[Caller::Owner, Caller::Admin, Caller::Member];
+/// `billing:read`: every built-in role but `viewer`.
+const BILLING_READERS: &[Caller] = &[Caller::Owner, Caller::Admin, Caller::Member];
 
 enum Access {
     /// 200 for everyone, signed in or not.
@@ -291,6 +297,10 @@ fn table() -> Vec<Spec> {
         public("/metrics").check(any_body),
         public("/auth/v1/.well-known/jwks.json").check(|v| v["keys"].is_array()),
         public("/api/v1/plans").check(|v| v.as_array().is_some_and(|p| !p.is_empty())),
+        public("/api/v1/credit-packs").check(|v| v.as_array().is_some_and(|p| !p.is_empty())),
+        // Authenticated by its signature alone; this app's provider is manual,
+        // so no signature can be valid: 400 for every caller.
+        auth(M::POST, "/api/v1/webhooks/stripe", 400, 400),
         // ---- the GoTrue-compatible auth server (no org; the app here
         // confirms sign-ups by email, so no cell gets a session)
         public("/auth/v1/health").check(|v| v["name"] == "GoTrue"),
@@ -528,6 +538,150 @@ fn table() -> Vec<Spec> {
             Some(Obj::Import),
         )
         .check(|v| v["kind"] == "import" && v["rows"].is_array()),
+        // ---- credits (writes carry an Idempotency-Key: `send` adds one to every request)
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/credits",
+            ALL_ROLES,
+            200,
+            None,
+        )
+        .check(|v| v["balance"].is_i64() && v["grants"].is_array()),
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/credits/ledger",
+            ALL_ROLES,
+            200,
+            None,
+        )
+        .check(is_page),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/credits/spend",
+            SPENDERS,
+            200,
+            None,
+        )
+        .body(|_| Some(json!({ "amount": 1 })))
+        .check(|v| v["amount"] == 1 && v["drawn"].is_array()),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/credits/holds",
+            SPENDERS,
+            201,
+            None,
+        )
+        .body(|_| Some(json!({ "amount": 2 })))
+        .check(|v| v["hold"]["status"] == "open"),
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/credits/holds/{hold_id}",
+            ALL_ROLES,
+            200,
+            Some(Obj::Hold),
+        )
+        .check(|v| v["status"] == "open"),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/credits/holds/{hold_id}/capture",
+            SPENDERS,
+            200,
+            Some(Obj::Hold),
+        )
+        .body(|_| Some(json!({ "amount": 1 })))
+        .check(|v| v["hold"]["status"] == "captured"),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/credits/holds/{hold_id}/release",
+            SPENDERS,
+            200,
+            Some(Obj::Hold),
+        )
+        .check(|v| v["hold"]["status"] == "released"),
+        // ---- plans and subscriptions
+        platform(M::GET, "/api/v1/admin/plans", 200)
+            .check(|v| v.as_array().is_some_and(|p| p.len() >= 3)),
+        // Creates the plan `matrix` (the only cell that may).
+        platform(M::PUT, "/api/v1/admin/plans/{code}", 201)
+            .body(|_| {
+                Some(json!({
+                    "name": "Matrix", "price_minor": 500, "currency": "USD", "interval": "month"
+                }))
+            })
+            .check(|v| v["code"] == "matrix"),
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/subscription",
+            BILLING_READERS,
+            200,
+            None,
+        )
+        .check(|v| v["plan_code"] == "free"),
+        org_route(
+            M::PUT,
+            "/api/v1/orgs/{org_id}/subscription",
+            MANAGERS,
+            200,
+            None,
+        )
+        .body(|_| Some(json!({ "plan": "pro" })))
+        .check(|v| v["plan_code"] == "pro"),
+        // The fixture orgs are on the free plan, which cannot be canceled.
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/subscription/cancel",
+            MANAGERS,
+            409,
+            None,
+        ),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/subscription/resume",
+            MANAGERS,
+            409,
+            None,
+        ),
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/entitlements",
+            ALL_ROLES,
+            200,
+            None,
+        )
+        .check(|v| v["plan"] == "free" && v["seats_used"].is_i64()),
+        // ---- payments (the manual provider: no checkout, no portal)
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/billing/checkout",
+            MANAGERS,
+            409,
+            None,
+        )
+        .body(|_| Some(json!({ "plan": "pro" }))),
+        org_route(
+            M::POST,
+            "/api/v1/orgs/{org_id}/billing/portal",
+            MANAGERS,
+            409,
+            None,
+        ),
+        org_route(
+            M::GET,
+            "/api/v1/orgs/{org_id}/invoices",
+            BILLING_READERS,
+            200,
+            None,
+        )
+        .check(is_page),
+        // An invoice id no invoice has.
+        platform(
+            M::POST,
+            "/api/v1/admin/orgs/{org_id}/invoices/{invoice_id}/paid",
+            404,
+        ),
+        platform(M::POST, "/api/v1/orgs/{org_id}/credits/grants", 201)
+            .body(|_| Some(json!({ "amount": 5, "source": "promotion" })))
+            .check(|v| v["grant"]["amount"] == 5),
     ]
 }
 
@@ -558,6 +712,8 @@ struct OrgFx {
     import: Uuid,
     /// `{key_id}`: a live API key (role `viewer`).
     api_key: Uuid,
+    /// `{hold_id}`: an open hold of 10 credits (of 1,000 granted).
+    hold: Uuid,
 }
 
 /// Org A is where the role-holding callers are; org B is somebody else's.
@@ -630,6 +786,25 @@ async fn build_org(app: &TestApp, custom_role: &'static str) -> OrgFx {
         .await;
     assert_eq!(s.as_u16(), 201, "fixture api key: {body}");
     let api_key = body["id"].as_str().unwrap().parse().unwrap();
+    let (s, body) = send(
+        app,
+        Method::POST,
+        &format!("/api/v1/orgs/{id}/credits/grants"),
+        Some(&service_key()),
+        Some(json!({ "amount": 1000, "source": "promotion" })),
+    )
+    .await;
+    assert_eq!(s, 201, "fixture grant: {body}");
+    let (s, body) = send(
+        app,
+        Method::POST,
+        &format!("/api/v1/orgs/{id}/credits/holds"),
+        Some(&owner.token),
+        Some(json!({ "amount": 10, "ttl_seconds": 3600 })),
+    )
+    .await;
+    assert_eq!(s, 201, "fixture hold: {body}");
+    let hold = body["hold"]["id"].as_str().unwrap().parse().unwrap();
     OrgFx {
         id,
         owner,
@@ -643,6 +818,7 @@ async fn build_org(app: &TestApp, custom_role: &'static str) -> OrgFx {
         report,
         import,
         api_key,
+        hold,
     }
 }
 
@@ -685,6 +861,7 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
             Obj::Report => ("{report_id}", obj_org.report.to_string()),
             Obj::Import => ("{import_id}", obj_org.import.to_string()),
             Obj::ApiKey => ("{key_id}", obj_org.api_key.to_string()),
+            Obj::Hold => ("{hold_id}", obj_org.hold.to_string()),
         };
         path = path.replace(param, &value);
     }
@@ -692,7 +869,9 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
         // A job id no dead job has; a user id no account has.
         path = path
             .replace("{job_id}", &Uuid::new_v4().to_string())
-            .replace("{user_id}", &Uuid::new_v4().to_string());
+            .replace("{user_id}", &Uuid::new_v4().to_string())
+            .replace("{invoice_id}", &Uuid::new_v4().to_string())
+            .replace("{code}", "matrix");
     }
     assert!(
         !path.contains('{'),
@@ -709,9 +888,10 @@ fn request(spec: &Spec, target: Target, fx: &Fixture, n: usize) -> (String, Opti
     (path, body)
 }
 
-/// Sends one request: a `Value::String` body raw as `text/csv` (bearer token
-/// as in `TestApp::call`), any other body as JSON through `TestApp::call`.
-/// Returns the status and the JSON body (Null when empty or not JSON).
+/// Sends one request: a `Value::String` body raw as `text/csv`, any other
+/// body as JSON; always with a fresh `Idempotency-Key` (credit writes need
+/// one, other routes ignore it). Returns the status and the JSON body (Null
+/// when empty or not JSON).
 async fn send(
     app: &TestApp,
     method: Method,
@@ -719,15 +899,15 @@ async fn send(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let Some(Value::String(raw)) = body else {
-        let (status, v) = app.call(method, path, token, body).await;
-        return (status.as_u16(), v);
-    };
     let mut req = app
         .client
         .request(method, format!("{}{}", app.base, path))
-        .header(CONTENT_TYPE, "text/csv")
-        .body(raw);
+        .header("idempotency-key", Uuid::new_v4().to_string());
+    req = match body {
+        Some(Value::String(raw)) => req.header(CONTENT_TYPE, "text/csv").body(raw),
+        Some(json) => req.json(&json),
+        None => req,
+    };
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -818,6 +998,8 @@ async fn authorization_matrix() {
         5,
     )
     .await;
+    // Fixture orgs have more members than the free plan allows.
+    app.unlimited_seats().await;
     // Redirects are answers of their own here (GET /auth/v1/verify).
     app.client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

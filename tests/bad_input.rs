@@ -250,6 +250,8 @@ struct World {
 
 async fn world() -> World {
     let app = TestApp::spawn().await;
+    // More seats than the free plan's default allows.
+    app.unlimited_seats().await;
     let ann = app.user("ann@example.com");
     let bob = app.user("bob@example.com");
     let carol = app.user("carol@example.com");

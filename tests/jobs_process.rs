@@ -293,6 +293,8 @@ async fn with_redis_down_requests_succeed_jobs_wait_in_the_outbox_and_all_run_af
         5,
     )
     .await;
+    // More seats than the free plan's default allows.
+    app.unlimited_seats().await;
     let prefix = app.state.config.jobs.prefix.clone();
     let mut w = worker(&app.db, &redis_url, &prefix, &[("SMTP_URL", smtp.as_str())]);
     let owner = app.user("owner@example.com");

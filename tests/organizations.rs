@@ -545,6 +545,8 @@ async fn my_organizations_lists_each_org_with_my_role_and_paginates() {
 #[tokio::test]
 async fn members_pagination_visits_every_member_once_in_a_stable_order() {
     let app = TestApp::spawn().await;
+    // More seats than the free plan's default allows.
+    app.unlimited_seats().await;
     let ann = app.user("ann@example.com");
     let org = app.create_org(&ann, "Acme").await;
     let mut ids = vec![ann.id];

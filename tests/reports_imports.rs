@@ -533,6 +533,8 @@ async fn report_of_100k_members_streams_every_row() {
 #[tokio::test]
 async fn import_records_a_result_per_line_and_invites_only_good_rows() {
     let app = TestApp::spawn().await;
+    // More seats than the free plan's default allows.
+    app.unlimited_seats().await;
     let owner = app.user("owner@example.com");
     let org = app.create_org(&owner, "Acme").await;
     let member = app.user("member@example.com");
@@ -665,6 +667,8 @@ async fn import_records_a_result_per_line_and_invites_only_good_rows() {
 async fn running_an_import_again_never_invites_twice() {
     const LINES: usize = 250;
     let app = TestApp::spawn().await;
+    // More seats than the free plan's default allows.
+    app.unlimited_seats().await;
     let owner = app.user("owner@example.com");
     let org = app.create_org(&owner, "Acme").await;
     let mut csv = String::from("email,role\n");

@@ -52,6 +52,9 @@ macro_rules! permissions {
                     }
                     fn describe() -> &'static str { $name }
                 }
+                impl super::PermRequirement for $variant {
+                    const PERMISSION: super::Permission = super::Permission::$variant;
+                }
             )*
 
             /// Any member, whatever their role (leaving an org).
@@ -171,6 +174,11 @@ pub fn builtin_permissions(role: &str) -> Option<PermSet> {
 pub trait Requirement: Send + Sync + 'static {
     fn allows(role: &str, perms: PermSet) -> bool;
     fn describe() -> &'static str;
+}
+
+/// A requirement that is exactly one permission (so a SQL statement can check it).
+pub trait PermRequirement: Requirement {
+    const PERMISSION: Permission;
 }
 
 /// Who acts inside an org: a signed-in user, or an API key of the org.
@@ -492,6 +500,81 @@ impl<R: Requirement> OrgContext<R> {
             role: m.role,
             perms,
         })
+    }
+}
+
+/// A verified caller of an org route whose authorisation is left to the
+/// route's one SQL statement, for hot writes that must hold a row lock only
+/// inside the database (spending credits): the statement enters the org as
+/// the caller (`app.enter_org` / `app.enter_api_key`, as [`TenantTx`] does),
+/// checks [`OrgCall::permission`], acts, and commits as it ends, so no lock
+/// ever waits on a round trip to this process. When the statement refuses,
+/// it returns the membership it read, and [`OrgCall::refused`] turns that
+/// into the same 404 / 403 / 401 an [`OrgContext`] would give.
+pub struct OrgCall<R> {
+    pub org_id: Uuid,
+    /// The user, or `None` for an API key.
+    pub user_id: Option<Uuid>,
+    /// The SHA-256 of the presented API key.
+    pub key_hash: Option<[u8; 32]>,
+    pool: sqlx::PgPool,
+    _requirement: PhantomData<R>,
+}
+
+impl<R: PermRequirement> FromRequestParts<AppState> for OrgCall<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let credential = credential(parts, state).await?;
+        let org_id = path_uuid(parts, "org_id").await?;
+        let (user_id, key_hash) = match credential {
+            Credential::User(user) => (Some(user.id), None),
+            // A key of another org: that org might as well not exist.
+            Credential::ApiKey(key) if key.org_id != org_id => {
+                return Err(ApiError::NotFound("organization"));
+            }
+            Credential::ApiKey(key) => (None, Some(key.hash)),
+        };
+        Ok(OrgCall {
+            org_id,
+            user_id,
+            key_hash,
+            pool: state.pool.clone(),
+            _requirement: PhantomData,
+        })
+    }
+}
+
+impl<R: PermRequirement> OrgCall<R> {
+    /// The permission the statement must find in the caller's membership
+    /// (none an API key may never use: those are refused there too).
+    pub fn permission(&self) -> &'static str {
+        if self.key_hash.is_some() && KEY_DENIED.contains(&R::PERMISSION) {
+            ""
+        } else {
+            R::PERMISSION.as_str()
+        }
+    }
+
+    /// The statement refused: `membership` is what it read (`None`: not a
+    /// member, or no live key). Always an error.
+    pub fn refused(&self, membership: Option<MembershipRow>) -> ApiError {
+        match authorize::<R>(membership, self.key_hash.is_some()) {
+            Err(e) => e,
+            Ok(_) => ApiError::Internal(anyhow::anyhow!(
+                "the statement refused what the authorisation rules allow"
+            )),
+        }
+    }
+
+    /// Records an API key's use in the background, as [`OrgContext`] does.
+    pub fn touch_key(&self, key_id: Uuid) {
+        let (pool, org_id) = (self.pool.clone(), self.org_id);
+        tokio::spawn(async move {
+            if let Err(e) = crate::core::db::touch_api_key(&pool, org_id, key_id).await {
+                tracing::warn!(error = %e, %key_id, "cannot record an API key's use");
+            }
+        });
     }
 }
 

@@ -1,17 +1,30 @@
-//! HTTP layer of billing.
+//! HTTP layer of billing: the plan catalog, plan administration,
+//! subscriptions and entitlements.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::{StatusCode, request::Parts};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::model::Plan;
-use super::repo;
+use super::model::{AdminPlan, ChangePlan, Entitlements, Plan, PlanInput, SubscriptionView};
+use super::{plans_admin, repo, subscriptions};
 use crate::app::AppState;
-use crate::core::error::ApiError;
+use crate::auth::principal::PlatformAdmin;
+use crate::auth::{OrgContext, perm};
+use crate::core::error::{ApiError, Problem};
+use crate::core::extract::ValidJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_plans))
+    OpenApiRouter::new()
+        .routes(routes!(list_plans))
+        .routes(routes!(admin_list_plans))
+        .routes(routes!(admin_put_plan))
+        .routes(routes!(get_subscription, change_subscription))
+        .routes(routes!(cancel_subscription))
+        .routes(routes!(resume_subscription))
+        .routes(routes!(get_entitlements))
+        .merge(super::payments::router())
 }
 
 /// The plan catalog: every active plan with its price, interval, trial,
@@ -22,4 +35,146 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn list_plans(State(state): State<AppState>) -> Result<Json<Vec<Plan>>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     Ok(Json(repo::active_plans(&mut conn).await?))
+}
+
+/// Every plan, active or not, with its state. Platform admins (a
+/// `service_role` key).
+#[utoipa::path(get, path = "/api/v1/admin/plans", tag = "billing",
+    responses((status = 200, body = Vec<AdminPlan>)))]
+async fn admin_list_plans(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<AdminPlan>>, ApiError> {
+    Ok(Json(plans_admin::list(&state.pool).await?))
+}
+
+/// The `{code}` path segment of a plan (checked with the body's fields).
+struct PlanCode(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PlanCode {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, &())
+            .await
+            .map_err(|_| ApiError::bad_request("invalid_path", "missing path parameters"))?;
+        Ok(PlanCode(
+            params
+                .iter()
+                .find(|(k, _)| *k == "code")
+                .map(|(_, v)| v.to_owned())
+                .unwrap_or_default(),
+        ))
+    }
+}
+
+/// Creates or replaces a plan (201 when created). A plan is never deleted:
+/// `active: false` hides it from the catalog while the orgs on it keep it.
+/// Its currency cannot change while orgs subscribe to it. Platform admins.
+#[utoipa::path(put, path = "/api/v1/admin/plans/{code}", tag = "billing",
+    params(("code" = String, Path, description = "1-32 of a-z 0-9 _ -")),
+    request_body = PlanInput,
+    responses(
+        (status = 200, description = "Replaced", body = AdminPlan),
+        (status = 201, description = "Created", body = AdminPlan),
+        (status = 409, description = "`plan_in_use` (currency change with subscribers)", body = Problem),
+    ))]
+async fn admin_put_plan(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+    PlanCode(code): PlanCode,
+    ValidJson(input): ValidJson<PlanInput>,
+) -> Result<(StatusCode, Json<AdminPlan>), ApiError> {
+    let (plan, created) = plans_admin::put(&state.pool, &code, input).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(plan)))
+}
+
+/// The org's subscription, with its plan and the plan of a pending downgrade.
+#[utoipa::path(get, path = "/api/v1/orgs/{org_id}/subscription", tag = "billing",
+    params(("org_id" = Uuid, Path)),
+    responses((status = 200, body = SubscriptionView)))]
+async fn get_subscription(
+    mut ctx: OrgContext<perm::BillingRead>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let view = subscriptions::get(&mut ctx.tx).await?;
+    ctx.tx.commit().await?;
+    Ok(Json(view))
+}
+
+/// Changes the plan. An upgrade (higher price, or the same price with more
+/// seats) applies now: a new period starts with the new plan's credits, as a
+/// trial when the plan has one and the org never had one. A downgrade is
+/// pending until the period ends. The current plan again: no change (and a
+/// pending downgrade is dropped).
+#[utoipa::path(put, path = "/api/v1/orgs/{org_id}/subscription", tag = "billing",
+    params(("org_id" = Uuid, Path)),
+    request_body = ChangePlan,
+    responses(
+        (status = 200, body = SubscriptionView),
+        (status = 409, description = "`seat_limit_reached` (too many members for the plan), \
+            `checkout_required` (Stripe: a paid plan starts with a checkout), \
+            `provider_managed` (a Stripe subscription changes through the portal)", body = Problem),
+        (status = 422, description = "`unknown_plan`, `currency_mismatch`", body = Problem),
+    ))]
+async fn change_subscription(
+    State(state): State<AppState>,
+    mut ctx: OrgContext<perm::BillingManage>,
+    ValidJson(input): ValidJson<ChangePlan>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let actor = ctx.lock().await?;
+    let view =
+        subscriptions::change_plan(&mut ctx.tx, &actor, state.config.billing.provider, input)
+            .await?;
+    ctx.tx.commit().await?;
+    Ok(Json(view))
+}
+
+/// Cancels at the end of the period: the org goes back to the free plan then.
+#[utoipa::path(post, path = "/api/v1/orgs/{org_id}/subscription/cancel", tag = "billing",
+    params(("org_id" = Uuid, Path)),
+    responses(
+        (status = 200, body = SubscriptionView),
+        (status = 409, description = "`cannot_cancel_free`, `provider_managed`", body = Problem),
+    ))]
+async fn cancel_subscription(
+    mut ctx: OrgContext<perm::BillingManage>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let actor = ctx.lock().await?;
+    let view = subscriptions::cancel(&mut ctx.tx, &actor).await?;
+    ctx.tx.commit().await?;
+    Ok(Json(view))
+}
+
+/// Takes back a cancellation before the period ends.
+#[utoipa::path(post, path = "/api/v1/orgs/{org_id}/subscription/resume", tag = "billing",
+    params(("org_id" = Uuid, Path)),
+    responses(
+        (status = 200, body = SubscriptionView),
+        (status = 409, description = "`not_canceling`, `subscription_canceled`, `provider_managed`", body = Problem),
+    ))]
+async fn resume_subscription(
+    mut ctx: OrgContext<perm::BillingManage>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let actor = ctx.lock().await?;
+    let view = subscriptions::resume(&mut ctx.tx, &actor).await?;
+    ctx.tx.commit().await?;
+    Ok(Json(view))
+}
+
+/// What the org may do now: its plan's seat limit (and the seats used),
+/// feature limits, credits per period and overage limit. A `past_due`
+/// subscription keeps its plan; a canceled one gets the free plan's.
+#[utoipa::path(get, path = "/api/v1/orgs/{org_id}/entitlements", tag = "billing",
+    params(("org_id" = Uuid, Path)),
+    responses((status = 200, body = Entitlements)))]
+async fn get_entitlements(
+    mut ctx: OrgContext<perm::OrgRead>,
+) -> Result<Json<Entitlements>, ApiError> {
+    let e = subscriptions::entitlements(&mut ctx.tx).await?;
+    ctx.tx.commit().await?;
+    Ok(Json(e))
 }

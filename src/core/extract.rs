@@ -36,19 +36,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
                 detail: "expected a body with Content-Type: application/json".into(),
             });
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(inner)
-                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                ApiError::Status {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    code: "payload_too_large",
-                    detail: "request body is larger than the limit".into(),
-                }
-            }
-            other => ApiError::bad_request("invalid_body", other.body_text()),
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         parse_json(&bytes).map(ValidJson)
+    }
+}
+
+/// A body that could not be read: 413 past the limit, else 400.
+pub fn body_rejection(e: BytesRejection) -> ApiError {
+    match e {
+        BytesRejection::FailedToBufferBody(inner)
+            if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            ApiError::Status {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "payload_too_large",
+                detail: "request body is larger than the limit".into(),
+            }
+        }
+        other => ApiError::bad_request("invalid_body", other.body_text()),
     }
 }
 

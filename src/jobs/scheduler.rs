@@ -42,11 +42,23 @@ impl Schedule {
 
 /// The schedules Tenantry runs.
 pub fn schedules(config: &crate::config::Config) -> Vec<Schedule> {
-    let mut out = vec![Schedule::new(
-        "jobs.cleanup",
-        "0 17 3 * * *".parse().expect("valid cron"),
-        |_| super::tasks::cleanup::Cleanup {},
-    )];
+    let mut out = vec![
+        Schedule::new(
+            "jobs.cleanup",
+            "0 17 3 * * *".parse().expect("valid cron"),
+            |_| super::tasks::cleanup::Cleanup {},
+        ),
+        Schedule::new(
+            "billing.credits_sweep",
+            "30 * * * * *".parse().expect("valid cron"),
+            |_| super::tasks::credits::CreditsSweep {},
+        ),
+        Schedule::new(
+            "billing.rollover",
+            "0 * * * * *".parse().expect("valid cron"),
+            |_| super::tasks::billing::Rollover {},
+        ),
+    ];
     if let Some(expr) = &config.jobs.cron_probe
         && let Ok(cron) = expr.parse::<Cron>()
     {
@@ -166,11 +178,28 @@ mod tests {
         let config =
             crate::config::Config::from_lookup(crate::config::Profile::Dev, |_| None).unwrap();
         let s = schedules(&config);
-        assert_eq!(s.len(), 1, "no probe schedule unless CRON_PROBE is set");
+        assert!(
+            s.iter().all(|s| s.name != "jobs.probe"),
+            "no probe schedule unless CRON_PROBE is set"
+        );
+        let cleanup = s.iter().find(|s| s.name == "jobs.cleanup").unwrap();
         let after = Utc.with_ymd_and_hms(2026, 1, 1, 4, 0, 0).unwrap();
-        let first = next_tick(&s[0].cron, after).unwrap();
-        let second = next_tick(&s[0].cron, first).unwrap();
+        let first = next_tick(&cleanup.cron, after).unwrap();
+        let second = next_tick(&cleanup.cron, first).unwrap();
         assert_eq!(first, Utc.with_ymd_and_hms(2026, 1, 2, 3, 17, 0).unwrap());
         assert_eq!(second - first, chrono::Duration::days(1));
+    }
+
+    #[test]
+    fn billing_rollover_runs_every_minute() {
+        let config =
+            crate::config::Config::from_lookup(crate::config::Profile::Dev, |_| None).unwrap();
+        let s = schedules(&config);
+        let rollover = s.iter().find(|s| s.name == "billing.rollover").unwrap();
+        let after = Utc.with_ymd_and_hms(2026, 1, 1, 4, 0, 30).unwrap();
+        let first = next_tick(&rollover.cron, after).unwrap();
+        assert_eq!(first, Utc.with_ymd_and_hms(2026, 1, 1, 4, 1, 0).unwrap());
+        let second = next_tick(&rollover.cron, first).unwrap();
+        assert_eq!(second - first, chrono::Duration::minutes(1));
     }
 }

@@ -93,6 +93,8 @@ pub async fn create_org(
     repo::insert_builtin_roles(tx.conn(), org_id).await?;
     let user_id = tx.user_id();
     repo::insert_membership(tx.conn(), org_id, user_id, OWNER).await?;
+    // Every org starts on the free plan, with its first period's credits.
+    crate::billing::subscriptions::create_for_new_org(&mut tx).await?;
     audit(
         &mut tx,
         "org.created",
@@ -588,6 +590,8 @@ pub async fn create_invitation(
             "an open invitation to this email exists; revoke it first",
         ));
     }
+    // An open invitation holds a seat of the plan (the caller holds the org lock).
+    crate::billing::subscriptions::ensure_seat_for_invitation(tx).await?;
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let token = format!("inv_{}", URL_SAFE_NO_PAD.encode(raw));
@@ -699,6 +703,11 @@ pub async fn accept_invitation(
         .ok_or(ApiError::NotFound("invitation"))?;
     let mut tx = TenantTx::from_user_tx(utx, found.org_id).await?;
     let org_id = tx.org_id();
+    // The org row lock first (as every change to the org takes it), so the
+    // seat count below cannot move under concurrent acceptances or invitations.
+    if repo::lock_org(tx.conn(), org_id).await?.is_none() {
+        return Err(ApiError::NotFound("invitation"));
+    }
     let inv = repo::lock_invitation(tx.conn(), org_id, found.id)
         .await?
         .ok_or(ApiError::NotFound("invitation"))?;
@@ -734,6 +743,7 @@ pub async fn accept_invitation(
             "the role of this invitation no longer exists",
         ));
     }
+    crate::billing::subscriptions::ensure_seat_for_member(&mut tx).await?;
     let inserted = repo::insert_membership(tx.conn(), org_id, user.id, &inv.role)
         .await
         .map_err(|e| {

@@ -25,13 +25,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Starts building a report. The job runs in the background; follow its
 /// record (`state`, `progress`, `total`) and download it once `succeeded`.
-/// An `audit_log` report also needs `audit:read`.
+/// An `audit_log` report also needs `audit:read`; a `credit_usage` report, `credits:read`.
 #[utoipa::path(post, path = "/api/v1/orgs/{org_id}/reports", tag = "reports",
     params(("org_id" = Uuid, Path)),
     request_body = CreateReport,
     responses(
         (status = 202, description = "Queued", body = JobRecord),
-        (status = 403, description = "`permission_denied` (also without `audit:read` for `audit_log`)", body = Problem),
+        (status = 403, description = "`permission_denied` (also without `audit:read` for `audit_log`, `credits:read` for `credit_usage`)", body = Problem),
         (status = 422, description = "`validation_failed`: `unknown_kind`, `unsupported_format`", body = Problem),
     ))]
 async fn create_report(
@@ -74,7 +74,7 @@ async fn get_report(
     params(("org_id" = Uuid, Path), ("report_id" = Uuid, Path)),
     responses(
         (status = 200, description = "The CSV file", content_type = "text/csv", body = String),
-        (status = 403, description = "`permission_denied`: an audit log report also needs `audit:read`", body = Problem),
+        (status = 403, description = "`permission_denied`: an audit log report also needs `audit:read`, a credit usage report `credits:read`", body = Problem),
         (status = 409, description = "`report_not_ready`", body = Problem),
         (status = 410, description = "`report_missing`: the file is gone", body = Problem),
     ))]

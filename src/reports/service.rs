@@ -26,7 +26,8 @@ pub const FORMATS: [&str; 1] = ["csv"];
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateReport {
-    /// `members` or `audit_log` (the audit log also needs `audit:read`).
+    /// `members`, `audit_log` (also needs `audit:read`) or `credit_usage`
+    /// (also needs `credits:read`).
     #[schema(example = "members")]
     pub kind: String,
     /// `csv` (the default and only format).

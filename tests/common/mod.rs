@@ -5,6 +5,7 @@
 
 pub mod gotrue;
 pub mod smtp;
+pub mod stripe;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -388,6 +389,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Lifts the free plan's seat limit, for tests whose orgs need more
+    /// members than the default free plan allows.
+    pub async fn unlimited_seats(&self) {
+        sqlx::query("update plans set seat_limit = null where code = 'free'")
+            .execute(&self.db.admin)
+            .await
+            .unwrap();
+    }
+
     /// Counts rows of a table as the superuser (ignores RLS).
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
@@ -411,6 +421,12 @@ impl TestApp {
             "import_files",
             "app.job_outbox",
             "api_keys",
+            "subscriptions",
+            "credit_accounts",
+            "credit_grants",
+            "credit_holds",
+            "credit_ledger",
+            "idempotency_keys",
         ] {
             let v: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "select md5(coalesce(string_agg(t::text, '|' order by t::text), '')) from {t} t"

@@ -1,4 +1,5 @@
-//! Daily housekeeping: old cron claims, probe runs and finished import files.
+//! Daily housekeeping: old cron claims, probe runs, finished import files and
+//! week-old idempotency keys.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +26,12 @@ impl Job for Cleanup {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+        // Idempotency keys of credit writes are honoured for a week.
+        let keys: i64 = sqlx::query_scalar("select app.idempotency_prune(interval '7 days')")
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        tracing::info!(ticks, probes, "cleanup done");
+        tracing::info!(ticks, probes, keys, "cleanup done");
         Ok(())
     }
 }

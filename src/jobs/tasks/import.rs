@@ -11,7 +11,8 @@
 //! Per line: an invalid address or role, or a role that does not exist or
 //! that the requester may not grant, is an `error`; an address already met
 //! on an earlier line of the file, a member's address, or one with an open
-//! invitation is `skipped`; anything else is `invited`.
+//! invitation is `skipped`; a line for which the plan has no seat left is
+//! an `error`; anything else is `invited`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -99,6 +100,11 @@ impl Job for ImportMembers {
                             orgs::create_invitation(&mut tx, &actor, &settings, input).await;
                         let (status, error, invitation_id) = match result {
                             Ok(inv) => ("invited", None, Some(inv.id)),
+                            // The plan's seats are full: not a duplicate, an error.
+                            Err(ApiError::Conflict {
+                                code: "seat_limit_reached",
+                                detail,
+                            }) => ("error", Some(detail), None),
                             Err(ApiError::Conflict { detail, .. }) => {
                                 ("skipped", Some(detail), None)
                             }

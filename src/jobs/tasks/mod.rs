@@ -1,6 +1,8 @@
 //! The job kinds Tenantry runs.
 
+pub mod billing;
 pub mod cleanup;
+pub mod credits;
 pub mod email;
 pub mod import;
 pub mod probe;
@@ -14,6 +16,8 @@ pub fn register(r: Registry) -> Registry {
         .register::<probe::Probe>()
         .register::<probe::Noop>()
         .register::<cleanup::Cleanup>()
+        .register::<credits::CreditsSweep>()
         .register::<report::BuildReport>()
         .register::<import::ImportMembers>()
+        .register::<billing::Rollover>()
 }

@@ -70,15 +70,24 @@ pub enum ReportKind {
     /// The audit log: `id,created_at,actor_id,action,target_type,target_id,request_id`
     /// (also needs `audit:read`).
     AuditLog,
+    /// Credits used (spends and captured holds), oldest first:
+    /// `id,effective_at,transaction_id,kind,amount,grant_id,hold_id,description,actor_user_id,actor_api_key_id`
+    /// (also needs `credits:read`).
+    CreditUsage,
 }
 
 impl ReportKind {
-    pub const ALL: [ReportKind; 2] = [ReportKind::Members, ReportKind::AuditLog];
+    pub const ALL: [ReportKind; 3] = [
+        ReportKind::Members,
+        ReportKind::AuditLog,
+        ReportKind::CreditUsage,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ReportKind::Members => "members",
             ReportKind::AuditLog => "audit_log",
+            ReportKind::CreditUsage => "credit_usage",
         }
     }
 
@@ -91,6 +100,7 @@ impl ReportKind {
         match self {
             ReportKind::Members => None,
             ReportKind::AuditLog => Some(Permission::AuditRead),
+            ReportKind::CreditUsage => Some(Permission::CreditsRead),
         }
     }
 
@@ -105,6 +115,18 @@ impl ReportKind {
                 "target_type",
                 "target_id",
                 "request_id",
+            ],
+            ReportKind::CreditUsage => &[
+                "id",
+                "effective_at",
+                "transaction_id",
+                "kind",
+                "amount",
+                "grant_id",
+                "hold_id",
+                "description",
+                "actor_user_id",
+                "actor_api_key_id",
             ],
         }
     }
@@ -182,6 +204,9 @@ impl Job for BuildReport {
         let streamed = match self.kind {
             ReportKind::Members => stream_members(tx.conn(), &pool, org_id, id, &mut sink).await,
             ReportKind::AuditLog => stream_audit(tx.conn(), &pool, org_id, id, &mut sink).await,
+            ReportKind::CreditUsage => {
+                stream_credit_usage(tx.conn(), &pool, org_id, id, &mut sink).await
+            }
         };
         if let Err(e) = streamed {
             sink.abort().await;
@@ -264,6 +289,7 @@ async fn progress(pool: &PgPool, org_id: Uuid, id: Uuid, done: i64, total: Optio
 const MEMBERS_FROM: &str =
     "from memberships m join users u on u.id = m.user_id where m.org_id = $1";
 const AUDIT_FROM: &str = "from audit_log a where a.org_id = $1";
+const CREDIT_USAGE_FROM: &str = "from credit_ledger l where l.org_id = $1 and l.dst = 'spent'";
 
 async fn count(
     conn: &mut PgConnection,
@@ -273,6 +299,7 @@ async fn count(
     let from = match kind {
         ReportKind::Members => MEMBERS_FROM,
         ReportKind::AuditLog => AUDIT_FROM,
+        ReportKind::CreditUsage => CREDIT_USAGE_FROM,
     };
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) {from}")))
         .bind(org_id)
@@ -353,6 +380,59 @@ async fn stream_audit(
             &target_type,
             target_id.as_deref().unwrap_or(""),
             request_id.as_deref().unwrap_or(""),
+        ])
+        .await?;
+        if sink.rows % PROGRESS_EVERY == 0 {
+            progress(pool, org_id, id, sink.rows, None).await;
+        }
+    }
+    Ok(())
+}
+
+type UsageRow = (
+    i64,
+    DateTime<Utc>,
+    Uuid,
+    String,
+    i64,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+    Option<Uuid>,
+    Option<Uuid>,
+);
+
+async fn stream_credit_usage(
+    conn: &mut PgConnection,
+    pool: &PgPool,
+    org_id: Uuid,
+    id: Uuid,
+    sink: &mut CsvSink,
+) -> Result<(), JobError> {
+    sink.header(ReportKind::CreditUsage.columns())?;
+    let sql = format!(
+        "select l.id, l.effective_at, l.txn, l.kind, l.amount, l.grant_id, l.hold_id,
+                l.description, l.actor_user_id, l.actor_api_key_id
+         {CREDIT_USAGE_FROM} order by l.id"
+    );
+    let mut rows = sqlx::query_as::<_, UsageRow>(sqlx::AssertSqlSafe(sql))
+        .bind(org_id)
+        .fetch(conn);
+    let opt = |u: Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
+    while let Some((lid, at, txn, kind, amount, grant, hold, desc, user, key)) =
+        rows.try_next().await?
+    {
+        sink.row(&[
+            &lid.to_string(),
+            &ts(at),
+            &txn.to_string(),
+            &kind,
+            &amount.to_string(),
+            &opt(grant),
+            &opt(hold),
+            desc.as_deref().unwrap_or(""),
+            &opt(user),
+            &opt(key),
         ])
         .await?;
         if sink.rows % PROGRESS_EVERY == 0 {

@@ -1,0 +1,10 @@
+drop function if exists app.plan_subscriber_count(text);
+drop function if exists app.billing_due_orgs(uuid, int);
+drop index if exists subscriptions_due_idx;
+drop policy if exists subscriptions_scan on subscriptions;
+revoke insert, update on plans from tenantry_app;
+drop policy if exists plans_admin_update on plans;
+drop policy if exists plans_admin_insert on plans;
+drop policy if exists plans_read on plans;
+alter table plans no force row level security;
+alter table plans disable row level security;

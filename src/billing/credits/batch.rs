@@ -1,0 +1,179 @@
+//! Group commit of spends: concurrent spends against one org in this
+//! process go to Postgres together, as one statement
+//! (`app.credit_spend_batch`) that authorises and applies each in order and
+//! commits once. A hot org's account lock is then taken once per batch
+//! instead of once per request, and the commit's flush is shared, while each
+//! request keeps its own authorisation, idempotency key, ledger lines and
+//! answer. Spends of different orgs never wait for each other here.
+//!
+//! The first request to find its org idle becomes the batch runner: a task
+//! of its own (a client that goes away cannot abandon the others) that takes
+//! whatever queued, up to [`MAX_BATCH`], runs it, answers each waiter, and
+//! goes on until the queue is empty.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::core::error::ApiError;
+
+/// Most spends in one statement.
+pub const MAX_BATCH: usize = 256;
+
+/// One spend request, authorised by the statement itself.
+pub struct SpendItem {
+    pub user_id: Option<Uuid>,
+    pub key_hash: Option<[u8; 32]>,
+    pub permission: &'static str,
+    pub amount: i64,
+    pub description: Option<String>,
+    pub key: String,
+    pub hash: [u8; 32],
+}
+
+type Reply = oneshot::Sender<Result<Value, ApiError>>;
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<(SpendItem, Reply)>,
+    running: bool,
+}
+
+/// The per-org queues of this process.
+#[derive(Clone, Default)]
+pub struct SpendBatcher {
+    orgs: Arc<Mutex<HashMap<Uuid, Arc<Mutex<Queue>>>>>,
+}
+
+impl SpendBatcher {
+    /// Queues `item` for `org_id` and waits for its result: the item's own
+    /// JSON from `app.credit_spend_batch`.
+    pub async fn submit(
+        &self,
+        pool: &PgPool,
+        org_id: Uuid,
+        item: SpendItem,
+    ) -> Result<Value, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let queue = {
+            let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
+            orgs.entry(org_id).or_default().clone()
+        };
+        let lead = {
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.push((item, reply));
+            !std::mem::replace(&mut q.running, true)
+        };
+        if lead {
+            tokio::spawn(run(self.clone(), pool.clone(), org_id, queue));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::Internal(anyhow::anyhow!(
+                "the spend batch ended without an answer"
+            )))
+        })
+    }
+}
+
+/// Runs batches for one org until its queue is empty.
+async fn run(batcher: SpendBatcher, pool: PgPool, org_id: Uuid, queue: Arc<Mutex<Queue>>) {
+    loop {
+        let batch: Vec<(SpendItem, Reply)> = {
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.pending.is_empty() {
+                q.running = false;
+                break;
+            }
+            let n = q.pending.len().min(MAX_BATCH);
+            q.pending.drain(..n).collect()
+        };
+        let (items, replies): (Vec<SpendItem>, Vec<Reply>) = batch.into_iter().unzip();
+        match execute(&pool, org_id, &items).await {
+            Ok(results) if results.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Ok(results) => {
+                tracing::error!(
+                    sent = replies.len(),
+                    got = results.len(),
+                    "the spend batch returned a result count that does not match"
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::Internal(anyhow::anyhow!(
+                        "the spend batch returned a result count that does not match"
+                    ))));
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was committed: every request fails alike.
+                let busy = match &e {
+                    sqlx::Error::PoolTimedOut => true,
+                    sqlx::Error::Database(db) => {
+                        matches!(db.code().as_deref(), Some("55P03" | "57014"))
+                    }
+                    _ => false,
+                };
+                tracing::warn!(error = %e, %org_id, spends = replies.len(), "spend batch failed");
+                for reply in replies {
+                    let _ = reply.send(Err(if busy {
+                        ApiError::Status {
+                            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            code: "busy",
+                            detail: "the service is busy; retry shortly".into(),
+                        }
+                    } else {
+                        ApiError::Internal(anyhow::anyhow!("spend batch failed: {e}"))
+                    }));
+                }
+            }
+        }
+    }
+    // Forget an idle org (a request that raced in made itself the runner of
+    // the queue it found, so nothing waits on a forgotten queue).
+    let mut orgs = batcher.orgs.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(q) = orgs.get(&org_id)
+        && Arc::ptr_eq(q, &queue)
+    {
+        let idle = {
+            let q = q.lock().unwrap_or_else(|e| e.into_inner());
+            q.pending.is_empty() && !q.running
+        };
+        if idle {
+            orgs.remove(&org_id);
+        }
+    }
+}
+
+async fn execute(
+    pool: &PgPool,
+    org_id: Uuid,
+    items: &[SpendItem],
+) -> Result<Vec<Value>, sqlx::Error> {
+    let users: Vec<Option<Uuid>> = items.iter().map(|i| i.user_id).collect();
+    let key_hashes: Vec<Option<Vec<u8>>> = items
+        .iter()
+        .map(|i| i.key_hash.map(|h| h.to_vec()))
+        .collect();
+    let perms: Vec<&str> = items.iter().map(|i| i.permission).collect();
+    let amounts: Vec<i64> = items.iter().map(|i| i.amount).collect();
+    let descriptions: Vec<Option<&str>> = items.iter().map(|i| i.description.as_deref()).collect();
+    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    let hashes: Vec<Vec<u8>> = items.iter().map(|i| i.hash.to_vec()).collect();
+    sqlx::query_scalar("select r from app.credit_spend_batch($1, $2, $3, $4, $5, $6, $7, $8) as r")
+        .bind(org_id)
+        .bind(users)
+        .bind(key_hashes)
+        .bind(perms)
+        .bind(amounts)
+        .bind(descriptions)
+        .bind(keys)
+        .bind(hashes)
+        .fetch_all(pool)
+        .await
+}

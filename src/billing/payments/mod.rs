@@ -1,0 +1,140 @@
+//! Payments: a provider trait with two implementations — Stripe (Checkout,
+//! Billing Portal, webhooks) and manual (Tenantry issues invoices, a
+//! platform admin marks them paid) — the credit pack catalog, and the
+//! invoices of each org.
+
+pub mod checkout;
+pub mod invoices;
+pub mod manual;
+pub mod routes;
+pub mod signature;
+pub mod stripe;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::billing::model::Plan;
+use crate::config::{BillingConfig, PaymentProviderKind};
+use crate::core::error::ApiError;
+
+pub use routes::router;
+
+/// A credit pack of the catalog: credits bought once, for a price.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct CreditPack {
+    #[schema(example = "credits_1000")]
+    pub code: String,
+    #[schema(example = "1,000 credits")]
+    pub name: String,
+    #[schema(example = 1000)]
+    pub credits: i64,
+    /// Price in the currency's minor unit (cents).
+    #[schema(example = 1000)]
+    pub price_minor: i64,
+    #[schema(example = "USD")]
+    pub currency: String,
+}
+
+/// A customer to create at the provider, for one org.
+#[derive(Debug, Clone)]
+pub struct NewCustomer {
+    pub org_id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    /// Makes a retried request return the customer of the first.
+    pub idempotency_key: String,
+}
+
+/// What a Checkout session sells.
+#[derive(Debug, Clone)]
+pub enum CheckoutItem {
+    /// A subscription to a paid plan, renewed each interval.
+    Plan {
+        plan: Plan,
+        /// Free trial days to start with (none when the org used its trial).
+        trial_days: Option<i32>,
+    },
+    /// A one-off payment for a credit pack.
+    CreditPack(CreditPack),
+}
+
+/// A Checkout session to create.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub org_id: Uuid,
+    pub customer_id: String,
+    pub item: CheckoutItem,
+    pub success_url: String,
+    pub cancel_url: String,
+    /// A retried request with the same key returns the session of the first.
+    pub idempotency_key: String,
+}
+
+/// A hosted payment page to send the user to.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CheckoutSession {
+    #[schema(example = "cs_test_a1b2c3")]
+    pub id: String,
+    #[schema(example = "https://checkout.stripe.com/c/pay/cs_test_a1b2c3")]
+    pub url: String,
+}
+
+/// A Billing Portal session to create.
+#[derive(Debug, Clone)]
+pub struct PortalRequest {
+    pub customer_id: String,
+    pub return_url: String,
+    pub idempotency_key: String,
+}
+
+/// Where the user manages payment methods, invoices and the subscription.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PortalSession {
+    #[schema(example = "https://billing.stripe.com/p/session/test_a1b2c3")]
+    pub url: String,
+}
+
+/// Takes payments. Errors are `ApiError`s ready for the client: a provider
+/// that fails is a 502 `payment_provider_error`, never a 500.
+pub trait PaymentProvider: Send + Sync + 'static {
+    fn kind(&self) -> PaymentProviderKind;
+
+    /// Creates the org's customer; returns the provider's customer id.
+    fn create_customer<'a>(
+        &'a self,
+        req: &'a NewCustomer,
+    ) -> BoxFuture<'a, Result<String, ApiError>>;
+
+    fn create_checkout<'a>(
+        &'a self,
+        req: &'a CheckoutRequest,
+    ) -> BoxFuture<'a, Result<CheckoutSession, ApiError>>;
+
+    fn create_portal<'a>(
+        &'a self,
+        req: &'a PortalRequest,
+    ) -> BoxFuture<'a, Result<PortalSession, ApiError>>;
+}
+
+/// The provider `PAYMENT_PROVIDER` names.
+pub fn provider_from_config(config: &BillingConfig) -> anyhow::Result<Arc<dyn PaymentProvider>> {
+    Ok(match config.provider {
+        PaymentProviderKind::Manual => Arc::new(manual::ManualProvider),
+        PaymentProviderKind::Stripe => Arc::new(stripe::StripeProvider::new(config)?),
+    })
+}
+
+/// `{APP_URL}/orgs/{org_id}/billing`: where users manage billing in the web app.
+pub fn billing_url(app_url: &url::Url, org_id: Uuid) -> String {
+    let mut url = app_url.clone();
+    let path = format!("{}/orgs/{org_id}/billing", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}

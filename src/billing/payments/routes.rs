@@ -1,0 +1,160 @@
+//! HTTP layer of payments: checkout and portal (`billing:manage`), invoices
+//! (`billing:read`), the credit pack catalog (public), manual invoices marked
+//! paid (platform admins) and Stripe's webhook (authenticated by its
+//! signature only).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::checkout::{self, CheckoutInput};
+use super::invoices::{self, Invoice};
+use super::webhook::{self, WebhookAck};
+use super::{CheckoutSession, CreditPack, PortalSession};
+use crate::app::AppState;
+use crate::auth::principal::PlatformAdmin;
+use crate::auth::{OrgContext, perm};
+use crate::core::db::TenantTx;
+use crate::core::error::{ApiError, Problem};
+use crate::core::extract::{IdPath, ValidJson, ValidQuery};
+use crate::core::pagination::{Page, PageQuery};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_credit_packs))
+        .routes(routes!(create_checkout))
+        .routes(routes!(create_portal))
+        .routes(routes!(list_invoices))
+        .routes(routes!(mark_invoice_paid))
+        .routes(routes!(stripe_webhook))
+}
+
+/// The credit packs on sale. Public.
+#[utoipa::path(get, path = "/api/v1/credit-packs", tag = "billing",
+    security(()),
+    responses((status = 200, body = Vec<CreditPack>)))]
+async fn list_credit_packs(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<CreditPack>>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    Ok(Json(checkout::active_packs(&mut conn).await?))
+}
+
+/// Starts a payment: a Stripe Checkout session for a paid plan
+/// (subscription) or a credit pack (one-off). Send the user to `url`. An
+/// `Idempotency-Key` header makes a retried request return the same session.
+#[utoipa::path(post, path = "/api/v1/orgs/{org_id}/billing/checkout", tag = "billing",
+    params(("org_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same session")),
+    request_body = CheckoutInput,
+    responses((status = 200, body = CheckoutSession),
+        (status = 409, description = "`checkout_unavailable` (payments are manual), `subscription_exists`", body = Problem),
+        (status = 422, description = "`validation_failed` (`unknown_plan`, `unknown_credit_pack`, `free_plan`, plan and credit_pack both or neither), `currency_mismatch`", body = Problem),
+        (status = 502, description = "`payment_provider_error`: Stripe refused or failed, with its message", body = Problem)))]
+async fn create_checkout(
+    State(state): State<AppState>,
+    ctx: OrgContext<perm::BillingManage>,
+    headers: HeaderMap,
+    ValidJson(input): ValidJson<CheckoutInput>,
+) -> Result<Json<CheckoutSession>, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?,
+        ),
+    };
+    let OrgContext { tx, caller, .. } = ctx;
+    let session = checkout::start_checkout(&state, tx, &caller, input, key).await?;
+    Ok(Json(session))
+}
+
+/// A Stripe Billing Portal session where the org's billing managers change
+/// the plan, payment methods and see Stripe's invoices. Send the user to `url`.
+#[utoipa::path(post, path = "/api/v1/orgs/{org_id}/billing/portal", tag = "billing",
+    params(("org_id" = Uuid, Path)),
+    responses((status = 200, body = PortalSession),
+        (status = 409, description = "`checkout_unavailable` (payments are manual), `no_customer` (the org never paid)", body = Problem),
+        (status = 502, description = "`payment_provider_error`", body = Problem)))]
+async fn create_portal(
+    State(state): State<AppState>,
+    ctx: OrgContext<perm::BillingManage>,
+) -> Result<Json<PortalSession>, ApiError> {
+    Ok(Json(checkout::start_portal(&state, ctx.tx).await?))
+}
+
+/// The org's invoices and payments, newest first.
+#[utoipa::path(get, path = "/api/v1/orgs/{org_id}/invoices", tag = "billing",
+    params(("org_id" = Uuid, Path), PageQuery),
+    responses((status = 200, body = Page<Invoice>)))]
+async fn list_invoices(
+    mut ctx: OrgContext<perm::BillingRead>,
+    ValidQuery(q): ValidQuery<PageQuery>,
+) -> Result<Json<Page<Invoice>>, ApiError> {
+    let org_id = ctx.org_id;
+    let page = invoices::list(ctx.tx.conn(), org_id, &q).await?;
+    ctx.tx.commit().await?;
+    Ok(Json(page))
+}
+
+/// Records that a manual invoice was paid (platform admins). A past_due
+/// subscription becomes active again once no manual invoice is overdue.
+/// Marking a paid invoice again changes nothing.
+#[utoipa::path(post, path = "/api/v1/admin/orgs/{org_id}/invoices/{invoice_id}/paid", tag = "billing",
+    params(("org_id" = Uuid, Path), ("invoice_id" = Uuid, Path)),
+    responses((status = 200, body = Invoice),
+        (status = 403, description = "Not a platform admin", body = Problem),
+        (status = 404, description = "No such org or invoice", body = Problem),
+        (status = 409, description = "`invoice_void`, `provider_managed` (a Stripe invoice)", body = Problem)))]
+async fn mark_invoice_paid(
+    _: PlatformAdmin,
+    State(state): State<AppState>,
+    ids: IdPath<2>,
+) -> Result<Json<Invoice>, ApiError> {
+    let [org_id, invoice_id] = ids.0;
+    let (mut tx, _) = TenantTx::enter(&state.pool, org_id, uuid::Uuid::nil()).await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from organizations where id = $1)")
+            .bind(org_id)
+            .fetch_one(tx.conn())
+            .await?;
+    if !exists {
+        return Err(ApiError::NotFound("organization"));
+    }
+    let invoice = invoices::mark_paid(tx.conn(), org_id, invoice_id).await?;
+    tx.commit().await?;
+    Ok(Json(invoice))
+}
+
+/// Stripe's webhook endpoint. Authenticated only by `Stripe-Signature`
+/// (HMAC-SHA256 of `"{t}.{raw body}"` under a configured secret, within 300
+/// seconds). Each event is applied once, whatever the replays.
+#[utoipa::path(post, path = "/api/v1/webhooks/stripe", tag = "billing",
+    security(()),
+    params(("Stripe-Signature" = String, Header, description = "t=<unix>,v1=<hex>[,v1=...]")),
+    request_body(content = Object, content_type = "application/json", description = "A Stripe event"),
+    responses((status = 200, body = WebhookAck),
+        (status = 400, description = "`invalid_signature`, `signature_expired`, `invalid_event`", body = Problem)))]
+async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WebhookAck>, ApiError> {
+    let body = body.map_err(crate::core::extract::body_rejection)?;
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
+    Ok(Json(webhook::receive(&state, signature, &body).await?))
+}

@@ -1,0 +1,251 @@
+//! Stripe over its REST API: form-encoded POSTs with the secret key as a
+//! bearer token and an `Idempotency-Key` on each, so that a retried request
+//! (ours, after a timeout or a 5xx) never creates a second object. Prices
+//! are sent inline (`price_data`): no Stripe price ids to configure.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use url::Url;
+
+use super::{
+    CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
+    PortalSession,
+};
+use crate::config::{BillingConfig, PaymentProviderKind, Secret};
+use crate::core::error::ApiError;
+
+/// One attempt's limit; a request is tried at most twice.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPTS: u32 = 2;
+
+pub struct StripeProvider {
+    http: reqwest::Client,
+    base: Url,
+    secret: Secret,
+}
+
+impl StripeProvider {
+    pub fn new(config: &BillingConfig) -> anyhow::Result<Self> {
+        let secret = config
+            .stripe_secret_key
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("STRIPE_SECRET_KEY is required with stripe"))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(ATTEMPT_TIMEOUT)
+            .user_agent(concat!("tenantry/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(StripeProvider {
+            http,
+            base: config.stripe_api_base.clone(),
+            secret,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.as_str().trim_end_matches('/'))
+    }
+
+    /// POSTs a form; retries once, with the same idempotency key, when Stripe
+    /// cannot be reached or answers 409 (a concurrent request with the
+    /// key), 429 or 5xx. Any failure is a 502 `payment_provider_error`.
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(String, String)],
+        idempotency_key: &str,
+    ) -> Result<Value, ApiError> {
+        let body = serde_urlencoded::to_string(form)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")))?;
+        let mut last = None;
+        for attempt in 1..=ATTEMPTS {
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let sent = self
+                .http
+                .post(self.url(path))
+                .bearer_auth(self.secret.expose())
+                .header("Idempotency-Key", idempotency_key)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body.clone())
+                .send()
+                .await;
+            let res = match sent {
+                Ok(res) => res,
+                Err(e) => {
+                    tracing::warn!(error = %e, path, attempt, "Stripe request failed");
+                    last = Some(provider_error("Stripe could not be reached".into()));
+                    continue;
+                }
+            };
+            let status = res.status();
+            let bytes = match res.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, path, attempt, "Stripe response failed");
+                    last = Some(provider_error("Stripe's response was cut short".into()));
+                    continue;
+                }
+            };
+            let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+            if status.is_success() {
+                return json.filter(Value::is_object).ok_or_else(|| {
+                    provider_error("Stripe answered with something other than JSON".into())
+                });
+            }
+            let message = json
+                .as_ref()
+                .and_then(|v| v["error"]["message"].as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("Stripe answered {status}"));
+            tracing::warn!(status = status.as_u16(), path, attempt, %message, "Stripe error");
+            last = Some(provider_error(message));
+            let retryable = status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::CONFLICT;
+            if !retryable {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| provider_error("Stripe could not be reached".into())))
+    }
+}
+
+/// 502 `payment_provider_error` carrying Stripe's message.
+fn provider_error(message: String) -> ApiError {
+    ApiError::Status {
+        status: StatusCode::BAD_GATEWAY,
+        code: "payment_provider_error",
+        detail: format!("the payment provider refused the request: {message}"),
+    }
+}
+
+fn string_field(v: &Value, name: &str) -> Result<String, ApiError> {
+    v[name]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| provider_error(format!("Stripe's answer has no {name}")))
+}
+
+fn pair(k: &str, v: impl ToString) -> (String, String) {
+    (k.to_owned(), v.to_string())
+}
+
+/// The form of a Checkout session (exposed for tests of its shape).
+pub fn checkout_form(req: &CheckoutRequest) -> Vec<(String, String)> {
+    let org = req.org_id.to_string();
+    let mut form = vec![
+        pair("customer", &req.customer_id),
+        pair("client_reference_id", &org),
+        pair("success_url", &req.success_url),
+        pair("cancel_url", &req.cancel_url),
+        pair("line_items[0][quantity]", 1),
+        pair("metadata[org_id]", &org),
+    ];
+    match &req.item {
+        CheckoutItem::Plan { plan, trial_days } => {
+            form.extend([
+                pair("mode", "subscription"),
+                pair(
+                    "line_items[0][price_data][currency]",
+                    plan.currency.to_ascii_lowercase(),
+                ),
+                pair("line_items[0][price_data][unit_amount]", plan.price_minor),
+                pair("line_items[0][price_data][product_data][name]", &plan.name),
+                pair(
+                    "line_items[0][price_data][recurring][interval]",
+                    &plan.interval,
+                ),
+                pair("metadata[plan]", &plan.code),
+                pair("subscription_data[metadata][org_id]", &org),
+                pair("subscription_data[metadata][plan]", &plan.code),
+            ]);
+            if let Some(days) = trial_days.filter(|d| *d > 0) {
+                form.push(pair("subscription_data[trial_period_days]", days));
+            }
+        }
+        CheckoutItem::CreditPack(pack) => {
+            form.extend([
+                pair("mode", "payment"),
+                pair(
+                    "line_items[0][price_data][currency]",
+                    pack.currency.to_ascii_lowercase(),
+                ),
+                pair("line_items[0][price_data][unit_amount]", pack.price_minor),
+                pair("line_items[0][price_data][product_data][name]", &pack.name),
+                pair("metadata[credit_pack]", &pack.code),
+                pair("metadata[credits]", pack.credits),
+                pair("payment_intent_data[metadata][org_id]", &org),
+                pair("payment_intent_data[metadata][credit_pack]", &pack.code),
+            ]);
+        }
+    }
+    form
+}
+
+impl PaymentProvider for StripeProvider {
+    fn kind(&self) -> PaymentProviderKind {
+        PaymentProviderKind::Stripe
+    }
+
+    fn create_customer<'a>(
+        &'a self,
+        req: &'a NewCustomer,
+    ) -> BoxFuture<'a, Result<String, ApiError>> {
+        Box::pin(async move {
+            let mut form = vec![
+                pair("name", &req.name),
+                pair("metadata[org_id]", req.org_id),
+            ];
+            if let Some(email) = &req.email {
+                form.push(pair("email", email));
+            }
+            let v = self
+                .post("/v1/customers", &form, &req.idempotency_key)
+                .await?;
+            string_field(&v, "id")
+        })
+    }
+
+    fn create_checkout<'a>(
+        &'a self,
+        req: &'a CheckoutRequest,
+    ) -> BoxFuture<'a, Result<CheckoutSession, ApiError>> {
+        Box::pin(async move {
+            let v = self
+                .post(
+                    "/v1/checkout/sessions",
+                    &checkout_form(req),
+                    &req.idempotency_key,
+                )
+                .await?;
+            Ok(CheckoutSession {
+                id: string_field(&v, "id")?,
+                url: string_field(&v, "url")?,
+            })
+        })
+    }
+
+    fn create_portal<'a>(
+        &'a self,
+        req: &'a PortalRequest,
+    ) -> BoxFuture<'a, Result<PortalSession, ApiError>> {
+        Box::pin(async move {
+            let form = vec![
+                pair("customer", &req.customer_id),
+                pair("return_url", &req.return_url),
+            ];
+            let v = self
+                .post("/v1/billing_portal/sessions", &form, &req.idempotency_key)
+                .await?;
+            Ok(PortalSession {
+                url: string_field(&v, "url")?,
+            })
+        })
+    }
+}
