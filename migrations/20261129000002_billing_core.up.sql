@@ -593,19 +593,21 @@ begin
 end
 $$;
 
--- A batch of spend requests against one org in one statement (see
--- `OrgCall` in src/auth/rbac.rs and the batcher in src/billing/credits/):
--- for each request in order, enter the org as its caller (a user, or an
--- API key by its hash) as `TenantTx` does, check its permission, and spend.
--- The statement's transaction commits as it ends, so the account lock is
--- taken once per batch and never waits on the client. One result per
--- request: the spend's {status, body, replayed, key_id, touch}; or
--- {"refused": {role, permissions} | null} (null: not a member, or no live
--- key), for the caller's error; or {"error": {code, message, detail}} for a
--- refusal of the ledger's (insufficient credits, an idempotency conflict),
--- decided before the request writes anything (no subtransactions: a batch
--- of hundreds would overflow Postgres's per-backend subtransaction cache).
-create function app.credit_spend_batch(p_org uuid, p_users uuid[], p_key_hashes bytea[],
+-- A batch of spend requests in one statement (see `OrgCall` in
+-- src/auth/rbac.rs and the batcher in src/billing/credits/batch.rs): for
+-- each request in order, enter its org as its caller (a user, or an API key
+-- by its hash) as `TenantTx` does, check its permission, and spend. The
+-- statement's transaction commits as it ends, so an org's account lock is
+-- taken once per batch and never waits on the client. The caller orders the
+-- requests by org, so concurrent batches lock accounts in one order and
+-- cannot deadlock. One result per request: the spend's {status, body,
+-- replayed, key_id, touch}; or {"refused": {role, permissions} | null}
+-- (null: not a member, or no live key), for the caller's error; or
+-- {"error": {code, message, detail}} for a refusal of the ledger's
+-- (insufficient credits, an idempotency conflict), decided before the
+-- request writes anything (no subtransactions: a batch of hundreds would
+-- overflow Postgres's per-backend subtransaction cache).
+create function app.credit_spend_batch(p_orgs uuid[], p_users uuid[], p_key_hashes bytea[],
                                        p_perms text[], p_amounts bigint[], p_descs text[],
                                        p_keys text[], p_hashes bytea[])
     returns setof jsonb
@@ -620,18 +622,20 @@ declare
     v_seen text[] := '{}';
     v_prior jsonb;
     v_short jsonb;
+    v_org uuid;
 begin
     for i in 1 .. coalesce(array_length(p_amounts, 1), 0) loop
+        v_org := p_orgs[i];
         v_role := null;
         v_key := null;
         v_touch := false;
         if p_key_hashes[i] is null then
             perform set_config('app.api_key_id', '', true);
             select e.role, e.permissions into v_role, v_perms
-            from app.enter_org(p_org, p_users[i]) e;
+            from app.enter_org(v_org, p_users[i]) e;
         else
             select e.key_id, e.role, e.permissions, e.touch into v_key, v_role, v_perms, v_touch
-            from app.enter_api_key(p_org, p_key_hashes[i]) e;
+            from app.enter_api_key(v_org, p_key_hashes[i]) e;
         end if;
         if v_role is null or not (p_perms[i] = any(v_perms))
            or (v_key is not null and v_role = 'owner') then
@@ -641,13 +645,13 @@ begin
         end if;
         -- A duplicate in the same batch is as concurrent as one in another
         -- transaction: 409, as there (the advisory lock is ours already).
-        if p_keys[i] = any(v_seen) then
+        if v_org || '/' || p_keys[i] = any(v_seen) then
             return next jsonb_build_object('error', jsonb_build_object('code', 'TC409',
                 'message', 'a request with this Idempotency-Key is in progress'));
             continue;
         end if;
-        v_seen := v_seen || p_keys[i];
-        v_prior := app.idem_lookup(p_org, 'spend', p_keys[i], p_hashes[i]);
+        v_seen := v_seen || (v_org || '/' || p_keys[i]);
+        v_prior := app.idem_lookup(v_org, 'spend', p_keys[i], p_hashes[i]);
         if v_prior ? 'conflict' then
             return next jsonb_build_object('error', jsonb_build_object(
                 'code', v_prior->>'conflict', 'message', v_prior->>'message'));
@@ -657,14 +661,14 @@ begin
             return next v_prior || jsonb_build_object('key_id', v_key, 'touch', v_touch);
             continue;
         end if;
-        perform app.credit_lock(p_org);
-        v_short := app.credit_shortfall(p_org, p_amounts[i]);
+        perform app.credit_lock(v_org);
+        v_short := app.credit_shortfall(v_org, p_amounts[i]);
         if v_short is not null then
             return next jsonb_build_object('error', jsonb_build_object(
                 'code', 'TC402', 'message', 'insufficient credits', 'detail', v_short::text));
             continue;
         end if;
-        return next app.credit_spend_locked(p_org, p_amounts[i], p_descs[i], p_keys[i],
+        return next app.credit_spend_locked(v_org, p_amounts[i], p_descs[i], p_keys[i],
                                             p_hashes[i])
             || jsonb_build_object('key_id', v_key, 'touch', v_touch);
     end loop;

@@ -1009,3 +1009,84 @@ async fn a_credit_usage_report_lists_what_was_spent() {
     );
     assert_eq!(cells(lines[3])[8], owner.id.to_string());
 }
+
+/// Spends in flight together are batched into one statement across orgs and
+/// callers: each must still be authorised as its own caller, in its own org,
+/// and booked with its own actor.
+#[tokio::test]
+async fn concurrent_spends_of_many_callers_and_orgs_keep_their_own_rights() {
+    let app = app_with(20).await;
+    let mut orgs = Vec::new();
+    for n in 0..4 {
+        let (owner, org) = setup(&app).await;
+        grant(&app, org, json!({ "amount": 1000, "source": "promotion" })).await;
+        let viewer = app.user(&format!("viewer-{n}@example.com"));
+        app.add_member(org, &owner, &viewer, "viewer").await;
+        let (s, key) = app
+            .post(
+                &format!("/api/v1/orgs/{org}/api-keys"),
+                &owner,
+                json!({ "name": "spender", "role": "member" }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        orgs.push((org, owner, viewer, key));
+    }
+    let outsider = app.user("outsider@example.com");
+
+    // Per org: 10 spends of 1 by the owner, 10 of 2 by the key, 5 by the
+    // viewer (403) and 5 by an outsider (404), all at once across the orgs.
+    let mut tasks = Vec::new();
+    for (org, owner, viewer, key) in &orgs {
+        let callers: Vec<(String, i64, StatusCode)> = std::iter::empty()
+            .chain((0..10).map(|_| (owner.token.clone(), 1, StatusCode::OK)))
+            .chain((0..10).map(|_| (key["key"].as_str().unwrap().to_owned(), 2, StatusCode::OK)))
+            .chain((0..5).map(|_| (viewer.token.clone(), 1, StatusCode::FORBIDDEN)))
+            .chain((0..5).map(|_| (outsider.token.clone(), 1, StatusCode::NOT_FOUND)))
+            .collect();
+        for (token, amount, want) in callers {
+            let (client, url) = (
+                app.client.clone(),
+                format!("{}/api/v1/orgs/{org}/credits/spend", app.base),
+            );
+            tasks.push(tokio::spawn(async move {
+                let res = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", Uuid::new_v4().to_string())
+                    .json(&json!({ "amount": amount }))
+                    .send()
+                    .await
+                    .unwrap();
+                (res.status(), want)
+            }));
+        }
+    }
+    for t in tasks {
+        let (got, want) = t.await.unwrap();
+        assert_eq!(got, want);
+    }
+    for (org, owner, _, key) in &orgs {
+        assert_eq!(balance(&app, *org, owner).await, 1000 - 10 - 20);
+        let by_key: i64 = sqlx::query_scalar(
+            "select count(*) from credit_ledger where org_id = $1 and kind = 'spend'
+             and actor_api_key_id = $2::uuid and actor_user_id is null and amount = 2",
+        )
+        .bind(org)
+        .bind(key["id"].as_str().unwrap())
+        .fetch_one(&app.db.admin)
+        .await
+        .unwrap();
+        let by_owner: i64 = sqlx::query_scalar(
+            "select count(*) from credit_ledger where org_id = $1 and kind = 'spend'
+             and actor_user_id = $2 and actor_api_key_id is null and amount = 1",
+        )
+        .bind(org)
+        .bind(owner.id)
+        .fetch_one(&app.db.admin)
+        .await
+        .unwrap();
+        assert_eq!((by_key, by_owner), (10, 10), "each line names its own actor");
+    }
+    assert!(reconcile(&app).await.is_empty());
+}

@@ -1,17 +1,17 @@
-//! Group commit of spends: concurrent spends against one org in this
-//! process go to Postgres together, as one statement
-//! (`app.credit_spend_batch`) that authorises and applies each in order and
-//! commits once. A hot org's account lock is then taken once per batch
-//! instead of once per request, and the commit's flush is shared, while each
-//! request keeps its own authorisation, idempotency key, ledger lines and
-//! answer. Spends of different orgs never wait for each other here.
+//! Group commit of spends: the spends in flight in this process go to
+//! Postgres together, as one statement (`app.credit_spend_batch`) that
+//! authorises and applies each in order and commits once. A hot org's
+//! account lock is then taken once per batch instead of once per request,
+//! and the commit's flush is shared, while each request keeps its own
+//! authorisation, idempotency key, ledger lines and answer.
 //!
-//! The first request to find its org idle becomes the batch runner: a task
-//! of its own (a client that goes away cannot abandon the others) that takes
-//! whatever queued, up to [`MAX_BATCH`], runs it, answers each waiter, and
-//! goes on until the queue is empty.
+//! A request queues its spend; when fewer than [`MAX_RUNNERS`] batches are
+//! running, it starts a runner: a task of its own (a client that goes away
+//! cannot abandon the others) that takes whatever queued, up to
+//! [`MAX_BATCH`], orders it by org (so concurrent batches, here or in other
+//! processes, lock accounts in one order and cannot deadlock), runs it,
+//! answers each waiter, and goes on until the queue is empty.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -23,9 +23,12 @@ use crate::core::error::ApiError;
 
 /// Most spends in one statement.
 pub const MAX_BATCH: usize = 256;
+/// Most batches running at once (each holds one connection).
+pub const MAX_RUNNERS: usize = 2;
 
 /// One spend request, authorised by the statement itself.
 pub struct SpendItem {
+    pub org_id: Uuid,
     pub user_id: Option<Uuid>,
     pub key_hash: Option<[u8; 32]>,
     pub permission: &'static str,
@@ -40,36 +43,31 @@ type Reply = oneshot::Sender<Result<Value, ApiError>>;
 #[derive(Default)]
 struct Queue {
     pending: Vec<(SpendItem, Reply)>,
-    running: bool,
+    runners: usize,
 }
 
-/// The per-org queues of this process.
+/// The spend queue of this process.
 #[derive(Clone, Default)]
 pub struct SpendBatcher {
-    orgs: Arc<Mutex<HashMap<Uuid, Arc<Mutex<Queue>>>>>,
+    queue: Arc<Mutex<Queue>>,
 }
 
 impl SpendBatcher {
-    /// Queues `item` for `org_id` and waits for its result: the item's own
-    /// JSON from `app.credit_spend_batch`.
-    pub async fn submit(
-        &self,
-        pool: &PgPool,
-        org_id: Uuid,
-        item: SpendItem,
-    ) -> Result<Value, ApiError> {
+    /// Queues `item` and waits for its result: the item's own JSON from
+    /// `app.credit_spend_batch`.
+    pub async fn submit(&self, pool: &PgPool, item: SpendItem) -> Result<Value, ApiError> {
         let (reply, answer) = oneshot::channel();
-        let queue = {
-            let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
-            orgs.entry(org_id).or_default().clone()
-        };
-        let lead = {
-            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.pending.push((item, reply));
-            !std::mem::replace(&mut q.running, true)
+            let start = q.runners < MAX_RUNNERS;
+            if start {
+                q.runners += 1;
+            }
+            start
         };
-        if lead {
-            tokio::spawn(run(self.clone(), pool.clone(), org_id, queue));
+        if start {
+            tokio::spawn(run(self.queue.clone(), pool.clone()));
         }
         answer.await.unwrap_or_else(|_| {
             Err(ApiError::Internal(anyhow::anyhow!(
@@ -79,20 +77,22 @@ impl SpendBatcher {
     }
 }
 
-/// Runs batches for one org until its queue is empty.
-async fn run(batcher: SpendBatcher, pool: PgPool, org_id: Uuid, queue: Arc<Mutex<Queue>>) {
+/// Runs batches until the queue is empty.
+async fn run(queue: Arc<Mutex<Queue>>, pool: PgPool) {
     loop {
-        let batch: Vec<(SpendItem, Reply)> = {
+        let mut batch: Vec<(SpendItem, Reply)> = {
             let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.pending.is_empty() {
-                q.running = false;
-                break;
+                q.runners -= 1;
+                return;
             }
             let n = q.pending.len().min(MAX_BATCH);
             q.pending.drain(..n).collect()
         };
+        // One lock order for every batch; arrival order within an org.
+        batch.sort_by_key(|(item, _)| item.org_id);
         let (items, replies): (Vec<SpendItem>, Vec<Reply>) = batch.into_iter().unzip();
-        match execute(&pool, org_id, &items).await {
+        match execute(&pool, &items).await {
             Ok(results) if results.len() == replies.len() => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
@@ -115,11 +115,11 @@ async fn run(batcher: SpendBatcher, pool: PgPool, org_id: Uuid, queue: Arc<Mutex
                 let busy = match &e {
                     sqlx::Error::PoolTimedOut => true,
                     sqlx::Error::Database(db) => {
-                        matches!(db.code().as_deref(), Some("55P03" | "57014"))
+                        matches!(db.code().as_deref(), Some("55P03" | "57014" | "40P01"))
                     }
                     _ => false,
                 };
-                tracing::warn!(error = %e, %org_id, spends = replies.len(), "spend batch failed");
+                tracing::warn!(error = %e, spends = replies.len(), "spend batch failed");
                 for reply in replies {
                     let _ = reply.send(Err(if busy {
                         ApiError::Status {
@@ -134,27 +134,10 @@ async fn run(batcher: SpendBatcher, pool: PgPool, org_id: Uuid, queue: Arc<Mutex
             }
         }
     }
-    // Forget an idle org (a request that raced in made itself the runner of
-    // the queue it found, so nothing waits on a forgotten queue).
-    let mut orgs = batcher.orgs.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(q) = orgs.get(&org_id)
-        && Arc::ptr_eq(q, &queue)
-    {
-        let idle = {
-            let q = q.lock().unwrap_or_else(|e| e.into_inner());
-            q.pending.is_empty() && !q.running
-        };
-        if idle {
-            orgs.remove(&org_id);
-        }
-    }
 }
 
-async fn execute(
-    pool: &PgPool,
-    org_id: Uuid,
-    items: &[SpendItem],
-) -> Result<Vec<Value>, sqlx::Error> {
+async fn execute(pool: &PgPool, items: &[SpendItem]) -> Result<Vec<Value>, sqlx::Error> {
+    let orgs: Vec<Uuid> = items.iter().map(|i| i.org_id).collect();
     let users: Vec<Option<Uuid>> = items.iter().map(|i| i.user_id).collect();
     let key_hashes: Vec<Option<Vec<u8>>> = items
         .iter()
@@ -165,15 +148,18 @@ async fn execute(
     let descriptions: Vec<Option<&str>> = items.iter().map(|i| i.description.as_deref()).collect();
     let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
     let hashes: Vec<Vec<u8>> = items.iter().map(|i| i.hash.to_vec()).collect();
-    sqlx::query_scalar("select r from app.credit_spend_batch($1, $2, $3, $4, $5, $6, $7, $8) as r")
-        .bind(org_id)
-        .bind(users)
-        .bind(key_hashes)
-        .bind(perms)
-        .bind(amounts)
-        .bind(descriptions)
-        .bind(keys)
-        .bind(hashes)
-        .fetch_all(pool)
-        .await
+    sqlx::query_scalar(
+        "select r from app.credit_spend_batch($1, $2, $3, $4, $5, $6, $7, $8)
+         with ordinality as t (r, n) order by n",
+    )
+    .bind(orgs)
+    .bind(users)
+    .bind(key_hashes)
+    .bind(perms)
+    .bind(amounts)
+    .bind(descriptions)
+    .bind(keys)
+    .bind(hashes)
+    .fetch_all(pool)
+    .await
 }

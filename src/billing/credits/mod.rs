@@ -150,9 +150,9 @@ fn check_description(f: &mut Fields, d: &Option<String>) -> Option<String> {
     Some(d.to_owned())
 }
 
-/// Spends through the org's batcher (see [`batch`]): one statement that
+/// Spends through the batcher (see [`batch`]): one statement that
 /// authorises the caller as [`OrgCall`] describes and commits, together with
-/// the org's other concurrent spends; the account lock is held only inside
+/// the other spends in flight; an org's account lock is held only inside
 /// Postgres, once per batch.
 pub async fn spend(
     pool: &PgPool,
@@ -166,6 +166,7 @@ pub async fn spend(
     let description = check_description(&mut f, &input.description);
     f.finish()?;
     let item = batch::SpendItem {
+        org_id: call.org_id,
         user_id: call.user_id,
         key_hash: call.key_hash,
         permission: call.permission(),
@@ -174,7 +175,7 @@ pub async fn spend(
         key: key.key,
         hash: key.hash,
     };
-    let v = batcher.submit(pool, call.org_id, item).await?;
+    let v = batcher.submit(pool, item).await?;
     if let Some(refused) = v.get("refused") {
         let membership = refused.as_object().map(|m| MembershipRow {
             role: m["role"].as_str().unwrap_or_default().to_owned(),
