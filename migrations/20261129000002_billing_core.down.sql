@@ -1,7 +1,7 @@
 drop function app.credit_refresh();
 drop function app.idempotency_prune(interval);
 drop function app.credit_reconcile();
-drop function app.credit_sweep(int);
+drop function app.credit_due_orgs(int);
 drop function app.credit_settle_hold(uuid, bigint, boolean, text, text, bytea);
 drop function app.credit_hold(uuid, bigint, timestamptz, text, text, bytea);
 drop function app.credit_hold_json(uuid, uuid);

@@ -193,6 +193,9 @@ create policy credit_accounts_sweep on credit_accounts for select
     using (current_setting('app.credit_sweep', true) = 'on');
 create policy idempotency_keys_prune on idempotency_keys for delete
     using (current_setting('app.idempotency_prune', true) = 'on');
+-- (A DELETE with a WHERE reads the rows too, under the SELECT policies.)
+create policy idempotency_keys_prune_read on idempotency_keys for select
+    using (current_setting('app.idempotency_prune', true) = 'on');
 
 -- The floor of the balance comes from the org's plan: whenever overage
 -- grows, the row takes the plan's limit, which the check constraint enforces.
@@ -304,8 +307,13 @@ create function app.credit_settle_due(p_org uuid) returns void
 as $$
 declare
     v_now timestamptz := clock_timestamp();
+    -- Expiries are the system's doing, not the caller's who happens to book them.
+    v_user text := current_setting('app.user_id', true);
+    v_key text := current_setting('app.api_key_id', true);
     r record;
 begin
+    perform set_config('app.user_id', '', true);
+    perform set_config('app.api_key_id', '', true);
     for r in select id, expires_at from credit_holds
              where org_id = p_org and status = 'open' and expires_at <= v_now
              order by expires_at, id for update loop
@@ -320,6 +328,8 @@ begin
         update credit_grants set remaining = 0 where org_id = p_org and id = r.id;
         update credit_accounts set available = available - r.remaining where org_id = p_org;
     end loop;
+    perform set_config('app.user_id', coalesce(v_user, ''), true);
+    perform set_config('app.api_key_id', coalesce(v_key, ''), true);
     update credit_accounts
     set next_event_at = (
             select min(t) from (
@@ -356,8 +366,14 @@ $$;
 create function app.credit_overage_limit(p_org uuid) returns bigint
     language sql stable
 as $$
-    select coalesce((select p.credit_overage_limit from subscriptions s
-                     join plans p on p.code = s.plan_code where s.org_id = p_org), 0)
+    -- An org whose subscription is canceled or still unpaid (incomplete)
+    -- has the free plan's entitlements.
+    select coalesce((
+        select case when s.status in ('canceled', 'incomplete')
+                    then (select f.credit_overage_limit from plans f where f.code = 'free')
+                    else p.credit_overage_limit end
+        from subscriptions s join plans p on p.code = s.plan_code
+        where s.org_id = p_org), 0)
 $$;
 
 create trigger credit_accounts_floor before update on credit_accounts
@@ -755,6 +771,7 @@ as $$
 declare
     v_org uuid := app.credit_org();
     v_prior jsonb := app.idem_check(v_org, 'hold', p_key, p_hash);
+    a credit_accounts;
     v_now timestamptz;
     v_drawn jsonb;
 begin
@@ -764,10 +781,17 @@ begin
     if p_amount is null or p_amount <= 0 then
         raise exception using errcode = 'TC400', message = 'amount must be positive';
     end if;
-    perform app.credit_lock(v_org);
+    a := app.credit_lock(v_org);
     v_now := clock_timestamp();
     if p_expires_at <= v_now then
         raise exception using errcode = 'TC400', message = 'the hold would expire at once';
+    end if;
+    -- A hold reserves granted credits only, never overage: what it holds
+    -- always goes back to a grant.
+    if a.available < p_amount then
+        raise exception using errcode = 'TC402', message = 'insufficient credits',
+            detail = jsonb_build_object('balance', a.available + a.overage, 'overage_limit', 0,
+                                        'requested', p_amount)::text;
     end if;
     insert into credit_holds (org_id, id, amount, description, expires_at, created_at)
     values (v_org, p_id, p_amount, p_desc, p_expires_at, v_now);
@@ -825,15 +849,12 @@ begin
 end
 $$;
 
--- Books what ran out in orgs nobody touched: up to p_limit orgs per call,
--- each in its own tenant context.
-create function app.credit_sweep(p_limit int) returns int
+-- The orgs with a grant or hold that ran out and is not booked yet (ids
+-- only), for the sweep job, which books each in a transaction of its own.
+create function app.credit_due_orgs(p_limit int) returns uuid[]
     language plpgsql
 as $$
-declare
-    v_orgs uuid[];
-    v_org uuid;
-    n int := 0;
+declare v_orgs uuid[];
 begin
     perform set_config('app.credit_sweep', 'on', true);
     select array_agg(org_id) into v_orgs from (
@@ -841,13 +862,7 @@ begin
         where next_event_at <= clock_timestamp()
         order by next_event_at limit p_limit) due;
     perform set_config('app.credit_sweep', '', true);
-    foreach v_org in array coalesce(v_orgs, '{}') loop
-        perform set_config('app.org_id', v_org::text, true);
-        perform app.credit_lock(v_org);
-        n := n + 1;
-    end loop;
-    perform set_config('app.org_id', '', true);
-    return n;
+    return coalesce(v_orgs, '{}');
 end
 $$;
 

@@ -1248,3 +1248,76 @@ async fn the_credit_pack_catalog_is_public() {
         assert!(doc["paths"][p].is_object(), "{p} is not documented");
     }
 }
+
+#[tokio::test]
+async fn stripe_managed_periods_grant_the_plans_credits_once_each() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let t0 = now() - 100;
+    // Still incomplete (first payment pending): nothing is granted.
+    let obj = subscription_object(org, "sub_c", "incomplete", "pro", t0);
+    deliver(
+        &app,
+        &event("evt_c0", "customer.subscription.created", t0, obj),
+    )
+    .await;
+    assert_eq!(period_grants(&app, org).await, 0);
+
+    // Active: pro's 5,000 credits for this period, once, however many
+    // events repeat the period.
+    let obj = subscription_object(org, "sub_c", "active", "pro", t0);
+    deliver(
+        &app,
+        &event(
+            "evt_c1",
+            "customer.subscription.updated",
+            t0 + 1,
+            obj.clone(),
+        ),
+    )
+    .await;
+    deliver(
+        &app,
+        &event("evt_c2", "customer.subscription.updated", t0 + 2, obj),
+    )
+    .await;
+    assert_eq!(period_grants(&app, org).await, 5000);
+
+    // Of two events in the same second, a late `incomplete` does not undo `active`.
+    let late = subscription_object(org, "sub_c", "incomplete", "pro", t0);
+    deliver(
+        &app,
+        &event("evt_c3", "customer.subscription.created", t0 + 2, late),
+    )
+    .await;
+    assert_eq!(subscription(&app, org).await.0, "active");
+
+    // Stripe renews: the next period brings its own grant.
+    let next = subscription_object(org, "sub_c", "active", "pro", t0 + 30 * 86400 - 200);
+    deliver(
+        &app,
+        &event("evt_c4", "customer.subscription.updated", t0 + 3, next),
+    )
+    .await;
+    assert_eq!(period_grants(&app, org).await, 10_000);
+    let refs: i64 = scalar_i64(
+        &app,
+        "select count(distinct ref) from credit_grants where org_id = $1 and amount = 5000",
+        org,
+    )
+    .await;
+    assert_eq!(refs, 2);
+}
+
+/// Credits of plan periods (pro's 5,000) granted to `org`.
+async fn period_grants(app: &TestApp, org: Uuid) -> i64 {
+    scalar_i64(
+        app,
+        "select coalesce(sum(amount), 0)::bigint from credit_grants
+         where org_id = $1 and source = 'plan_period' and ref like 'period:%' and amount = 5000",
+        org,
+    )
+    .await
+}

@@ -411,16 +411,9 @@ async fn expired_remainders_are_booked_and_past_balances_are_exact() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let mut tx = app.db.app.begin().await.unwrap();
-    sqlx::query("select set_config('role', 'tenantry_app', true)")
-        .execute(&mut *tx)
+    let swept = tenantry::jobs::tasks::credits::sweep(&app.db.app)
         .await
         .unwrap();
-    let swept: i32 = sqlx::query_scalar("select app.credit_sweep(100)")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
     assert_eq!(swept, 1, "only the idle org had something due");
     let booked: i64 = sqlx::query_scalar(
         "select amount from credit_ledger where org_id = $1 and kind = 'expire'",
@@ -436,6 +429,15 @@ async fn expired_remainders_are_booked_and_past_balances_are_exact() {
         .get(&format!("/api/v1/orgs/{org}/credits?at={future}"), &owner)
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    for bad in ["1900-01-01T00:00:00Z", "-5000-01-01T00:00:00Z", "yesterday"] {
+        let (s, b) = app
+            .get(
+                &format!("/api/v1/orgs/{org}/credits?at={}", urlencoding(bad)),
+                &owner,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+    }
     assert!(reconcile(&app).await.is_empty());
 }
 
@@ -591,6 +593,17 @@ async fn overage_goes_to_the_plan_limit_and_new_credit_pays_it_back() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("credit_accounts_overage"), "{err}");
+
+    // A hold reserves granted credits only, never overage.
+    let h = send(
+        &app,
+        &format!("/api/v1/orgs/{org}/credits/holds"),
+        &owner.token,
+        Some("hold-in-debt"),
+        Some(json!({ "amount": 1 })),
+    )
+    .await;
+    assert_eq!(h.status, StatusCode::PAYMENT_REQUIRED, "{}", h.body);
 
     let g = grant(&app, org, json!({ "amount": 100, "source": "purchase" })).await;
     assert_eq!(g["balance"], 50);
@@ -1086,7 +1099,52 @@ async fn concurrent_spends_of_many_callers_and_orgs_keep_their_own_rights() {
         .fetch_one(&app.db.admin)
         .await
         .unwrap();
-        assert_eq!((by_key, by_owner), (10, 10), "each line names its own actor");
+        assert_eq!(
+            (by_key, by_owner),
+            (10, 10),
+            "each line names its own actor"
+        );
     }
     assert!(reconcile(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_a_week() {
+    let app = app_with(5).await;
+    let (owner, org) = setup(&app).await;
+    grant(&app, org, json!({ "amount": 10, "source": "promotion" })).await;
+    for key in ["old", "new"] {
+        let r = send(
+            &app,
+            &format!("/api/v1/orgs/{org}/credits/spend"),
+            &owner.token,
+            Some(key),
+            Some(json!({ "amount": 1 })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    sqlx::query(
+        "update idempotency_keys set created_at = now() - interval '8 days' where key = 'old'",
+    )
+    .execute(&app.db.admin)
+    .await
+    .unwrap();
+    // As the daily cleanup runs it: the app role, no org context.
+    let mut tx = app.db.app.begin().await.unwrap();
+    sqlx::query("select set_config('role', 'tenantry_app', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let pruned: i64 = sqlx::query_scalar("select app.idempotency_prune(interval '7 days')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(pruned, 1);
+    let left: Vec<String> = sqlx::query_scalar("select key from idempotency_keys order by key")
+        .fetch_all(&app.db.admin)
+        .await
+        .unwrap();
+    assert!(!left.contains(&"old".to_owned()) && left.contains(&"new".to_owned()));
 }

@@ -25,6 +25,8 @@ use crate::core::error::ApiError;
 pub const MAX_BATCH: usize = 256;
 /// Most batches running at once (each holds one connection).
 pub const MAX_RUNNERS: usize = 2;
+/// Most spends waiting; more are refused at once (503 `busy`).
+pub const MAX_PENDING: usize = 10_000;
 
 /// One spend request, authorised by the statement itself.
 pub struct SpendItem {
@@ -59,6 +61,13 @@ impl SpendBatcher {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.pending.len() >= MAX_PENDING {
+                return Err(ApiError::Status {
+                    status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    code: "busy",
+                    detail: "too many spends are waiting; retry shortly".into(),
+                });
+            }
             q.pending.push((item, reply));
             let start = q.runners < MAX_RUNNERS;
             if start {
@@ -77,13 +86,27 @@ impl SpendBatcher {
     }
 }
 
+/// Gives a runner's slot back however it ends (a panic included: the
+/// spends of its batch then fail, and the next request starts a runner).
+struct Slot(Arc<Mutex<Queue>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.runners -= 1;
+    }
+}
+
 /// Runs batches until the queue is empty.
 async fn run(queue: Arc<Mutex<Queue>>, pool: PgPool) {
+    let _slot = Slot(queue.clone());
     loop {
         let mut batch: Vec<(SpendItem, Reply)> = {
             let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            // A spend whose request is gone (the client left, or its
+            // request timed out with a 503) is never made.
+            q.pending.retain(|(_, reply)| !reply.is_closed());
             if q.pending.is_empty() {
-                q.runners -= 1;
                 return;
             }
             let n = q.pending.len().min(MAX_BATCH);
@@ -111,7 +134,9 @@ async fn run(queue: Arc<Mutex<Queue>>, pool: PgPool) {
                 }
             }
             Err(e) => {
-                // Nothing of the batch was committed: every request fails alike.
+                // Nothing of the batch was committed: every request fails
+                // alike (an error of one spend's own, like insufficient
+                // credits, is its result, not an error of the batch).
                 let busy = match &e {
                     sqlx::Error::PoolTimedOut => true,
                     sqlx::Error::Database(db) => {

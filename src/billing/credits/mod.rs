@@ -2,9 +2,12 @@
 //! `migrations/20261129000002_billing_core.up.sql`). Every write runs one
 //! SQL function that, under the org's account lock, checks the idempotency
 //! key, moves the credits, books the ledger lines and records the key with
-//! its response, all in the caller's transaction. The application role can
-//! read the credit tables but write them only through those functions; the
-//! database refuses a balance below the plan's floor whatever the code does.
+//! its response, all in the caller's transaction. The functions run with the
+//! application role's rights under RLS; what guards the money whatever the
+//! code does is in the database: the role may insert ledger lines but never
+//! update or delete them, the balance's floor is a check constraint, and
+//! `tenantry admin credits reconcile` proves the stored balances equal the
+//! ledger's sums.
 
 pub mod batch;
 pub mod model;
@@ -321,10 +324,10 @@ const GRANT_COLUMNS: &str =
 /// The balance, holds and live grants now, or the balance and holds at a past instant.
 pub async fn credits(tx: &mut TenantTx, at: Option<DateTime<Utc>>) -> Result<Credits, ApiError> {
     let now = Utc::now();
-    if at.is_some_and(|t| t > now) {
+    if at.is_some_and(|t| t > now || t.timestamp() < 0) {
         return Err(ApiError::bad_request(
             "invalid_at",
-            "`at` must not be in the future",
+            "`at` must be an instant between 1970 and now",
         ));
     }
     sqlx::query("select app.credit_refresh()")

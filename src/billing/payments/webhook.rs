@@ -459,7 +459,12 @@ async fn subscription_changed(
              provider_state_at = $10,
              trial_used = s.trial_used or coalesce($3::text = 'trialing', false),
              updated_at = now()
-         where s.provider_state_at is null or s.provider_state_at <= $10
+         where s.provider_state_at is null or s.provider_state_at < $10
+            -- `created` has whole seconds: of two events in one second, the
+            -- later delivered wins, except that a first payment still
+            -- pending (`incomplete`) never undoes a state past it.
+            or (s.provider_state_at = $10
+                and not (coalesce($3::text, '') = 'incomplete' and s.status <> 'incomplete'))
          returning s.org_id",
     )
     .bind(org_id)
@@ -476,7 +481,37 @@ async fn subscription_changed(
     .await?;
     if applied.is_none() {
         tracing::info!(event = %event.id, %org_id, "older subscription event: recorded, not applied");
+        return Ok(());
     }
+    grant_period_credits(conn, org_id).await
+}
+
+/// The credits of the Stripe-managed subscription's current period, once
+/// per period (the grant's reference names the period, as the rollover's
+/// do), while it is trialing or active.
+async fn grant_period_credits(conn: &mut PgConnection, org_id: Uuid) -> Result<(), ApiError> {
+    let row: Option<(i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "select p.credits_per_period, p.code, s.current_period_start, s.current_period_end
+             from subscriptions s join plans p on p.code = s.plan_code
+             where s.org_id = $1 and s.status in ('trialing', 'active')",
+    )
+    .bind(org_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((credits, plan, start, end)) = row else {
+        return Ok(());
+    };
+    if credits <= 0 || end <= Utc::now() {
+        return Ok(());
+    }
+    sqlx::query("select app.credit_grant($1, 'plan_period', $2, $3, $4, $5)")
+        .bind(credits)
+        .bind(crate::billing::subscriptions::PERIOD_GRANT_PRIORITY)
+        .bind(end)
+        .bind(crate::billing::subscriptions::period_ref(org_id, start))
+        .bind(format!("{plan} plan credits for the period"))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -559,9 +594,11 @@ async fn invoice_paid(
     upsert_provider_invoice(conn, org_id, &provider_invoice(obj, "paid", event)).await?;
     if let Some(sub_id) = invoice_subscription(obj) {
         sqlx::query(
+            // Only the status: the period, plan and cancellation come from
+            // subscription events, whose watermark an invoice does not move.
             "update subscriptions set
                  status = case when status = 'past_due' then 'active' else status end,
-                 provider_state_at = $3, updated_at = now()
+                 updated_at = now()
              where org_id = $1 and provider_subscription_id = $2
                and (provider_state_at is null or provider_state_at <= $3)",
         )
@@ -595,8 +632,7 @@ async fn invoice_payment_failed(
     }
     if let Some(sub_id) = invoice_subscription(obj) {
         sqlx::query(
-            "update subscriptions set status = 'past_due', provider_state_at = $3,
-                 updated_at = now()
+            "update subscriptions set status = 'past_due', updated_at = now()
              where org_id = $1 and provider_subscription_id = $2 and status <> 'canceled'
                and (provider_state_at is null or provider_state_at <= $3)",
         )

@@ -3,11 +3,16 @@
 //! count from the instant they ran out, however late the sweep runs.
 
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
 
+use crate::core::db::TenantTx;
 use crate::jobs::{Job, JobContext, JobError};
 
-/// Orgs settled per transaction.
+/// Orgs looked up per query.
 const BATCH: i32 = 200;
+/// Most orgs one run books (the next run goes on).
+const MAX_PER_RUN: usize = 10_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreditsSweep {}
@@ -16,25 +21,51 @@ impl Job for CreditsSweep {
     const KIND: &'static str = "billing.credits_sweep";
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut total = 0;
-        loop {
-            let mut tx = ctx.pool().begin().await?;
-            sqlx::query("select set_config('role', 'tenantry_app', true)")
-                .execute(&mut *tx)
-                .await?;
-            let n: i32 = sqlx::query_scalar("select app.credit_sweep($1)")
-                .bind(BATCH)
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            total += n;
-            if n < BATCH {
-                break;
-            }
-        }
-        if total > 0 {
-            tracing::info!(orgs = total, "credit expiries booked");
+        let booked = sweep(ctx.pool()).await?;
+        if booked > 0 {
+            tracing::info!(orgs = booked, "credit expiries booked");
         }
         Ok(())
     }
+}
+
+/// Books what ran out in every org with something due, each org in a
+/// transaction of its own (one org's failure holds up no other; it is
+/// logged and tried again next run). Returns how many orgs were booked.
+pub async fn sweep(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    let mut booked = 0;
+    let mut failed: Vec<Uuid> = Vec::new();
+    while booked + failed.len() < MAX_PER_RUN {
+        let mut tx = pool.begin().await?;
+        sqlx::query("select set_config('role', 'tenantry_app', true)")
+            .execute(&mut *tx)
+            .await?;
+        let due: Vec<Uuid> = sqlx::query_scalar("select app.credit_due_orgs($1)")
+            .bind(BATCH + failed.len() as i32)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let due: Vec<Uuid> = due.into_iter().filter(|o| !failed.contains(o)).collect();
+        if due.is_empty() {
+            break;
+        }
+        for org_id in due {
+            match book(pool, org_id).await {
+                Ok(()) => booked += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, %org_id, "cannot book an org's credit expiries");
+                    failed.push(org_id);
+                }
+            }
+        }
+    }
+    Ok(booked)
+}
+
+async fn book(pool: &PgPool, org_id: Uuid) -> Result<(), sqlx::Error> {
+    let (mut tx, _) = TenantTx::enter(pool, org_id, Uuid::nil()).await?;
+    sqlx::query("select app.credit_refresh()")
+        .execute(tx.conn())
+        .await?;
+    tx.commit().await
 }
