@@ -29,19 +29,7 @@ trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 
 # An HS256 access token shaped like Supabase's, for a given user id and email.
-token() {
-  python3 - "$1" "$2" "$SECRET" <<'PY'
-import base64, hmac, hashlib, json, sys, time
-sub, email, secret = sys.argv[1:4]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-now = int(time.time())
-header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-claims = b64(json.dumps({"sub": sub, "email": email, "role": "authenticated",
-    "aud": "authenticated", "iat": now, "exp": now + 3600}).encode())
-sig = b64(hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest())
-print(f"{header}.{claims}.{sig}")
-PY
-}
+token() { python3 scripts/token.py "$1" "$2" "$SECRET"; }
 
 OWNER_ID=$(python3 -c 'import uuid; print(uuid.uuid4())')
 TOKEN=$(token "$OWNER_ID" owner@bench.example)

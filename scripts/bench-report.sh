@@ -35,18 +35,7 @@ WORKER=$!
 trap 'kill $SERVER $WORKER 2>/dev/null || true; rm -rf "$STORE"' EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 
-TOKEN=$(python3 - "$SECRET" <<'PY'
-import base64, hmac, hashlib, json, sys, time, uuid
-secret = sys.argv[1]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-now = int(time.time())
-header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-claims = b64(json.dumps({"sub": str(uuid.uuid4()), "email": "owner@bench.example",
-    "role": "authenticated", "aud": "authenticated", "iat": now, "exp": now + 3600}).encode())
-sig = b64(hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest())
-print(f"{header}.{claims}.{sig}")
-PY
-)
+TOKEN=$(python3 scripts/token.py "$(python3 -c 'import uuid; print(uuid.uuid4())')" owner@bench.example "$SECRET")
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 ORG=$(curl -sf -X POST "http://127.0.0.1:$PORT/api/v1/orgs" -H "Authorization: Bearer $TOKEN" \
   -H 'content-type: application/json' -d '{"name":"Report Bench"}' | json '["id"]')
