@@ -1321,3 +1321,60 @@ async fn period_grants(app: &TestApp, org: Uuid) -> i64 {
     )
     .await
 }
+
+#[tokio::test]
+async fn a_stripe_managed_subscription_is_canceled_and_resumed_at_stripe() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let t0 = now() - 100;
+    let obj = subscription_object(org, "sub_k", "active", "pro", t0);
+    fake.seed_subscription(obj.clone());
+    deliver(
+        &app,
+        &event("evt_k0", "customer.subscription.created", t0, obj),
+    )
+    .await;
+    assert_eq!(subscription(&app, org).await.2, "stripe");
+    let cancel = format!("/api/v1/orgs/{org}/subscription/cancel");
+    let resume = format!("/api/v1/orgs/{org}/subscription/resume");
+
+    // Cancel: asked of Stripe (with an idempotency key), mirrored at once.
+    let (s, body) = app.post(&cancel, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel_at_period_end"], true, "{body}");
+    assert_eq!(body["plan_code"], "pro");
+    let asked = fake.requests_to("/v1/subscriptions/sub_k");
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].field("cancel_at_period_end"), Some("true"));
+    assert!(asked[0].idempotency_key.is_some());
+    assert!(subscription(&app, org).await.4);
+    // Asking again changes nothing and asks Stripe nothing.
+    let (s, _) = app.post(&cancel, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(fake.requests_to("/v1/subscriptions/sub_k").len(), 1);
+
+    // Stripe refusing: 502, nothing changes here.
+    fake.fail_with(402);
+    let (s, body) = app.post(&resume, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(subscription(&app, org).await.4);
+    fake.succeed();
+
+    let (s, body) = app.post(&resume, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel_at_period_end"], false);
+    assert!(!subscription(&app, org).await.4);
+    let (s, body) = app.post(&resume, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "not_canceling");
+    let audited: i64 = scalar_i64(
+        &app,
+        "select count(*) from audit_log where org_id = $1
+         and action in ('subscription.cancel_scheduled', 'subscription.resumed')",
+        org,
+    )
+    .await;
+    assert_eq!(audited, 2);
+}

@@ -571,6 +571,10 @@ async fn with_stripe_a_paid_plan_needs_a_checkout() {
     .execute(&app.db.admin)
     .await
     .unwrap();
+    let (s, err) = change_plan(&app, org, &ann, "business").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(err["code"], "provider_managed");
+    // A cancellation is asked of Stripe (unreachable here: 502, nothing changes).
     let (s, err) = app
         .post(
             &format!("/api/v1/orgs/{org}/subscription/cancel"),
@@ -578,8 +582,12 @@ async fn with_stripe_a_paid_plan_needs_a_checkout() {
             json!({}),
         )
         .await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    assert_eq!(err["code"], "provider_managed");
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{err}");
+    assert_eq!(err["code"], "payment_provider_error");
+    assert_eq!(
+        subscription(&app, org, &ann).await["cancel_at_period_end"],
+        false
+    );
     make_due(&app, org, "1 minute").await;
     let before = subscription(&app, org, &ann).await;
     let report = subscriptions::rollover_due(&app.db.app, PaymentProviderKind::Stripe)

@@ -134,35 +134,80 @@ async fn change_subscription(
 }
 
 /// Cancels at the end of the period: the org goes back to the free plan then.
+/// A Stripe-managed subscription is canceled at Stripe (and mirrored).
 #[utoipa::path(post, path = "/api/v1/orgs/{org_id}/subscription/cancel", tag = "billing",
     params(("org_id" = Uuid, Path)),
     responses(
         (status = 200, body = SubscriptionView),
-        (status = 409, description = "`cannot_cancel_free`, `provider_managed`", body = Problem),
+        (status = 409, description = "`cannot_cancel_free`, `subscription_canceled`", body = Problem),
+        (status = 502, description = "`payment_provider_error`: Stripe refused (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn cancel_subscription(
-    mut ctx: OrgContext<perm::BillingManage>,
+    State(state): State<AppState>,
+    ctx: OrgContext<perm::BillingManage>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let actor = ctx.lock().await?;
-    let view = subscriptions::cancel(&mut ctx.tx, &actor).await?;
-    ctx.tx.commit().await?;
-    Ok(Json(view))
+    cancel_or_resume(&state, ctx, true).await.map(Json)
 }
 
-/// Takes back a cancellation before the period ends.
+/// Takes back a cancellation before the period ends (at Stripe for a
+/// Stripe-managed subscription).
 #[utoipa::path(post, path = "/api/v1/orgs/{org_id}/subscription/resume", tag = "billing",
     params(("org_id" = Uuid, Path)),
     responses(
         (status = 200, body = SubscriptionView),
-        (status = 409, description = "`not_canceling`, `subscription_canceled`, `provider_managed`", body = Problem),
+        (status = 409, description = "`not_canceling`, `subscription_canceled`", body = Problem),
+        (status = 502, description = "`payment_provider_error`: Stripe refused (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn resume_subscription(
-    mut ctx: OrgContext<perm::BillingManage>,
+    State(state): State<AppState>,
+    ctx: OrgContext<perm::BillingManage>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
+    cancel_or_resume(&state, ctx, false).await.map(Json)
+}
+
+/// A manual subscription changes here; a Stripe-managed one is changed at
+/// Stripe first (no transaction, nor the org lock, held while it answers),
+/// then mirrored from its answer as its webhooks would be.
+async fn cancel_or_resume(
+    state: &AppState,
+    mut ctx: OrgContext<perm::BillingManage>,
+    cancel: bool,
+) -> Result<SubscriptionView, ApiError> {
     let actor = ctx.lock().await?;
-    let view = subscriptions::resume(&mut ctx.tx, &actor).await?;
+    let change = match subscriptions::provider_cancel(&mut ctx.tx, &actor, cancel).await? {
+        Ok(change) => change,
+        Err(Some(unchanged)) => {
+            ctx.tx.commit().await?;
+            return Ok(unchanged);
+        }
+        Err(None) => {
+            let view = if cancel {
+                subscriptions::cancel(&mut ctx.tx, &actor).await?
+            } else {
+                subscriptions::resume(&mut ctx.tx, &actor).await?
+            };
+            ctx.tx.commit().await?;
+            return Ok(view);
+        }
+    };
+    let (org_id, user_id) = (ctx.org_id, ctx.tx.user_id());
     ctx.tx.commit().await?;
-    Ok(Json(view))
+    let key = format!(
+        "tenantry-{}-{}-{}",
+        if cancel { "cancel" } else { "resume" },
+        change.subscription_id,
+        uuid::Uuid::now_v7()
+    );
+    let stripe_subscription = state
+        .payments
+        .set_cancel_at_period_end(&change.subscription_id, cancel, &key)
+        .await?;
+    let (mut tx, _) = crate::core::db::TenantTx::enter(&state.pool, org_id, user_id).await?;
+    let view =
+        subscriptions::record_provider_cancel(&mut tx, &change, cancel, &stripe_subscription)
+            .await?;
+    tx.commit().await?;
+    Ok(view)
 }
 
 /// What the org may do now: its plan's seat limit (and the seats used),

@@ -276,8 +276,9 @@ fn ensure_not_provider_managed(sub: &Subscription) -> Result<(), ApiError> {
     if sub.provider == "stripe" {
         return Err(ApiError::conflict(
             "provider_managed",
-            "this subscription is managed by Stripe; change it through the billing portal \
-             (POST /api/v1/orgs/{org_id}/billing/portal)",
+            "this subscription is managed by Stripe, and its plan cannot be changed here yet: \
+             cancel it (POST .../subscription/cancel) and check out the new plan \
+             (POST .../billing/checkout) when the period ends",
         ));
     }
     Ok(())
@@ -477,6 +478,83 @@ pub async fn resume(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionVi
     next.cancel_at_period_end = false;
     let after = repo::update_subscription(tx.conn(), &next).await?;
     audit(tx, "subscription.resumed", Some(&before), Some(&after)).await?;
+    view(tx.conn(), after).await
+}
+
+// ---------------------------------------------------------------- Stripe-managed
+
+/// A cancellation (or its withdrawal) Stripe must make: the subscription's
+/// provider id and its state before. `None`: not managed by Stripe.
+pub struct ProviderCancel {
+    pub before: Subscription,
+    pub subscription_id: String,
+}
+
+/// For cancel (`cancel`) or resume of a Stripe-managed subscription, under
+/// the caller's org lock: the same refusals as for a manual one. `Ok(None)`
+/// also when nothing is to be asked (cancelling what already cancels).
+pub async fn provider_cancel(
+    tx: &mut TenantTx,
+    _locked: &Actor,
+    cancel: bool,
+) -> Result<Result<ProviderCancel, Option<SubscriptionView>>, ApiError> {
+    let before = current(tx, true).await?;
+    let Some(subscription_id) = before
+        .provider_subscription_id
+        .clone()
+        .filter(|_| before.provider == "stripe")
+    else {
+        return Ok(Err(None));
+    };
+    if before.status == "canceled" {
+        return Err(ApiError::conflict(
+            "subscription_canceled",
+            "the subscription has already ended; choose a plan with POST .../billing/checkout",
+        ));
+    }
+    if cancel && before.cancel_at_period_end {
+        return Ok(Err(Some(view(tx.conn(), before).await?)));
+    }
+    if !cancel && !before.cancel_at_period_end {
+        return Err(ApiError::conflict(
+            "not_canceling",
+            "the subscription is not set to cancel",
+        ));
+    }
+    Ok(Ok(ProviderCancel {
+        before,
+        subscription_id,
+    }))
+}
+
+/// Records what Stripe answered to a cancellation (or its withdrawal): the
+/// subscription object is mirrored as the webhooks would, and audited.
+pub async fn record_provider_cancel(
+    tx: &mut TenantTx,
+    change: &ProviderCancel,
+    cancel: bool,
+    stripe_subscription: &serde_json::Value,
+) -> Result<SubscriptionView, ApiError> {
+    let org_id = tx.org_id();
+    // Whole seconds, as Stripe's events count: its event for this change
+    // (same second or later) still applies after this.
+    let as_of = Utc::now()
+        .duration_trunc(TimeDelta::seconds(1))
+        .unwrap_or_else(|_| Utc::now());
+    crate::billing::payments::webhook::apply_subscription(
+        tx.conn(),
+        org_id,
+        stripe_subscription,
+        as_of,
+    )
+    .await?;
+    let after = current(tx, false).await?;
+    let action = if cancel {
+        "subscription.cancel_scheduled"
+    } else {
+        "subscription.resumed"
+    };
+    audit(tx, action, Some(&change.before), Some(&after)).await?;
     view(tx.conn(), after).await
 }
 

@@ -1,8 +1,9 @@
 //! A local HTTP server standing in for Stripe's API at the HTTP boundary:
 //! it records each request (path, form body, `Authorization`,
 //! `Idempotency-Key`) and answers with Stripe-shaped JSON for
-//! `POST /v1/customers`, `POST /v1/checkout/sessions` and
-//! `POST /v1/billing_portal/sessions`. Like Stripe, a repeated
+//! `POST /v1/customers`, `POST /v1/checkout/sessions`,
+//! `POST /v1/billing_portal/sessions` and `POST /v1/subscriptions/{id}`
+//! (`cancel_at_period_end`, on subscriptions a test seeded). Like Stripe, a repeated
 //! `Idempotency-Key` gets the first answer again. In error mode every
 //! request gets Stripe's error JSON with the chosen status (402: a card
 //! error, 5xx: an API error).
@@ -55,6 +56,8 @@ struct Inner {
     fail_with: Option<u16>,
     by_key: HashMap<String, (u16, Value)>,
     seq: u64,
+    /// Subscriptions by id, for `POST /v1/subscriptions/{id}`.
+    subscriptions: HashMap<String, Value>,
 }
 
 pub struct FakeStripe {
@@ -106,6 +109,16 @@ impl FakeStripe {
 
     pub fn succeed(&self) {
         self.inner.lock().unwrap().fail_with = None;
+    }
+
+    /// Makes a subscription known, as Stripe holds it.
+    pub fn seed_subscription(&self, subscription: Value) {
+        let id = subscription["id"].as_str().unwrap().to_owned();
+        self.inner
+            .lock()
+            .unwrap()
+            .subscriptions
+            .insert(id, subscription);
     }
 }
 
@@ -199,6 +212,24 @@ async fn handle(
                 "livemode": false
             }),
         ),
+        path if path.starts_with("/v1/subscriptions/") => {
+            let id = path.trim_start_matches("/v1/subscriptions/").to_owned();
+            match inner.subscriptions.get_mut(&id) {
+                Some(sub) => {
+                    if let Some(cancel) = field("cancel_at_period_end") {
+                        sub["cancel_at_period_end"] = json!(cancel == "true");
+                    }
+                    (200, sub.clone())
+                }
+                None => (
+                    404,
+                    json!({"error": {
+                        "type": "invalid_request_error", "code": "resource_missing",
+                        "message": format!("No such subscription: '{id}'")
+                    }}),
+                ),
+            }
+        }
         other => (
             404,
             json!({"error": {

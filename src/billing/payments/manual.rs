@@ -49,4 +49,13 @@ impl PaymentProvider for ManualProvider {
     ) -> BoxFuture<'a, Result<PortalSession, ApiError>> {
         Box::pin(async { Err(checkout_unavailable()) })
     }
+
+    fn set_cancel_at_period_end<'a>(
+        &'a self,
+        _subscription_id: &'a str,
+        _cancel: bool,
+        _idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>> {
+        Box::pin(async { Err(checkout_unavailable()) })
+    }
 }

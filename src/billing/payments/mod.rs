@@ -119,6 +119,16 @@ pub trait PaymentProvider: Send + Sync + 'static {
         &'a self,
         req: &'a PortalRequest,
     ) -> BoxFuture<'a, Result<PortalSession, ApiError>>;
+
+    /// Asks for (or takes back) the cancellation of the provider's
+    /// subscription at the end of its period; returns the provider's
+    /// subscription as it now is.
+    fn set_cancel_at_period_end<'a>(
+        &'a self,
+        subscription_id: &'a str,
+        cancel: bool,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>>;
 }
 
 /// The provider `PAYMENT_PROVIDER` names.

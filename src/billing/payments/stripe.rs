@@ -193,6 +193,32 @@ impl PaymentProvider for StripeProvider {
         PaymentProviderKind::Stripe
     }
 
+    fn set_cancel_at_period_end<'a>(
+        &'a self,
+        subscription_id: &'a str,
+        cancel: bool,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+        Box::pin(async move {
+            // An id from our own records, but it goes into a URL path.
+            if subscription_id.is_empty()
+                || !subscription_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "a stored Stripe subscription id is malformed"
+                )));
+            }
+            self.post(
+                &format!("/v1/subscriptions/{subscription_id}"),
+                &[pair("cancel_at_period_end", cancel)],
+                idempotency_key,
+            )
+            .await
+        })
+    }
+
     fn create_customer<'a>(
         &'a self,
         req: &'a NewCustomer,

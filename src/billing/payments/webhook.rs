@@ -411,12 +411,27 @@ async fn subscription_changed(
     org_id: Uuid,
     event: &Event,
 ) -> Result<(), ApiError> {
-    let obj = &event.object;
+    if !apply_subscription(conn, org_id, &event.object, event.created).await? {
+        tracing::info!(event = %event.id, %org_id, "older subscription event: recorded, not applied");
+    }
+    Ok(())
+}
+
+/// Mirrors a Stripe subscription object as of `as_of` (an event's
+/// `created`, or the instant Stripe answered a request), unless the state
+/// already applied is newer; then grants the period's credits. Returns
+/// whether it applied.
+pub(crate) async fn apply_subscription(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    obj: &Value,
+    as_of: DateTime<Utc>,
+) -> Result<bool, ApiError> {
     let Some(sub_id) = obj["id"].as_str() else {
-        return Ok(());
+        return Ok(false);
     };
     if subscription_was_deleted(conn, sub_id).await? {
-        return Ok(());
+        return Ok(false);
     }
     let status = obj["status"].as_str().and_then(map_status);
     let plan: Option<String> = match obj["metadata"]["plan"].as_str() {
@@ -476,14 +491,14 @@ async fn subscription_changed(
     .bind(obj["cancel_at_period_end"].as_bool().unwrap_or(false))
     .bind(unix(&obj["canceled_at"]))
     .bind(sub_id)
-    .bind(event.created)
+    .bind(as_of)
     .fetch_optional(&mut *conn)
     .await?;
     if applied.is_none() {
-        tracing::info!(event = %event.id, %org_id, "older subscription event: recorded, not applied");
-        return Ok(());
+        return Ok(false);
     }
-    grant_period_credits(conn, org_id).await
+    grant_period_credits(conn, org_id).await?;
+    Ok(true)
 }
 
 /// The credits of the Stripe-managed subscription's current period, once
