@@ -8,7 +8,6 @@ drop function app.credit_hold_json(uuid, uuid);
 drop function app.credit_grant_api(bigint, text, int, timestamptz, text, text, bytea);
 drop function app.credit_grant(bigint, text, int, timestamptz, text, text);
 drop function app.credit_spend_batch(uuid[], uuid[], bytea[], text[], bigint[], text[], text[], bytea[]);
-drop function app.credit_spend(bigint, text, text, bytea);
 drop function app.credit_spend_locked(uuid, bigint, text, text, bytea);
 drop function app.credit_view(uuid);
 drop function app.credit_hold_close(uuid, uuid, bigint, text, timestamptz, text);

@@ -407,8 +407,10 @@ end
 $$;
 
 -- Moves p_amount of the org's balance to p_dst ('spent' or 'held'): from the
--- grants in spending order, then into overage as far as the plan allows.
--- Returns the draw: [{grant_id, amount}], grant_id null for overage.
+-- grants in spending order, then into overage. The caller holds the
+-- account lock and has checked the floor (app.credit_shortfall, or for a
+-- hold the grants alone); the check constraint on the account is the
+-- backstop. Returns the draw: [{grant_id, amount}], grant_id null for overage.
 create function app.credit_draw(p_org uuid, p_txn uuid, p_kind text, p_dst text, p_amount bigint,
                                 p_hold uuid, p_desc text, p_now timestamptz)
     returns jsonb
@@ -416,7 +418,6 @@ create function app.credit_draw(p_org uuid, p_txn uuid, p_kind text, p_dst text,
 as $$
 declare
     a credit_accounts;
-    v_short jsonb := app.credit_shortfall(p_org, p_amount);
     v_left bigint := p_amount;
     v_take bigint;
     v_drawn jsonb := '[]';
@@ -424,10 +425,6 @@ declare
     v_key uuid := app.current_api_key_id();
     g record;
 begin
-    if v_short is not null then
-        raise exception using errcode = 'TC402', message = 'insufficient credits',
-            detail = v_short::text;
-    end if;
     select * into a from credit_accounts where org_id = p_org;
     if a.available > 0 then
         -- The account lock (held by the caller) serialises every change to
@@ -571,24 +568,8 @@ $$;
 
 -- ---------------------------------------------------- operations (the API)
 
--- Spends p_amount now. Returns {status, body, replayed}.
-create function app.credit_spend(p_amount bigint, p_desc text, p_key text, p_hash bytea)
-    returns jsonb
-    language plpgsql
-as $$
-declare
-    v_org uuid := app.credit_org();
-    v_prior jsonb := app.idem_check(v_org, 'spend', p_key, p_hash);
-begin
-    if v_prior is not null then
-        return v_prior;
-    end if;
-    perform app.credit_lock(v_org);
-    return app.credit_spend_locked(v_org, p_amount, p_desc, p_key, p_hash);
-end
-$$;
-
--- The spend itself, its key checked and the account locked by the caller.
+-- The spend itself: its key checked, the account locked and the floor
+-- checked (app.credit_shortfall) by the caller, app.credit_spend_batch.
 create function app.credit_spend_locked(p_org uuid, p_amount bigint, p_desc text, p_key text,
                                         p_hash bytea)
     returns jsonb
@@ -639,6 +620,7 @@ declare
     v_prior jsonb;
     v_short jsonb;
     v_org uuid;
+    v_locked uuid[] := '{}';
 begin
     for i in 1 .. coalesce(array_length(p_amounts, 1), 0) loop
         v_org := p_orgs[i];
@@ -677,7 +659,11 @@ begin
             return next v_prior || jsonb_build_object('key_id', v_key, 'touch', v_touch);
             continue;
         end if;
-        perform app.credit_lock(v_org);
+        -- Once per org and batch (the requests come grouped by org).
+        if not v_org = any(v_locked) then
+            perform app.credit_lock(v_org);
+            v_locked := v_locked || v_org;
+        end if;
         v_short := app.credit_shortfall(v_org, p_amounts[i]);
         if v_short is not null then
             return next jsonb_build_object('error', jsonb_build_object(

@@ -72,24 +72,6 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn assert_session(r: &Res, email: &str) {
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(
-        r.body["access_token"]
-            .as_str()
-            .is_some_and(|t| t.split('.').count() == 3),
-        "{}",
-        r.body
-    );
-    assert_eq!(r.body["token_type"], "bearer");
-    assert!(
-        r.body["refresh_token"]
-            .as_str()
-            .is_some_and(|t| t.len() >= 32)
-    );
-    assert_eq!(r.body["user"]["email"], email, "{}", r.body);
-}
-
 /// The `/verify` link of the newest message to `to` (waiting for it).
 async fn link_to(sink: &SmtpSink, to: &str, nth: usize) -> Url {
     let deadline = std::time::Instant::now() + MAIL_WAIT;

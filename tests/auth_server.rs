@@ -44,24 +44,6 @@ async fn refresh(app: &TestApp, token: &str) -> Res {
     .await
 }
 
-fn assert_session(r: &Res, email: &str) {
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let s = &r.body;
-    assert!(
-        s["access_token"]
-            .as_str()
-            .is_some_and(|t| t.split('.').count() == 3),
-        "{s}"
-    );
-    assert_eq!(s["token_type"], "bearer");
-    assert!(s["expires_in"].as_i64().unwrap() > 0);
-    assert!(s["expires_at"].as_i64().unwrap() > chrono::Utc::now().timestamp());
-    assert!(s["refresh_token"].as_str().is_some_and(|t| t.len() >= 32));
-    assert_eq!(s["user"]["email"], email);
-    assert_eq!(s["user"]["aud"], "authenticated");
-    assert_eq!(s["user"]["role"], "authenticated");
-}
-
 fn claims_of(token: &str) -> Value {
     use base64::Engine as _;
     let payload = token.split('.').nth(1).unwrap();

@@ -385,6 +385,17 @@ async fn stripe_errors_are_502_with_stripes_message_and_5xx_is_retried_with_the_
         "a retry carries the same Idempotency-Key"
     );
 
+    // Stripe refusing our credentials: 502, without Stripe's words (they quote the key).
+    fake.fail_with(401);
+    let (s, p) = app.post(&path, &owner, json!({"plan": "pro"})).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.ends_with("this server's credentials were not accepted")
+            && !detail.contains("Stripe's end"),
+        "{p}"
+    );
+
     // Stripe is back: the portal's errors are 502 too, then all is well.
     fake.succeed();
     let (s, _) = app.post(&path, &owner, json!({"plan": "pro"})).await;

@@ -85,3 +85,23 @@ pub fn assert_error(r: &Res, status: u16, code: &str) {
         Some("2024-01-01")
     );
 }
+
+/// A session as GoTrue answers it: a JWT access token, bearer type, expiry,
+/// a refresh token, and the user with `email`.
+pub fn assert_session(r: &Res, email: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let s = &r.body;
+    assert!(
+        s["access_token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3),
+        "{s}"
+    );
+    assert_eq!(s["token_type"], "bearer");
+    assert!(s["expires_in"].as_i64().unwrap() > 0);
+    assert!(s["expires_at"].as_i64().unwrap() > chrono::Utc::now().timestamp());
+    assert!(s["refresh_token"].as_str().is_some_and(|t| t.len() >= 32));
+    assert_eq!(s["user"]["email"], email);
+    assert_eq!(s["user"]["aud"], "authenticated");
+    assert_eq!(s["user"]["role"], "authenticated");
+}

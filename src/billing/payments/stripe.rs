@@ -103,7 +103,17 @@ impl StripeProvider {
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("Stripe answered {status}"));
             tracing::warn!(status = status.as_u16(), path, attempt, %message, "Stripe error");
-            last = Some(provider_error(message));
+            // Stripe's words about our own credentials (they quote part of
+            // the key) are for the log, not for the caller.
+            last = Some(provider_error(
+                if status == reqwest::StatusCode::UNAUTHORIZED
+                    || status == reqwest::StatusCode::FORBIDDEN
+                {
+                    "this server's credentials were not accepted".to_owned()
+                } else {
+                    message
+                },
+            ));
             let retryable = status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 || status == reqwest::StatusCode::CONFLICT;
