@@ -5,7 +5,7 @@
 
 mod common;
 use common::smtp::SmtpSink;
-use common::stripe::{FakeStripe, event, sign, signature_header};
+use common::stripe::{FakeStripe, Recorded, event, sign, signature_header};
 use common::*;
 
 use std::time::Duration;
@@ -346,17 +346,18 @@ async fn portal_needs_a_customer_and_returns_stripes_url() {
 }
 
 #[tokio::test]
-async fn stripe_errors_are_502_with_stripes_message_and_5xx_is_retried_with_the_same_key() {
+async fn stripe_card_errors_are_402_other_errors_502_and_5xx_is_retried_with_the_same_key() {
     let fake = FakeStripe::start().await;
     let app = stripe_app(&fake, &[]).await;
     let owner = app.user("owner@example.com");
     let org = app.create_org(&owner, "Acme").await;
     let path = format!("/api/v1/orgs/{org}/billing/checkout");
 
+    // A card error: 402 with Stripe's message (written for the customer).
     fake.fail_with(402);
     let (s, p) = app.post(&path, &owner, json!({"plan": "pro"})).await;
-    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
-    assert_eq!(p["code"], "payment_provider_error");
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["code"], "payment_declined");
     assert!(
         p["detail"]
             .as_str()
@@ -371,9 +372,11 @@ async fn stripe_errors_are_502_with_stripes_message_and_5xx_is_retried_with_the_
         "no customer stored"
     );
 
+    // Any other failure: 502 with Stripe's message.
     fake.fail_with(500);
     let (s, p) = app.post(&path, &owner, json!({"plan": "pro"})).await;
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error");
     assert!(
         p["detail"].as_str().unwrap().contains("Stripe's end"),
         "{p}"
@@ -396,7 +399,7 @@ async fn stripe_errors_are_502_with_stripes_message_and_5xx_is_retried_with_the_
         "{p}"
     );
 
-    // Stripe is back: the portal's errors are 502 too, then all is well.
+    // Stripe is back: the portal maps a card error to a 402 too.
     fake.succeed();
     let (s, _) = app.post(&path, &owner, json!({"plan": "pro"})).await;
     assert_eq!(s, StatusCode::OK);
@@ -405,8 +408,8 @@ async fn stripe_errors_are_502_with_stripes_message_and_5xx_is_retried_with_the_
     let (s, p) = app
         .call(Method::POST, &portal, Some(&owner.token), None)
         .await;
-    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
-    assert_eq!(p["code"], "payment_provider_error");
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["code"], "payment_declined");
 }
 
 // ------------------------------------------------------------------ webhooks
@@ -1359,6 +1362,12 @@ async fn a_stripe_managed_subscription_is_canceled_and_resumed_at_stripe() {
     let asked = fake.requests_to("/v1/subscriptions/sub_k");
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0].field("cancel_at_period_end"), Some("true"));
+    assert_eq!(
+        asked[0].field("payment_behavior"),
+        None,
+        "{:?}",
+        asked[0].form
+    );
     assert!(asked[0].idempotency_key.is_some());
     assert!(subscription(&app, org).await.4);
     // Asking again changes nothing and asks Stripe nothing.
@@ -1366,10 +1375,11 @@ async fn a_stripe_managed_subscription_is_canceled_and_resumed_at_stripe() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(fake.requests_to("/v1/subscriptions/sub_k").len(), 1);
 
-    // Stripe refusing: 502, nothing changes here.
+    // Stripe declining: 402, nothing changes here.
     fake.fail_with(402);
     let (s, body) = app.post(&resume, &owner, json!({})).await;
-    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "payment_declined", "{body}");
     assert!(subscription(&app, org).await.4);
     fake.succeed();
 
@@ -1377,6 +1387,10 @@ async fn a_stripe_managed_subscription_is_canceled_and_resumed_at_stripe() {
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["cancel_at_period_end"], false);
     assert!(!subscription(&app, org).await.4);
+    let asked = fake.requests_with("POST", "/v1/subscriptions/sub_k");
+    let last = asked.last().unwrap();
+    assert_eq!(last.field("cancel_at_period_end"), Some("false"));
+    assert_eq!(last.field("payment_behavior"), None, "{:?}", last.form);
     let (s, body) = app.post(&resume, &owner, json!({})).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(body["code"], "not_canceling");
@@ -1388,4 +1402,1399 @@ async fn a_stripe_managed_subscription_is_canceled_and_resumed_at_stripe() {
     )
     .await;
     assert_eq!(audited, 2);
+}
+
+// ------------------------------------------------------------------ plan changes at Stripe
+
+async fn put_plan(app: &TestApp, org: Uuid, user: &TestUser, code: &str) -> (StatusCode, Value) {
+    app.call(
+        Method::PUT,
+        &format!("/api/v1/orgs/{org}/subscription"),
+        Some(&user.token),
+        Some(json!({ "plan": code })),
+    )
+    .await
+}
+
+/// Links `org` to the Stripe subscription `sub` (on `plan`, in `status`, its
+/// period started 100 s ago) as its `customer.subscription.created` event
+/// does, and seeds the fake with the same object. Returns the object.
+async fn stripe_managed(
+    app: &TestApp,
+    fake: &FakeStripe,
+    org: Uuid,
+    sub: &str,
+    status: &str,
+    plan: &str,
+) -> Value {
+    let t0 = now() - 100;
+    let mut obj = subscription_object(org, sub, status, plan, t0);
+    obj["customer"] = json!(format!("cus_{sub}"));
+    obj["items"]["data"][0]["price"]["unit_amount"] =
+        json!(if plan == "business" { 9900 } else { 2900 });
+    if status == "trialing" {
+        obj["trial_end"] = json!(t0 + 14 * 86400);
+    }
+    link(app, fake, &obj, t0).await;
+    let row = subscription(app, org).await;
+    assert_eq!(
+        (row.0.as_str(), row.1.as_str(), row.2.as_str()),
+        (status, plan, "stripe")
+    );
+    obj
+}
+
+/// Seeds the fake with the subscription `obj` and delivers it as its
+/// `customer.subscription.created` event (`evt_{id}_created`), created at `created`.
+async fn link(app: &TestApp, fake: &FakeStripe, obj: &Value, created: i64) {
+    fake.seed_subscription(obj.clone());
+    let id = obj["id"].as_str().unwrap();
+    deliver(
+        app,
+        &event(
+            &format!("evt_{id}_created"),
+            "customer.subscription.created",
+            created,
+            obj.clone(),
+        ),
+    )
+    .await;
+}
+
+/// Delivers the fake's current state of `sub` as `customer.subscription.updated`, created now.
+async fn deliver_current(app: &TestApp, fake: &FakeStripe, sub: &str, event_id: &str) {
+    let obj = fake.subscription(sub).unwrap();
+    deliver(
+        app,
+        &event(event_id, "customer.subscription.updated", now(), obj),
+    )
+    .await;
+}
+
+/// (plan_code, status, pending_plan_code, cancel_at_period_end,
+/// current_period_start, current_period_end) with unix-second times.
+type SubState = (String, String, Option<String>, bool, i64, i64);
+
+async fn sub_state(app: &TestApp, org: Uuid) -> SubState {
+    sqlx::query_as(
+        "select plan_code, status, pending_plan_code, cancel_at_period_end,
+                extract(epoch from current_period_start)::bigint,
+                extract(epoch from current_period_end)::bigint
+         from subscriptions where org_id = $1",
+    )
+    .bind(org)
+    .fetch_one(&app.db.admin)
+    .await
+    .unwrap()
+}
+
+/// (count, sum) of the plan-period grants of `amount` credits to `org`.
+async fn plan_grants(app: &TestApp, org: Uuid, amount: i64) -> (i64, i64) {
+    sqlx::query_as(
+        "select count(*), coalesce(sum(amount), 0)::bigint from credit_grants
+         where org_id = $1 and source = 'plan_period' and ref like 'period:%' and amount = $2",
+    )
+    .bind(org)
+    .bind(amount)
+    .fetch_one(&app.db.admin)
+    .await
+    .unwrap()
+}
+
+async fn audits(app: &TestApp, org: Uuid, action: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from audit_log where org_id = $1 and action = $2")
+        .bind(org)
+        .bind(action)
+        .fetch_one(&app.db.admin)
+        .await
+        .unwrap()
+}
+
+/// Asserts each (field, value) of a recorded form.
+fn assert_form(r: &Recorded, expected: &[(&str, &str)]) {
+    for (k, v) in expected {
+        assert_eq!(
+            r.field(k),
+            Some(*v),
+            "field {k} of {} {}: {:?}",
+            r.method,
+            r.path,
+            r.form
+        );
+    }
+}
+
+/// The (method, path) of each request the fake received, in order.
+fn sent(fake: &FakeStripe) -> Vec<(String, String)> {
+    fake.requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect()
+}
+
+fn unix_of(v: &Value) -> i64 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap()
+        .timestamp()
+}
+
+#[tokio::test]
+async fn a_stripe_upgrade_is_made_at_stripe_now_and_mirrored_and_free_cancels_there() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let member = app.user("member@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    app.add_member(org, &owner, &member, "member").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_u", "active", "pro").await;
+    let t0 = obj["current_period_start"].as_i64().unwrap();
+    assert_eq!(plan_grants(&app, org, 25_000).await, (0, 0));
+
+    // Refused before Stripe hears of it: an unknown plan; a member (no billing:manage).
+    let (s, p) = put_plan(&app, org, &owner, "platinum").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["code"], "unknown_plan", "{p}");
+    let (s, p) = put_plan(&app, org, &member, "business").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{p}");
+    // The current plan, nothing pending: no change, nothing asked.
+    let (s, p) = put_plan(&app, org, &owner, "pro").await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["plan_code"], "pro", "{p}");
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+
+    // pro -> business: read, a price, the subscription's item moved to it.
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        sent(&fake),
+        pairs(&[
+            ("GET", "/v1/subscriptions/sub_u"),
+            ("POST", "/v1/prices"),
+            ("POST", "/v1/subscriptions/sub_u"),
+        ])
+    );
+    for r in fake.requests() {
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(format!("Bearer {SECRET_KEY}").as_str()),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    let price = &fake.requests_with("POST", "/v1/prices")[0];
+    assert_form(
+        price,
+        &[
+            ("currency", "usd"),
+            ("unit_amount", "9900"),
+            ("recurring[interval]", "month"),
+            ("product_data[name]", "Business"),
+            ("metadata[plan]", "business"),
+        ],
+    );
+    assert!(
+        price
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| !k.is_empty())
+    );
+    let update = &fake.requests_with("POST", "/v1/subscriptions/sub_u")[0];
+    assert_form(
+        update,
+        &[
+            ("items[0][id]", "si_1"),
+            ("proration_behavior", "always_invoice"),
+            ("billing_cycle_anchor", "now"),
+            ("payment_behavior", "error_if_incomplete"),
+            ("cancel_at_period_end", "false"),
+            ("metadata[plan]", "business"),
+            ("metadata[pending_plan]", ""),
+            ("metadata[pending_from]", ""),
+        ],
+    );
+    assert_eq!(update.field("trial_end"), None, "{:?}", update.form);
+    assert!(
+        update
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| !k.is_empty())
+    );
+    assert_ne!(update.idempotency_key, price.idempotency_key);
+    let at_stripe = fake.subscription("sub_u").unwrap();
+    let item_price = &at_stripe["items"]["data"][0]["price"];
+    assert_eq!(
+        update.field("items[0][price]"),
+        item_price["id"].as_str(),
+        "the item is on the price just created"
+    );
+    assert_eq!(item_price["unit_amount"], 9900);
+    let new_start = at_stripe["current_period_start"].as_i64().unwrap();
+    assert!(
+        new_start > t0 && (new_start - now()).abs() <= 5,
+        "{at_stripe}"
+    );
+
+    // The answer and the row mirror Stripe's answer at once.
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(body["plan"]["code"], "business", "{body}");
+    assert_eq!(body["status"], "active", "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert!(body["pending_plan"].is_null(), "{body}");
+    assert_eq!(body["cancel_at_period_end"], false, "{body}");
+    assert_eq!(unix_of(&body["current_period_start"]), new_start, "{body}");
+    assert_eq!(
+        sub_state(&app, org).await,
+        (
+            "business".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            new_start,
+            new_start + 30 * 86400
+        )
+    );
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 1);
+    // Stripe's event about the same change grants nothing more.
+    deliver_current(&app, &fake, "sub_u", "evt_u_updated").await;
+    assert_eq!(sub_state(&app, org).await.0, "business");
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+
+    // To free: a cancellation at the period's end, at Stripe; no price.
+    let (s, body) = put_plan(&app, org, &owner, "free").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel_at_period_end"], true, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(fake.requests_with("POST", "/v1/prices").len(), 1);
+    let updates = fake.requests_with("POST", "/v1/subscriptions/sub_u");
+    assert_eq!(updates.len(), 2);
+    assert_form(&updates[1], &[("cancel_at_period_end", "true")]);
+    assert!(
+        !updates[1].has_field_starting("items["),
+        "{:?}",
+        updates[1].form
+    );
+    assert_eq!(
+        updates[1].field("payment_behavior"),
+        None,
+        "{:?}",
+        updates[1].form
+    );
+    assert_eq!(
+        fake.subscription("sub_u").unwrap()["cancel_at_period_end"],
+        true
+    );
+    let state = sub_state(&app, org).await;
+    assert_eq!((state.0.as_str(), state.3), ("business", true));
+    assert_eq!(audits(&app, org, "subscription.cancel_scheduled").await, 1);
+}
+
+#[tokio::test]
+async fn a_stripe_upgrade_during_a_trial_ends_the_trial_at_stripe() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_t", "trialing", "pro").await;
+
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        sent(&fake),
+        pairs(&[
+            ("GET", "/v1/subscriptions/sub_t"),
+            ("POST", "/v1/prices"),
+            ("POST", "/v1/subscriptions/sub_t"),
+        ])
+    );
+    let update = &fake.requests_with("POST", "/v1/subscriptions/sub_t")[0];
+    assert_form(
+        update,
+        &[
+            ("items[0][id]", "si_1"),
+            ("proration_behavior", "always_invoice"),
+            ("trial_end", "now"),
+            ("payment_behavior", "error_if_incomplete"),
+            ("cancel_at_period_end", "false"),
+            ("metadata[plan]", "business"),
+            ("metadata[pending_plan]", ""),
+            ("metadata[pending_from]", ""),
+        ],
+    );
+    assert_eq!(
+        update.field("billing_cycle_anchor"),
+        None,
+        "Stripe refuses billing_cycle_anchor with trial_end: {:?}",
+        update.form
+    );
+    let at_stripe = fake.subscription("sub_t").unwrap();
+    assert_eq!(at_stripe["status"], "active", "{at_stripe}");
+    let new_start = at_stripe["current_period_start"].as_i64().unwrap();
+
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(body["status"], "active", "{body}");
+    assert_eq!(unix_of(&body["current_period_start"]), new_start, "{body}");
+    let state = sub_state(&app, org).await;
+    assert_eq!(
+        (state.0.as_str(), state.1.as_str(), state.4),
+        ("business", "active", new_start)
+    );
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 1);
+}
+
+#[tokio::test]
+async fn a_stripe_downgrade_is_scheduled_at_stripe_and_takes_effect_when_stripe_renews() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_d", "active", "business").await;
+    let t0 = obj["current_period_start"].as_i64().unwrap();
+    let end = obj["current_period_end"].as_i64().unwrap();
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+
+    let (s, body) = put_plan(&app, org, &owner, "pro").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        sent(&fake),
+        pairs(&[
+            ("GET", "/v1/subscriptions/sub_d"),
+            ("POST", "/v1/prices"),
+            ("POST", "/v1/subscriptions/sub_d"),
+        ])
+    );
+    let price = &fake.requests_with("POST", "/v1/prices")[0];
+    assert_form(
+        price,
+        &[
+            ("currency", "usd"),
+            ("unit_amount", "2900"),
+            ("recurring[interval]", "month"),
+            ("product_data[name]", "Pro"),
+            ("metadata[plan]", "pro"),
+        ],
+    );
+    assert!(price.idempotency_key.is_some());
+    let update = &fake.requests_with("POST", "/v1/subscriptions/sub_d")[0];
+    let end_s = end.to_string();
+    assert_form(
+        update,
+        &[
+            ("items[0][id]", "si_1"),
+            ("proration_behavior", "none"),
+            ("metadata[plan]", "business"),
+            ("metadata[pending_plan]", "pro"),
+            ("metadata[pending_from]", end_s.as_str()),
+        ],
+    );
+    assert_eq!(
+        update.field("billing_cycle_anchor"),
+        None,
+        "{:?}",
+        update.form
+    );
+    assert_eq!(update.field("trial_end"), None, "{:?}", update.form);
+    assert_eq!(
+        update.field("payment_behavior"),
+        None,
+        "a downgrade invoices nothing now: {:?}",
+        update.form
+    );
+    assert!(update.idempotency_key.is_some());
+    let at_stripe = fake.subscription("sub_d").unwrap();
+    assert_eq!(
+        update.field("items[0][price]"),
+        at_stripe["items"]["data"][0]["price"]["id"].as_str()
+    );
+    assert_eq!(at_stripe["items"]["data"][0]["price"]["unit_amount"], 2900);
+    assert_eq!(at_stripe["current_period_start"], t0, "the period goes on");
+
+    // Business until the period ends, pro pending.
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(body["pending_plan_code"], "pro", "{body}");
+    assert_eq!(body["pending_plan"]["code"], "pro", "{body}");
+    let scheduled = (
+        "business".to_owned(),
+        "active".to_owned(),
+        Some("pro".to_owned()),
+        false,
+        t0,
+        end,
+    );
+    assert_eq!(sub_state(&app, org).await, scheduled);
+    assert_eq!(
+        audits(&app, org, "subscription.downgrade_scheduled").await,
+        1
+    );
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 0);
+
+    // Stripe's event about the change (the same period) keeps it so.
+    deliver_current(&app, &fake, "sub_d", "evt_d_updated").await;
+    assert_eq!(sub_state(&app, org).await, scheduled);
+    assert_eq!(plan_grants(&app, org, 5_000).await, (0, 0));
+
+    // Stripe renews: the next period is pro's, with pro's credits (once).
+    let mut renewed = fake.subscription("sub_d").unwrap();
+    renewed["current_period_start"] = json!(end);
+    renewed["current_period_end"] = json!(end + 30 * 86400);
+    fake.seed_subscription(renewed);
+    deliver_current(&app, &fake, "sub_d", "evt_d_renewed").await;
+    assert_eq!(
+        sub_state(&app, org).await,
+        (
+            "pro".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            end,
+            end + 30 * 86400
+        )
+    );
+    let (s, view) = app
+        .get(&format!("/api/v1/orgs/{org}/subscription"), &owner)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!(view["plan_code"], "pro", "{view}");
+    assert!(view["pending_plan_code"].is_null(), "{view}");
+    assert_eq!(plan_grants(&app, org, 5_000).await, (1, 5_000));
+    deliver_current(&app, &fake, "sub_d", "evt_d_renewed_again").await;
+    assert_eq!(plan_grants(&app, org, 5_000).await, (1, 5_000));
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+}
+
+#[tokio::test]
+async fn a_pending_stripe_downgrade_is_taken_back_at_stripe_and_can_be_scheduled_again() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_r", "active", "business").await;
+    let t0 = obj["current_period_start"].as_i64().unwrap();
+    let end = obj["current_period_end"].as_i64().unwrap();
+
+    let (s, body) = put_plan(&app, org, &owner, "pro").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["pending_plan_code"], "pro", "{body}");
+    assert_eq!(fake.requests_with("POST", "/v1/prices").len(), 1);
+    assert_eq!(
+        fake.requests_with("POST", "/v1/subscriptions/sub_r").len(),
+        1
+    );
+
+    // The current plan again: the pending downgrade is taken back at Stripe.
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let prices = fake.requests_with("POST", "/v1/prices");
+    assert_eq!(prices.len(), 2);
+    assert_form(
+        &prices[1],
+        &[
+            ("currency", "usd"),
+            ("unit_amount", "9900"),
+            ("recurring[interval]", "month"),
+            ("product_data[name]", "Business"),
+            ("metadata[plan]", "business"),
+        ],
+    );
+    let updates = fake.requests_with("POST", "/v1/subscriptions/sub_r");
+    assert_eq!(updates.len(), 2);
+    let revert = &updates[1];
+    assert_form(
+        revert,
+        &[
+            ("items[0][id]", "si_1"),
+            ("proration_behavior", "none"),
+            ("metadata[plan]", "business"),
+            ("metadata[pending_plan]", ""),
+            ("metadata[pending_from]", ""),
+        ],
+    );
+    assert_ne!(
+        revert.field("billing_cycle_anchor"),
+        Some("now"),
+        "taking a downgrade back starts no period: {:?}",
+        revert.form
+    );
+    assert_eq!(revert.field("trial_end"), None, "{:?}", revert.form);
+    assert_eq!(revert.field("payment_behavior"), None, "{:?}", revert.form);
+    let at_stripe = fake.subscription("sub_r").unwrap();
+    assert_eq!(
+        revert.field("items[0][price]"),
+        at_stripe["items"]["data"][0]["price"]["id"].as_str()
+    );
+    assert_eq!(at_stripe["items"]["data"][0]["price"]["unit_amount"], 9900);
+    assert!(
+        at_stripe["metadata"].get("pending_plan").is_none(),
+        "{at_stripe}"
+    );
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert!(body["pending_plan"].is_null(), "{body}");
+    assert_eq!(
+        sub_state(&app, org).await,
+        (
+            "business".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            t0,
+            end
+        )
+    );
+    assert_eq!(
+        audits(&app, org, "subscription.downgrade_canceled").await,
+        1
+    );
+
+    // Nothing pending any more: the current plan asks Stripe nothing.
+    let before = fake.requests().len();
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert_eq!(fake.requests().len(), before, "{:?}", fake.requests());
+    assert_eq!(
+        audits(&app, org, "subscription.downgrade_canceled").await,
+        1
+    );
+
+    // Downgrading again reaches Stripe again (not an idempotent replay of
+    // the first downgrade's answer).
+    let (s, body) = put_plan(&app, org, &owner, "pro").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["pending_plan_code"], "pro", "{body}");
+    assert_eq!(
+        fake.requests_with("POST", "/v1/subscriptions/sub_r").len(),
+        3
+    );
+    let at_stripe = fake.subscription("sub_r").unwrap();
+    assert_eq!(at_stripe["metadata"]["pending_plan"], "pro", "{at_stripe}");
+    assert_eq!(
+        at_stripe["metadata"]["pending_from"],
+        end.to_string(),
+        "{at_stripe}"
+    );
+    assert_eq!(
+        sub_state(&app, org).await.2.as_deref(),
+        Some("pro"),
+        "the downgrade is pending again"
+    );
+    assert_eq!(
+        audits(&app, org, "subscription.downgrade_scheduled").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn stripe_plan_changes_that_cannot_be_made_are_refused_before_stripe_hears_of_them() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let member = app.user("member@example.com");
+
+    // Two members, and pro allows one: no downgrade to pro.
+    let crowded = app.create_org(&owner, "Crowded").await;
+    app.add_member(crowded, &owner, &member, "member").await;
+    stripe_managed(&app, &fake, crowded, "sub_seats", "active", "business").await;
+    sqlx::query("update plans set seat_limit = 1 where code = 'pro'")
+        .execute(&app.db.admin)
+        .await
+        .unwrap();
+    let before = sub_state(&app, crowded).await;
+    let (s, p) = put_plan(&app, crowded, &owner, "pro").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["code"], "seat_limit_reached", "{p}");
+    assert_eq!(sub_state(&app, crowded).await, before);
+
+    // A first payment pending or a payment owed: no plan change.
+    for (name, sub, status) in [
+        ("Owing", "sub_owing", "past_due"),
+        ("Unpaid", "sub_unpaid", "incomplete"),
+    ] {
+        let org = app.create_org(&owner, name).await;
+        stripe_managed(&app, &fake, org, sub, status, "pro").await;
+        let before = sub_state(&app, org).await;
+        let (s, p) = put_plan(&app, org, &owner, "business").await;
+        assert_eq!(s, StatusCode::CONFLICT, "{status}: {p}");
+        assert_eq!(p["code"], "payment_pending", "{status}: {p}");
+        assert_eq!(sub_state(&app, org).await, before, "{status}");
+        assert_eq!(audits(&app, org, "subscription.upgraded").await, 0);
+    }
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    assert_eq!(
+        audits(&app, crowded, "subscription.downgrade_scheduled").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn stripe_refusing_an_upgrade_is_402_or_502_and_changes_nothing_here() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_e", "active", "pro").await;
+    let before = sub_state(&app, org).await;
+    let all_grants = || async {
+        scalar_i64(
+            &app,
+            "select count(*) from credit_grants where org_id = $1",
+            org,
+        )
+        .await
+    };
+    let grants_before = all_grants().await;
+    let unchanged = || async {
+        assert_eq!(sub_state(&app, org).await, before);
+        assert_eq!(all_grants().await, grants_before);
+        assert_eq!(plan_grants(&app, org, 25_000).await, (0, 0));
+        assert_eq!(audits(&app, org, "subscription.upgraded").await, 0);
+        assert_eq!(
+            fake.subscription("sub_e").unwrap()["metadata"]["plan"],
+            "pro"
+        );
+    };
+
+    // Stripe declines whatever is asked.
+    fake.fail_with(402);
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["code"], "payment_declined", "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Your card was declined."),
+        "{p}"
+    );
+    unchanged().await;
+
+    // Stripe declines the update itself (the invoice of the upgrade), after
+    // the price was made: 402, asked once (a 402 is not retried).
+    fake.succeed();
+    fake.fail_requests_to("POST", "/v1/subscriptions/sub_e", 402);
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["code"], "payment_declined", "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Your card was declined."),
+        "{p}"
+    );
+    let updates = fake.requests_with("POST", "/v1/subscriptions/sub_e");
+    assert_eq!(updates.len(), 1, "the update was asked once: {updates:?}");
+    unchanged().await;
+
+    // Stripe failing on its end: 502, the update retried once with the same key.
+    fake.succeed();
+    fake.fail_requests_to("POST", "/v1/subscriptions/sub_e", 500);
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    let updates = fake.requests_with("POST", "/v1/subscriptions/sub_e");
+    assert_eq!(updates.len(), 3, "the 500 was retried once: {updates:?}");
+    assert!(updates[1].idempotency_key.is_some());
+    assert_eq!(
+        updates[1].idempotency_key, updates[2].idempotency_key,
+        "a retry carries the same Idempotency-Key"
+    );
+    unchanged().await;
+
+    // Accepted again: the upgrade goes through.
+    fake.succeed();
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(sub_state(&app, org).await.0, "business");
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+}
+
+/// Adds a plan to the catalog (superuser): USD, no trial, sorted after the
+/// seeded ones.
+async fn insert_plan(
+    app: &TestApp,
+    code: &str,
+    name: &str,
+    price_minor: i64,
+    interval: &str,
+    credits: i64,
+    seat_limit: Option<i32>,
+) {
+    sqlx::query(
+        "insert into plans (code, name, price_minor, currency, billing_interval, trial_days,
+                            credits_per_period, seat_limit, features, sort_order)
+         values ($1, $2, $3, 'USD', $4, 0, $5, $6, '{}', 5)",
+    )
+    .bind(code)
+    .bind(name)
+    .bind(price_minor)
+    .bind(interval)
+    .bind(credits)
+    .bind(seat_limit)
+    .execute(&app.db.admin)
+    .await
+    .unwrap();
+}
+
+/// Sends `method path` with `body` as `token` from a task of its own, so
+/// that the test can act while the request is being answered.
+fn spawn_call(
+    app: &TestApp,
+    method: Method,
+    path: String,
+    token: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let (client, base, token) = (app.client.clone(), app.base.clone(), token.to_owned());
+    tokio::spawn(async move {
+        let res = client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = res.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    })
+}
+
+/// Waits until the fake has received `n` requests with `method` to `path`.
+async fn until_received(fake: &FakeStripe, method: &str, path: &str, n: usize) {
+    eventually(10, &format!("{method} {path} #{n} at Stripe"), || async {
+        (fake.requests_with(method, path).len() >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stripe_managed_subscriptions_cannot_change_their_billing_interval() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    // A yearly plan, made by a platform administrator.
+    let (s, plan) = app
+        .call(
+            Method::PUT,
+            "/api/v1/admin/plans/pro_year",
+            Some(&service_key()),
+            Some(json!({
+                "name": "Pro yearly", "price_minor": 29000, "currency": "USD",
+                "interval": "year", "credits_per_period": 60000, "seat_limit": 20
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{plan}");
+
+    // Monthly pro -> yearly pro (an upgrade by the year's price), monthly
+    // business -> yearly pro (a downgrade by the month's): both refused.
+    let on_pro = app.create_org(&owner, "Monthly pro").await;
+    stripe_managed(&app, &fake, on_pro, "sub_iv_pro", "active", "pro").await;
+    let on_business = app.create_org(&owner, "Monthly business").await;
+    stripe_managed(&app, &fake, on_business, "sub_iv_biz", "active", "business").await;
+    // Yearly pro at Stripe -> monthly business: refused too.
+    let yearly = app.create_org(&owner, "Yearly").await;
+    let t0 = now() - 100;
+    let mut obj = subscription_object(yearly, "sub_iv_year", "active", "pro_year", t0);
+    obj["current_period_end"] = json!(t0 + 365 * 86400);
+    obj["items"]["data"][0]["price"]["unit_amount"] = json!(29000);
+    link(&app, &fake, &obj, t0).await;
+    assert_eq!(sub_state(&app, yearly).await.0, "pro_year");
+
+    for (org, target) in [
+        (on_pro, "pro_year"),
+        (on_business, "pro_year"),
+        (yearly, "business"),
+    ] {
+        let before = sub_state(&app, org).await;
+        let (s, p) = put_plan(&app, org, &owner, target).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{target}: {p}");
+        assert_eq!(p["code"], "interval_change", "{target}: {p}");
+        assert_eq!(sub_state(&app, org).await, before, "{target}");
+        for action in ["subscription.upgraded", "subscription.downgrade_scheduled"] {
+            assert_eq!(audits(&app, org, action).await, 0, "{target}: {action}");
+        }
+    }
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    assert_eq!(
+        fake.subscription("sub_iv_pro").unwrap()["metadata"]["plan"],
+        "pro"
+    );
+
+    // The same interval still changes (the refusal left nothing in flight).
+    let (s, body) = put_plan(&app, on_pro, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+}
+
+#[tokio::test]
+async fn a_change_against_a_stale_mirror_is_refused_until_stripes_renewal_arrives() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    // Stripe keeps the period on the subscription (older API versions) or
+    // on its item (newer ones).
+    for (name, on_items) in [("top-level", false), ("items", true)] {
+        let org = app.create_org(&owner, name).await;
+        let sub = format!("sub_stale_{}", if on_items { "items" } else { "top" });
+        let path = format!("/v1/subscriptions/{sub}");
+        let t0 = now() - 100;
+        let end = t0 + 30 * 86400;
+        let mut obj = subscription_object(org, &sub, "active", "business", t0);
+        obj["customer"] = json!(format!("cus_{sub}"));
+        obj["items"]["data"][0]["price"]["unit_amount"] = json!(9900);
+        if on_items {
+            let o = obj.as_object_mut().unwrap();
+            o.remove("current_period_start");
+            o.remove("current_period_end");
+            obj["items"]["data"][0]["current_period_start"] = json!(t0);
+            obj["items"]["data"][0]["current_period_end"] = json!(end);
+        }
+        link(&app, &fake, &obj, t0).await;
+        let before = sub_state(&app, org).await;
+        assert_eq!((before.4, before.5), (t0, end), "{name}");
+
+        // Stripe has renewed; its webhook has not arrived yet.
+        let mut renewed = obj.clone();
+        let period = if on_items {
+            &mut renewed["items"]["data"][0]
+        } else {
+            &mut renewed
+        };
+        period["current_period_start"] = json!(end);
+        period["current_period_end"] = json!(end + 30 * 86400);
+        fake.seed_subscription(renewed.clone());
+        let prices_before = fake.requests_with("POST", "/v1/prices").len();
+
+        let (s, p) = put_plan(&app, org, &owner, "pro").await;
+        assert_eq!(s, StatusCode::CONFLICT, "{name}: {p}");
+        assert_eq!(p["code"], "subscription_changed", "{name}: {p}");
+        assert_eq!(
+            fake.requests_to(&path)
+                .into_iter()
+                .map(|r| r.method)
+                .collect::<Vec<_>>(),
+            ["GET"],
+            "{name}: only read"
+        );
+        assert_eq!(
+            fake.requests_with("POST", "/v1/prices").len(),
+            prices_before,
+            "{name}"
+        );
+        assert_eq!(sub_state(&app, org).await, before, "{name}");
+        assert_eq!(
+            audits(&app, org, "subscription.downgrade_scheduled").await,
+            0,
+            "{name}"
+        );
+        assert!(
+            fake.subscription(&sub).unwrap()["metadata"]
+                .get("pending_plan")
+                .is_none(),
+            "{name}"
+        );
+
+        // The renewal's webhook arrives: the mirror is current, the change is made.
+        deliver(
+            &app,
+            &event(
+                &format!("evt_{sub}_renewed"),
+                "customer.subscription.updated",
+                now(),
+                renewed,
+            ),
+        )
+        .await;
+        let (s, body) = put_plan(&app, org, &owner, "pro").await;
+        assert_eq!(s, StatusCode::OK, "{name}: {body}");
+        assert_eq!(body["plan_code"], "business", "{name}: {body}");
+        assert_eq!(body["pending_plan_code"], "pro", "{name}: {body}");
+        assert_eq!(
+            fake.requests_to(&path)
+                .into_iter()
+                .map(|r| r.method)
+                .collect::<Vec<_>>(),
+            ["GET", "GET", "POST"],
+            "{name}"
+        );
+        let update = fake.requests_with("POST", &path).pop().unwrap();
+        let new_end = (end + 30 * 86400).to_string();
+        assert_form(
+            &update,
+            &[
+                ("metadata[pending_plan]", "pro"),
+                ("metadata[pending_from]", new_end.as_str()),
+            ],
+        );
+        assert_eq!(
+            sub_state(&app, org).await,
+            (
+                "business".to_owned(),
+                "active".to_owned(),
+                Some("pro".to_owned()),
+                false,
+                end,
+                end + 30 * 86400
+            ),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_change_at_stripe_at_a_time_per_org() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_q", "active", "pro").await;
+    let path = "/v1/subscriptions/sub_q";
+    let subscription_path = format!("/api/v1/orgs/{org}/subscription");
+    let cancel = format!("/api/v1/orgs/{org}/subscription/cancel");
+    let resume = format!("/api/v1/orgs/{org}/subscription/resume");
+    let slow = Duration::from_millis(1500);
+
+    // An upgrade is at Stripe (which takes its time to answer the update):
+    // other changes are refused meanwhile, without asking Stripe.
+    fake.delay_requests_to("POST", path, slow);
+    let upgrade = spawn_call(
+        &app,
+        Method::PUT,
+        subscription_path.clone(),
+        &owner.token,
+        json!({"plan": "business"}),
+    );
+    until_received(&fake, "GET", path, 1).await;
+    let (s, p) = app.post(&cancel, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["code"], "change_in_progress", "{p}");
+    // Even the plan it is on until Stripe answers, and the free plan.
+    for plan in ["pro", "free"] {
+        let (s, p) = put_plan(&app, org, &owner, plan).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{plan}: {p}");
+        assert_eq!(p["code"], "change_in_progress", "{plan}: {p}");
+    }
+    assert!(
+        !upgrade.is_finished(),
+        "the upgrade was still at Stripe during the checks"
+    );
+    let (s, body) = upgrade.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(
+        sent(&fake),
+        pairs(&[("GET", path), ("POST", "/v1/prices"), ("POST", path),])
+    );
+
+    // Done: the next change is accepted at once.
+    fake.delay_requests_to("POST", path, Duration::ZERO);
+    let (s, body) = app.post(&cancel, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel_at_period_end"], true, "{body}");
+
+    // A resumption at Stripe holds off another resumption and a downgrade.
+    fake.delay_requests_to("POST", path, slow);
+    let resuming = spawn_call(&app, Method::POST, resume.clone(), &owner.token, json!({}));
+    until_received(&fake, "POST", path, 3).await;
+    let (s, p) = app.post(&resume, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["code"], "change_in_progress", "{p}");
+    let (s, p) = put_plan(&app, org, &owner, "pro").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["code"], "change_in_progress", "{p}");
+    assert!(!resuming.is_finished());
+    let (s, body) = resuming.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel_at_period_end"], false, "{body}");
+    fake.delay_requests_to("POST", path, Duration::ZERO);
+
+    // A change Stripe fails (502, after one retry) ends too: the next is
+    // accepted at once.
+    fake.fail_requests_to("POST", path, 500);
+    let (s, p) = app.post(&cancel, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    fake.succeed();
+    let (s, body) = app.post(&cancel, &owner, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["cancel_at_period_end"], true, "{body}");
+
+    assert_eq!(
+        sent(&fake),
+        pairs(&[
+            ("GET", path),
+            ("POST", "/v1/prices"),
+            ("POST", path),
+            ("POST", path),
+            ("POST", path),
+            ("POST", path),
+            ("POST", path),
+            ("POST", path),
+        ]),
+        "the refused changes asked Stripe nothing"
+    );
+    let posts = fake.requests_with("POST", path);
+    let cancels: Vec<_> = posts[1..]
+        .iter()
+        .map(|r| r.field("cancel_at_period_end"))
+        .collect();
+    assert_eq!(
+        cancels,
+        [
+            Some("true"),
+            Some("false"),
+            Some("true"),
+            Some("true"),
+            Some("true")
+        ]
+    );
+    let state = sub_state(&app, org).await;
+    assert_eq!(
+        (state.0.as_str(), state.2, state.3),
+        ("business", None, true)
+    );
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 1);
+    assert_eq!(audits(&app, org, "subscription.resumed").await, 1);
+    assert_eq!(audits(&app, org, "subscription.cancel_scheduled").await, 2);
+    assert_eq!(
+        audits(&app, org, "subscription.downgrade_scheduled").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_renewal_delivered_while_stripe_answers_is_not_undone_by_the_older_answer() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_w", "active", "pro").await;
+    let end = obj["current_period_end"].as_i64().unwrap();
+    let path = "/v1/subscriptions/sub_w";
+
+    // Stripe answers the upgrade 3 s after it was sent; meanwhile an event
+    // created after the request was sent (a renewal of pro) is applied. The
+    // answer, older than that event, must not overwrite it (whether it is
+    // dated when the request was sent or, wrongly, when the answer came).
+    fake.delay_requests_to("POST", path, Duration::from_secs(3));
+    let upgrade = spawn_call(
+        &app,
+        Method::PUT,
+        format!("/api/v1/orgs/{org}/subscription"),
+        &owner.token,
+        json!({"plan": "business"}),
+    );
+    until_received(&fake, "POST", path, 1).await;
+    let mut renewed = obj.clone();
+    renewed["current_period_start"] = json!(end);
+    renewed["current_period_end"] = json!(end + 30 * 86400);
+    renewed["metadata"]["plan"] = json!("pro");
+    deliver(
+        &app,
+        &event(
+            "evt_w_renewed",
+            "customer.subscription.updated",
+            now() + 2,
+            renewed,
+        ),
+    )
+    .await;
+    let moved = (
+        "pro".to_owned(),
+        "active".to_owned(),
+        None,
+        false,
+        end,
+        end + 30 * 86400,
+    );
+    assert_eq!(sub_state(&app, org).await, moved);
+    assert!(!upgrade.is_finished(), "Stripe was still answering");
+
+    let (s, body) = upgrade.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(sub_state(&app, org).await, moved);
+    // The answer is the state as it now is.
+    assert_eq!(body["plan_code"], "pro", "{body}");
+    assert_eq!(unix_of(&body["current_period_start"]), end, "{body}");
+    assert_eq!(
+        unix_of(&body["current_period_end"]),
+        end + 30 * 86400,
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_deleted_while_stripe_answers_stays_deleted() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_x", "active", "pro").await;
+    let path = "/v1/subscriptions/sub_x";
+
+    fake.delay_requests_to("POST", path, Duration::from_millis(1500));
+    let upgrade = spawn_call(
+        &app,
+        Method::PUT,
+        format!("/api/v1/orgs/{org}/subscription"),
+        &owner.token,
+        json!({"plan": "business"}),
+    );
+    until_received(&fake, "POST", path, 1).await;
+    let mut gone = obj.clone();
+    gone["status"] = json!("canceled");
+    gone["canceled_at"] = json!(now());
+    deliver(
+        &app,
+        &event(
+            "evt_x_deleted",
+            "customer.subscription.deleted",
+            now(),
+            gone,
+        ),
+    )
+    .await;
+    let ended = (
+        "canceled".to_owned(),
+        "free".to_owned(),
+        "manual".to_owned(),
+        None,
+        false,
+    );
+    assert_eq!(subscription(&app, org).await, ended);
+    assert!(!upgrade.is_finished(), "Stripe was still answering");
+
+    let (s, body) = upgrade.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "free", "{body}");
+    assert_eq!(body["status"], "canceled", "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert_eq!(subscription(&app, org).await, ended);
+    assert_eq!(sub_state(&app, org).await.2, None);
+    assert_eq!(plan_grants(&app, org, 25_000).await, (0, 0));
+}
+
+#[tokio::test]
+async fn an_upgrade_over_a_pending_stripe_downgrade_restores_the_paid_price_first() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    insert_plan(
+        &app,
+        "enterprise",
+        "Enterprise",
+        19900,
+        "month",
+        100_000,
+        None,
+    )
+    .await;
+    stripe_managed(&app, &fake, org, "sub_p", "active", "business").await;
+    let path = "/v1/subscriptions/sub_p";
+    let (s, body) = put_plan(&app, org, &owner, "pro").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["pending_plan_code"], "pro", "{body}");
+    let asked_before = fake.requests().len();
+    assert_eq!(asked_before, 3);
+
+    let (s, body) = put_plan(&app, org, &owner, "enterprise").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let asked = fake.requests()[asked_before..].to_vec();
+    assert_eq!(
+        asked
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone()))
+            .collect::<Vec<_>>(),
+        pairs(&[
+            ("GET", path),
+            ("POST", "/v1/prices"),
+            ("POST", path),
+            ("POST", "/v1/prices"),
+            ("POST", path),
+        ])
+    );
+    // First back to business's price (the item is on pro's from the renewal).
+    assert_form(
+        &asked[1],
+        &[
+            ("unit_amount", "9900"),
+            ("recurring[interval]", "month"),
+            ("metadata[plan]", "business"),
+        ],
+    );
+    let restore = &asked[2];
+    assert_form(
+        restore,
+        &[("items[0][id]", "si_1"), ("proration_behavior", "none")],
+    );
+    let restored_price = fake
+        .price(restore.field("items[0][price]").unwrap())
+        .unwrap();
+    assert_eq!(restored_price["unit_amount"], 9900, "{restored_price}");
+    assert_eq!(restored_price["metadata"]["plan"], "business");
+    for absent in ["billing_cycle_anchor", "trial_end", "payment_behavior"] {
+        assert_eq!(restore.field(absent), None, "{absent}: {:?}", restore.form);
+    }
+    // Then the upgrade itself, paid now.
+    assert_form(
+        &asked[3],
+        &[
+            ("unit_amount", "19900"),
+            ("recurring[interval]", "month"),
+            ("product_data[name]", "Enterprise"),
+            ("metadata[plan]", "enterprise"),
+        ],
+    );
+    let upgrade = &asked[4];
+    assert_form(
+        upgrade,
+        &[
+            ("items[0][id]", "si_1"),
+            ("proration_behavior", "always_invoice"),
+            ("billing_cycle_anchor", "now"),
+            ("payment_behavior", "error_if_incomplete"),
+            ("metadata[plan]", "enterprise"),
+            ("metadata[pending_plan]", ""),
+            ("metadata[pending_from]", ""),
+        ],
+    );
+    let upgraded_price = fake
+        .price(upgrade.field("items[0][price]").unwrap())
+        .unwrap();
+    assert_eq!(upgraded_price["unit_amount"], 19900, "{upgraded_price}");
+    let keys: std::collections::HashSet<_> = asked
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.idempotency_key.clone().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 4, "one key per request");
+
+    let at_stripe = fake.subscription("sub_p").unwrap();
+    assert_eq!(at_stripe["items"]["data"][0]["price"]["unit_amount"], 19900);
+    assert!(
+        at_stripe["metadata"].get("pending_plan").is_none(),
+        "{at_stripe}"
+    );
+    let new_start = at_stripe["current_period_start"].as_i64().unwrap();
+    assert_eq!(body["plan_code"], "enterprise", "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert!(body["pending_plan"].is_null(), "{body}");
+    assert_eq!(
+        sub_state(&app, org).await,
+        (
+            "enterprise".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            new_start,
+            new_start + 30 * 86400
+        )
+    );
+    assert_eq!(plan_grants(&app, org, 100_000).await, (1, 100_000));
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 1);
+}
+
+async fn spend(app: &TestApp, org: Uuid, user: &TestUser, amount: i64) -> (StatusCode, Value) {
+    let res = app
+        .client
+        .post(format!("{}/api/v1/orgs/{org}/credits/spend", app.base))
+        .bearer_auth(&user.token)
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .json(&json!({ "amount": amount }))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = res.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn balance(app: &TestApp, org: Uuid, user: &TestUser) -> i64 {
+    let (s, body) = app.get(&format!("/api/v1/orgs/{org}/credits"), user).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    body["balance"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn a_stripe_upgrade_ends_the_old_periods_credits() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    // No free-plan credits: the balance is the plans' alone.
+    sqlx::query("update plans set credits_per_period = 0 where code = 'free'")
+        .execute(&app.db.admin)
+        .await
+        .unwrap();
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_g", "active", "pro").await;
+    let t0 = obj["current_period_start"].as_i64().unwrap();
+    let pro_ref = format!(
+        "period:{org}:{}",
+        chrono::DateTime::from_timestamp(t0, 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    assert_eq!(balance(&app, org, &owner).await, 5000);
+    let (s, body) = spend(&app, org, &owner, 1000).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(balance(&app, org, &owner).await, 4000);
+
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+
+    // Stripe credited the unused part of pro: pro's grant ends now.
+    let (pro_grant, remaining): (Uuid, i64) =
+        sqlx::query_as("select id, remaining from credit_grants where org_id = $1 and ref = $2")
+            .bind(org)
+            .bind(&pro_ref)
+            .fetch_one(&app.db.admin)
+            .await
+            .unwrap();
+    assert_eq!(remaining, 0);
+    let expired = || {
+        sqlx::query_scalar::<_, i64>(
+            "select amount from credit_ledger
+             where org_id = $1 and kind = 'expire' and grant_id = $2 order by id",
+        )
+        .bind(org)
+        .bind(pro_grant)
+        .fetch_all(&app.db.admin)
+    };
+    assert_eq!(expired().await.unwrap(), vec![4000]);
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+    assert_eq!(balance(&app, org, &owner).await, 25_000);
+
+    // Stripe's event about the change expires nothing more.
+    deliver_current(&app, &fake, "sub_g", "evt_g_updated").await;
+    assert_eq!(expired().await.unwrap(), vec![4000]);
+    let all_expired = scalar_i64(
+        &app,
+        "select count(*) from credit_ledger where org_id = $1 and kind = 'expire'",
+        org,
+    )
+    .await;
+    assert_eq!(all_expired, 1);
+    assert_eq!(balance(&app, org, &owner).await, 25_000);
 }

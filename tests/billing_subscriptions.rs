@@ -254,6 +254,17 @@ async fn an_upgrade_applies_now_with_a_trial_once_and_the_new_plans_credits() {
     assert_eq!(inv[0].0, 9900);
     assert_eq!(inv[0].1, "USD");
     assert_eq!(inv[0].2, start);
+    // Nothing was refunded: the manual provider's upgrade leaves the old
+    // period's credits to run out with their period.
+    let (expired, pro_left): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from credit_ledger where org_id = $1 and kind = 'expire'),
+                (select remaining from credit_grants where org_id = $1 and amount = 5000)",
+    )
+    .bind(org)
+    .fetch_one(&app.db.admin)
+    .await
+    .unwrap();
+    assert_eq!((expired, pro_left), (0, 5000));
 
     // The same plan again changes nothing.
     let (s, same) = change_plan(&app, org, &ann, "business").await;
@@ -383,6 +394,74 @@ async fn a_downgrade_waits_for_the_period_end_and_the_rollover_applies_it() {
             _ => assert_eq!(actor, None, "{action}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_yearly_plan_is_compared_by_its_price_per_month() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "insert into plans (code, name, price_minor, currency, billing_interval, trial_days,
+                            credits_per_period, seat_limit, features, sort_order)
+         values ('pro_year', 'Pro yearly', 29000, 'USD', 'year', 0, 60000, 20, '{}', 5)",
+    )
+    .execute(&app.db.admin)
+    .await
+    .unwrap();
+    let ann = app.user("ann@example.com");
+
+    // Monthly business (9,900 a month) -> yearly pro (29,000 a year, about
+    // 2,417 a month): a downgrade, pending until the period ends.
+    let org = app.create_org(&ann, "Monthly").await;
+    let (s, sub) = change_plan(&app, org, &ann, "business").await;
+    assert_eq!(s, StatusCode::OK, "{sub}");
+    let grants_before = grants(&app, org).await.len();
+    let (s, sub) = change_plan(&app, org, &ann, "pro_year").await;
+    assert_eq!(s, StatusCode::OK, "{sub}");
+    assert_eq!(sub["plan_code"], "business", "{sub}");
+    assert_eq!(sub["status"], "trialing", "{sub}");
+    assert_eq!(sub["pending_plan_code"], "pro_year", "{sub}");
+    assert_eq!(sub["pending_plan"]["price_minor"], 29000, "{sub}");
+    assert_eq!(sub["pending_plan"]["interval"], "year", "{sub}");
+    assert_eq!(grants(&app, org).await.len(), grants_before);
+    assert_eq!(
+        audit_actions(&app, org).await,
+        ["subscription.upgraded", "subscription.downgrade_scheduled"]
+    );
+    // The period ends: a year of pro, with its credits.
+    make_due(&app, org, "1 minute").await;
+    let old_end = time(&subscription(&app, org, &ann).await["current_period_end"]);
+    assert_eq!(rollover(&app).await.advanced, 1);
+    let sub = subscription(&app, org, &ann).await;
+    assert_eq!(sub["plan_code"], "pro_year", "{sub}");
+    assert!(sub["pending_plan_code"].is_null(), "{sub}");
+    assert_eq!(time(&sub["current_period_start"]), old_end);
+    assert_eq!(
+        time(&sub["current_period_end"]),
+        old_end.checked_add_months(chrono::Months::new(12)).unwrap()
+    );
+    assert_eq!(grants(&app, org).await.last().unwrap().amount, 60000);
+
+    // Yearly pro (about 2,417 a month) -> monthly business (9,900): an
+    // upgrade, now (though 9,900 is less than 29,000).
+    let yearly = app.create_org(&ann, "Yearly").await;
+    let (s, sub) = change_plan(&app, yearly, &ann, "pro_year").await;
+    assert_eq!(s, StatusCode::OK, "{sub}");
+    assert_eq!(sub["plan_code"], "pro_year", "{sub}");
+    assert_eq!(sub["status"], "active", "{sub}");
+    let start = time(&sub["current_period_start"]);
+    assert_eq!(
+        time(&sub["current_period_end"]),
+        start.checked_add_months(chrono::Months::new(12)).unwrap()
+    );
+    let (s, sub) = change_plan(&app, yearly, &ann, "business").await;
+    assert_eq!(s, StatusCode::OK, "{sub}");
+    assert_eq!(sub["plan_code"], "business", "{sub}");
+    assert!(sub["pending_plan_code"].is_null(), "{sub}");
+    assert_eq!(sub["status"], "trialing", "business's trial, never used");
+    assert_eq!(
+        audit_actions(&app, yearly).await,
+        ["subscription.upgraded", "subscription.upgraded"]
+    );
 }
 
 #[tokio::test]
@@ -571,9 +650,13 @@ async fn with_stripe_a_paid_plan_needs_a_checkout() {
     .execute(&app.db.admin)
     .await
     .unwrap();
+    // A plan change is asked of Stripe (unreachable here: 502, nothing changes).
     let (s, err) = change_plan(&app, org, &ann, "business").await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    assert_eq!(err["code"], "provider_managed");
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{err}");
+    assert_eq!(err["code"], "payment_provider_error");
+    let sub = subscription(&app, org, &ann).await;
+    assert_eq!(sub["plan_code"], "pro", "{sub}");
+    assert!(sub["pending_plan_code"].is_null(), "{sub}");
     // A cancellation is asked of Stripe (unreachable here: 502, nothing changes).
     let (s, err) = app
         .post(

@@ -316,3 +316,75 @@ pub async fn insert_audit(
     .await?;
     Ok(())
 }
+
+/// Whether a change of the org's subscription is being made at the payment
+/// provider (its lease has not run out).
+pub async fn provider_change_in_flight(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select coalesce(provider_change_until > now(), false) from subscriptions
+         where org_id = $1",
+    )
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await
+    .map(|v: Option<bool>| v.unwrap_or(false))
+}
+
+/// Takes the org's lease on subscription changes until `until`.
+pub async fn set_provider_change(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    until: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query("update subscriptions set provider_change_until = $2 where org_id = $1")
+        .bind(org_id)
+        .bind(until)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Releases the lease taken until `until` (not one a later change took).
+pub async fn release_provider_change(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    until: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update subscriptions set provider_change_until = null
+         where org_id = $1 and provider_change_until = $2",
+    )
+    .bind(org_id)
+    .bind(until)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends the grant `ref_` now: its remainder is booked as expired, under
+/// the account lock (taken first, as every credit write does).
+pub async fn end_grant(conn: &mut PgConnection, org_id: Uuid, ref_: &str) -> sqlx::Result<()> {
+    sqlx::query("select 1 from app.credit_lock($1)")
+        .bind(org_id)
+        .execute(&mut *conn)
+        .await?;
+    let ended = sqlx::query(
+        "update credit_grants set expires_at = clock_timestamp()
+         where org_id = $1 and ref = $2 and remaining > 0
+           and (expires_at is null or expires_at > clock_timestamp())",
+    )
+    .bind(org_id)
+    .bind(ref_)
+    .execute(&mut *conn)
+    .await?;
+    if ended.rows_affected() > 0 {
+        sqlx::query("select app.credit_settle_due($1)")
+            .bind(org_id)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}

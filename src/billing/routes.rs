@@ -110,6 +110,15 @@ async fn get_subscription(
 /// trial when the plan has one and the org never had one. A downgrade is
 /// pending until the period ends. The current plan again: no change (and a
 /// pending downgrade is dropped).
+///
+/// A Stripe-managed subscription changes at Stripe, and the answer is
+/// mirrored at once: an upgrade moves it to the new price now (a new billing
+/// period, ending a trial, with the unused part of the old price credited
+/// and the difference charged at once: a declined payment changes nothing)
+/// and the old period's remaining credits end with that period; a downgrade
+/// moves it to the new price from the renewal, without proration; the free
+/// plan cancels it at the end of the period. Monthly and yearly plans do
+/// not switch into each other at Stripe.
 #[utoipa::path(put, path = "/api/v1/orgs/{org_id}/subscription", tag = "billing",
     params(("org_id" = Uuid, Path)),
     request_body = ChangePlan,
@@ -117,8 +126,15 @@ async fn get_subscription(
         (status = 200, body = SubscriptionView),
         (status = 409, description = "`seat_limit_reached` (too many members for the plan), \
             `checkout_required` (Stripe: a paid plan starts with a checkout), \
-            `provider_managed` (a Stripe subscription changes through the portal)", body = Problem),
+            `payment_pending` (Stripe: a payment is outstanding), \
+            `subscription_canceled` (Stripe: the subscription has ended), \
+            `interval_change` (Stripe: between monthly and yearly plans), \
+            `subscription_changed` (Stripe renewed or changed it since its last webhook: retry), \
+            `change_in_progress` (another change is being made at Stripe: retry), \
+            `unsupported_subscription` (Stripe: more than one item)", body = Problem),
         (status = 422, description = "`unknown_plan`, `currency_mismatch`", body = Problem),
+        (status = 402, description = "`payment_declined`: Stripe declined the payment (a Stripe-managed subscription)", body = Problem),
+        (status = 502, description = "`payment_provider_error`: Stripe refused or failed (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn change_subscription(
     State(state): State<AppState>,
@@ -126,11 +142,10 @@ async fn change_subscription(
     ValidJson(input): ValidJson<ChangePlan>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let actor = ctx.lock().await?;
-    let view =
+    let change =
         subscriptions::change_plan(&mut ctx.tx, &actor, state.config.billing.provider, input)
             .await?;
-    ctx.tx.commit().await?;
-    Ok(Json(view))
+    finish(&state, ctx, change).await.map(Json)
 }
 
 /// Cancels at the end of the period: the org goes back to the free plan then.
@@ -139,8 +154,9 @@ async fn change_subscription(
     params(("org_id" = Uuid, Path)),
     responses(
         (status = 200, body = SubscriptionView),
-        (status = 409, description = "`cannot_cancel_free`, `subscription_canceled`", body = Problem),
-        (status = 502, description = "`payment_provider_error`: Stripe refused (a Stripe-managed subscription)", body = Problem),
+        (status = 409, description = "`cannot_cancel_free`, `subscription_canceled`, `change_in_progress`", body = Problem),
+        (status = 402, description = "`payment_declined`: Stripe declined the payment (a Stripe-managed subscription)", body = Problem),
+        (status = 502, description = "`payment_provider_error`: Stripe refused or failed (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn cancel_subscription(
     State(state): State<AppState>,
@@ -155,8 +171,9 @@ async fn cancel_subscription(
     params(("org_id" = Uuid, Path)),
     responses(
         (status = 200, body = SubscriptionView),
-        (status = 409, description = "`not_canceling`, `subscription_canceled`", body = Problem),
-        (status = 502, description = "`payment_provider_error`: Stripe refused (a Stripe-managed subscription)", body = Problem),
+        (status = 409, description = "`not_canceling`, `subscription_canceled`, `change_in_progress`", body = Problem),
+        (status = 402, description = "`payment_declined`: Stripe declined the payment (a Stripe-managed subscription)", body = Problem),
+        (status = 502, description = "`payment_provider_error`: Stripe refused or failed (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn resume_subscription(
     State(state): State<AppState>,
@@ -165,49 +182,84 @@ async fn resume_subscription(
     cancel_or_resume(&state, ctx, false).await.map(Json)
 }
 
-/// A manual subscription changes here; a Stripe-managed one is changed at
-/// Stripe first (no transaction, nor the org lock, held while it answers),
-/// then mirrored from its answer as its webhooks would be.
+/// Cancel or resume: see [`finish`].
 async fn cancel_or_resume(
     state: &AppState,
     mut ctx: OrgContext<perm::BillingManage>,
     cancel: bool,
 ) -> Result<SubscriptionView, ApiError> {
     let actor = ctx.lock().await?;
-    let change = match subscriptions::provider_cancel(&mut ctx.tx, &actor, cancel).await? {
-        Ok(change) => change,
-        Err(Some(unchanged)) => {
+    let change = subscriptions::cancel_or_resume(&mut ctx.tx, &actor, cancel).await?;
+    finish(state, ctx, change).await
+}
+
+/// Commits a change made here; a change of a Stripe-managed subscription is
+/// made at Stripe after the commit (no transaction, nor the org lock, held
+/// while it answers; the org's lease on changes keeps others out), then
+/// mirrored from its answer as its webhooks would be. The request to Stripe
+/// and the mirror run in their own task: a client that hangs up does not
+/// leave a change made at Stripe unrecorded.
+async fn finish(
+    state: &AppState,
+    ctx: OrgContext<perm::BillingManage>,
+    change: subscriptions::Change,
+) -> Result<SubscriptionView, ApiError> {
+    let change = match change {
+        subscriptions::Change::Done(view) => {
             ctx.tx.commit().await?;
-            return Ok(unchanged);
+            return Ok(*view);
         }
-        Err(None) => {
-            let view = if cancel {
-                subscriptions::cancel(&mut ctx.tx, &actor).await?
-            } else {
-                subscriptions::resume(&mut ctx.tx, &actor).await?
-            };
-            ctx.tx.commit().await?;
-            return Ok(view);
-        }
+        subscriptions::Change::AtProvider(change) => change,
     };
     let (org_id, user_id) = (ctx.org_id, ctx.tx.user_id());
     ctx.tx.commit().await?;
-    let key = format!(
-        "tenantry-{}-{}-{}",
-        if cancel { "cancel" } else { "resume" },
-        change.subscription_id,
-        uuid::Uuid::now_v7()
-    );
-    let stripe_subscription = state
-        .payments
-        .set_cancel_at_period_end(&change.subscription_id, cancel, &key)
-        .await?;
-    let (mut tx, _) = crate::core::db::TenantTx::enter(&state.pool, org_id, user_id).await?;
-    let view =
-        subscriptions::record_provider_cancel(&mut tx, &change, cancel, &stripe_subscription)
-            .await?;
-    tx.commit().await?;
-    Ok(view)
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        let key = format!(
+            "tenantry-{}-{}-{}",
+            change.kind(),
+            change.subscription_id,
+            uuid::Uuid::now_v7()
+        );
+        let sent_at = chrono::Utc::now();
+        let answer = state
+            .payments
+            .update_subscription(&change.subscription_id, &change.update, &key)
+            .await;
+        let stripe_subscription = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                if let Err(release) =
+                    subscriptions::release_provider_change(&state.pool, &change).await
+                {
+                    tracing::warn!(%org_id, error = %release, "cannot release a subscription change lease");
+                }
+                return Err(e);
+            }
+        };
+        let (mut tx, _) = crate::core::db::TenantTx::enter(&state.pool, org_id, user_id).await?;
+        let view =
+            subscriptions::record_provider_change(&mut tx, &change, &stripe_subscription, sent_at)
+                .await;
+        match view {
+            Ok(view) => {
+                tx.commit().await?;
+                Ok(view)
+            }
+            Err(e) => {
+                tracing::error!(
+                    %org_id,
+                    subscription = %change.subscription_id,
+                    error = %e,
+                    "Stripe made a subscription change that could not be recorded; \
+                     its webhook will bring it"
+                );
+                Err(e)
+            }
+        }
+    });
+    task.await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("subscription change task: {e}")))?
 }
 
 /// What the org may do now: its plan's seat limit (and the seats used),

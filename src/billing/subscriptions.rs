@@ -27,6 +27,7 @@ use uuid::Uuid;
 use super::model::{ChangePlan, Entitlements, FREE_PLAN, Plan, Subscription, SubscriptionView};
 use super::repo;
 use crate::auth::rbac::Actor;
+use crate::billing::payments::{PriceTiming, SubscriptionUpdate};
 use crate::config::PaymentProviderKind;
 use crate::core::db::TenantTx;
 use crate::core::error::ApiError;
@@ -271,33 +272,33 @@ pub(crate) async fn ensure_seat_for_member(tx: &mut TenantTx) -> Result<(), ApiE
 
 // ---------------------------------------------------------------- changes
 
-/// Subscriptions Stripe manages change through Stripe (checkout, portal).
-fn ensure_not_provider_managed(sub: &Subscription) -> Result<(), ApiError> {
-    if sub.provider == "stripe" {
-        return Err(ApiError::conflict(
-            "provider_managed",
-            "this subscription is managed by Stripe, and its plan cannot be changed here yet: \
-             cancel it (POST .../subscription/cancel) and check out the new plan \
-             (POST .../billing/checkout) when the period ends",
-        ));
-    }
-    Ok(())
-}
-
-/// Whether moving from `current` to `target` is an upgrade: a higher price,
-/// or the same price with more seats.
+/// Whether moving from `current` to `target` is an upgrade: a higher price
+/// per month (a yearly price counts a twelfth), or the same with more seats.
 pub fn is_upgrade(current: &Plan, target: &Plan) -> bool {
-    target.price_minor > current.price_minor
-        || (target.price_minor == current.price_minor && target.seats() > current.seats())
+    let months = |p: &Plan| if p.interval == "year" { 12 } else { 1 };
+    // Cross-multiplied, in i128: prices are up to i64.
+    let cur = i128::from(current.price_minor) * months(target);
+    let new = i128::from(target.price_minor) * months(current);
+    new > cur || (new == cur && target.seats() > current.seats())
 }
 
-/// Changes the org's plan: an upgrade now, a downgrade at the end of the period.
+/// What a plan change, a cancellation or a resumption came to.
+pub enum Change {
+    /// Made here (or nothing was to change).
+    Done(Box<SubscriptionView>),
+    /// To ask of the payment provider, then record with
+    /// [`record_provider_change`].
+    AtProvider(Box<ProviderChange>),
+}
+
+/// Changes the org's plan: an upgrade now, a downgrade at the end of the
+/// period. A Stripe-managed subscription's change is made at Stripe.
 pub async fn change_plan(
     tx: &mut TenantTx,
     _locked: &Actor,
     provider: PaymentProviderKind,
     input: ChangePlan,
-) -> Result<SubscriptionView, ApiError> {
+) -> Result<Change, ApiError> {
     let code = input.plan.trim();
     if code.is_empty() || code.len() > 64 {
         return Err(unknown_plan(code));
@@ -306,7 +307,6 @@ pub async fn change_plan(
     // The row lock first, then the plans: a plan's currency cannot change
     // between this read and the commit (see plans_admin::put).
     let before = current(tx, true).await?;
-    ensure_not_provider_managed(&before)?;
     let target = match repo::plan(tx.conn(), code).await? {
         Some((p, true)) => p,
         // Orgs keep a deactivated plan; choosing it again changes nothing.
@@ -319,10 +319,13 @@ pub async fn change_plan(
         FREE_PLAN.to_owned()
     };
     let current_plan = plan(tx.conn(), &current_code).await?;
+    if let Some(subscription_id) = managed_by_stripe(&before) {
+        return provider_plan_change(tx, before, subscription_id, current_plan, target).await;
+    }
 
     if target.code == current_code {
         if before.pending_plan_code.is_none() {
-            return view(tx.conn(), before).await;
+            return Ok(Change::Done(Box::new(view(tx.conn(), before).await?)));
         }
         let mut next = before.clone();
         next.pending_plan_code = None;
@@ -334,21 +337,9 @@ pub async fn change_plan(
             Some(&after),
         )
         .await?;
-        return view(tx.conn(), after).await;
+        return Ok(Change::Done(Box::new(view(tx.conn(), after).await?)));
     }
-    if current_plan.price_minor > 0
-        && target.price_minor > 0
-        && current_plan.currency != target.currency
-    {
-        return Err(ApiError::Status {
-            status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            code: "currency_mismatch",
-            detail: format!(
-                "the {} plan is billed in {}, the current plan in {}",
-                target.name, target.currency, current_plan.currency
-            ),
-        });
-    }
+    ensure_same_currency(&current_plan, &target)?;
     if provider == PaymentProviderKind::Stripe
         && target.price_minor > 0
         && before.provider_subscription_id.is_none()
@@ -400,24 +391,11 @@ pub async fn change_plan(
             .await?;
         }
         audit(tx, "subscription.upgraded", Some(&before), Some(&after)).await?;
-        return view(tx.conn(), after).await;
+        return Ok(Change::Done(Box::new(view(tx.conn(), after).await?)));
     }
 
     // A downgrade, at the end of the period: the members must fit by now.
-    if let Some(limit) = target.seat_limit {
-        let members = repo::member_count(tx.conn(), org_id).await?;
-        if members > i64::from(limit) {
-            let leave = members - i64::from(limit);
-            return Err(ApiError::conflict(
-                "seat_limit_reached",
-                format!(
-                    "the {} plan allows {limit} members and this organization has {members}: \
-                     {leave} must leave before it can move to that plan",
-                    target.name
-                ),
-            ));
-        }
-    }
+    ensure_members_fit(tx, &target).await?;
     next.pending_plan_code = Some(target.code.clone());
     let after = repo::update_subscription(tx.conn(), &next).await?;
     audit(
@@ -427,13 +405,49 @@ pub async fn change_plan(
         Some(&after),
     )
     .await?;
-    view(tx.conn(), after).await
+    Ok(Change::Done(Box::new(view(tx.conn(), after).await?)))
+}
+
+/// 422 `currency_mismatch` between two paid plans.
+fn ensure_same_currency(current: &Plan, target: &Plan) -> Result<(), ApiError> {
+    if current.price_minor > 0 && target.price_minor > 0 && current.currency != target.currency {
+        return Err(ApiError::Status {
+            status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            code: "currency_mismatch",
+            detail: format!(
+                "the {} plan is billed in {}, the current plan in {}",
+                target.name, target.currency, current.currency
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A downgrade waits for the end of the period, but the members must fit
+/// the new plan's seats by now.
+async fn ensure_members_fit(tx: &mut TenantTx, target: &Plan) -> Result<(), ApiError> {
+    let Some(limit) = target.seat_limit else {
+        return Ok(());
+    };
+    let org_id = tx.org_id();
+    let members = repo::member_count(tx.conn(), org_id).await?;
+    if members > i64::from(limit) {
+        let leave = members - i64::from(limit);
+        return Err(ApiError::conflict(
+            "seat_limit_reached",
+            format!(
+                "the {} plan allows {limit} members and this organization has {members}: \
+                 {leave} must leave before it can move to that plan",
+                target.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Cancels at the end of the period (back to the free plan then).
 pub async fn cancel(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionView, ApiError> {
     let before = current(tx, true).await?;
-    ensure_not_provider_managed(&before)?;
     if before.plan_code == FREE_PLAN || before.status == "canceled" {
         return Err(ApiError::conflict(
             "cannot_cancel_free",
@@ -461,7 +475,6 @@ pub async fn cancel(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionVi
 /// Takes back a cancellation that has not happened yet.
 pub async fn resume(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionView, ApiError> {
     let before = current(tx, true).await?;
-    ensure_not_provider_managed(&before)?;
     if before.status == "canceled" {
         return Err(ApiError::conflict(
             "subscription_canceled",
@@ -482,30 +495,207 @@ pub async fn resume(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionVi
 }
 
 // ---------------------------------------------------------------- Stripe-managed
+//
+// A Stripe-managed subscription changes at Stripe: the change is decided
+// here under the org lock (with the same refusals as a manual one), the
+// transaction ends, Stripe is asked (no transaction held while it answers),
+// and its answer is mirrored as its webhooks would be. Tenantry's plan state
+// lives in the Stripe subscription's metadata: `plan` (the plan now), and
+// for a downgrade `pending_plan` with `pending_from` (the renewal, in unix
+// seconds, from which the pending plan is the plan). The webhook mirror
+// reads the same keys, so the renewal's event applies the downgrade.
 
-/// A cancellation (or its withdrawal) Stripe must make: the subscription's
-/// provider id and its state before. `None`: not managed by Stripe.
-pub struct ProviderCancel {
+/// A change to ask of Stripe, and what to record once it answers.
+pub struct ProviderChange {
     pub before: Subscription,
     pub subscription_id: String,
+    pub update: SubscriptionUpdate,
+    /// The audit action once Stripe has made the change.
+    pub action: &'static str,
+    /// Until when this change holds the org's lease on changes.
+    pub lease: DateTime<Utc>,
 }
 
-/// For cancel (`cancel`) or resume of a Stripe-managed subscription, under
-/// the caller's org lock: the same refusals as for a manual one. `Ok(None)`
-/// also when nothing is to be asked (cancelling what already cancels).
-pub async fn provider_cancel(
-    tx: &mut TenantTx,
-    _locked: &Actor,
-    cancel: bool,
-) -> Result<Result<ProviderCancel, Option<SubscriptionView>>, ApiError> {
-    let before = current(tx, true).await?;
-    let Some(subscription_id) = before
-        .provider_subscription_id
+impl ProviderChange {
+    /// A short name for the change, for its idempotency key.
+    pub fn kind(&self) -> &'static str {
+        self.action
+            .strip_prefix("subscription.")
+            .unwrap_or(self.action)
+    }
+}
+
+/// The Stripe subscription id of a subscription Stripe manages.
+fn managed_by_stripe(sub: &Subscription) -> Option<String> {
+    sub.provider_subscription_id
         .clone()
-        .filter(|_| before.provider == "stripe")
-    else {
-        return Ok(Err(None));
+        .filter(|_| sub.provider == "stripe")
+}
+
+/// How long a change at the provider may take before another may start
+/// (its requests time out well before).
+const PROVIDER_CHANGE_LEASE: TimeDelta = TimeDelta::minutes(2);
+
+/// 409 `change_in_progress` while another change of the org's subscription
+/// is being made at the provider. The caller holds the org lock.
+async fn ensure_no_change_in_flight(tx: &mut TenantTx) -> Result<(), ApiError> {
+    let org_id = tx.org_id();
+    if repo::provider_change_in_flight(tx.conn(), org_id).await? {
+        return Err(ApiError::conflict(
+            "change_in_progress",
+            "a change of this subscription is being made at Stripe: try again in a moment",
+        ));
+    }
+    Ok(())
+}
+
+/// The change to ask of the provider, holding the org's lease on changes
+/// until it is recorded (or fails, or the lease runs out).
+async fn ask(
+    tx: &mut TenantTx,
+    before: Subscription,
+    subscription_id: String,
+    update: SubscriptionUpdate,
+    action: &'static str,
+) -> Result<Change, ApiError> {
+    let org_id = tx.org_id();
+    let lease = now() + PROVIDER_CHANGE_LEASE;
+    repo::set_provider_change(tx.conn(), org_id, lease).await?;
+    Ok(Change::AtProvider(Box::new(ProviderChange {
+        before,
+        subscription_id,
+        update,
+        action,
+        lease,
+    })))
+}
+
+/// Decides a plan change of a Stripe-managed subscription (`current` is the
+/// plan it is on, `target` an active plan or the current one).
+async fn provider_plan_change(
+    tx: &mut TenantTx,
+    before: Subscription,
+    subscription_id: String,
+    current: Plan,
+    target: Plan,
+) -> Result<Change, ApiError> {
+    match before.status.as_str() {
+        "past_due" | "incomplete" => {
+            return Err(ApiError::conflict(
+                "payment_pending",
+                format!(
+                    "the subscription has a payment outstanding (status {}): settle it in the \
+                     billing portal (POST .../billing/portal) before changing the plan",
+                    before.status
+                ),
+            ));
+        }
+        "canceled" => {
+            return Err(ApiError::conflict(
+                "subscription_canceled",
+                "the subscription has ended; choose a plan with POST .../billing/checkout",
+            ));
+        }
+        _ => {}
+    }
+    // Before any answer: the state is about to change at Stripe.
+    ensure_no_change_in_flight(tx).await?;
+    let state = |plan: &str, pending: &str, from: String| {
+        vec![
+            ("plan", plan.to_owned()),
+            ("pending_plan", pending.to_owned()),
+            ("pending_from", from),
+        ]
     };
+    if target.code == current.code {
+        if before.pending_plan_code.is_none() {
+            return Ok(Change::Done(Box::new(view(tx.conn(), before).await?)));
+        }
+        // Back to the current plan's price from the renewal on.
+        let update = SubscriptionUpdate::Price {
+            metadata: state(&current.code, "", String::new()),
+            plan: Box::new(current),
+            timing: PriceTiming::NextPeriod,
+            resume: false,
+            period_end: before.current_period_end,
+            restore: None,
+        };
+        let action = "subscription.downgrade_canceled";
+        return ask(tx, before, subscription_id, update, action).await;
+    }
+    ensure_same_currency(&current, &target)?;
+    if target.price_minor > 0 && target.interval != current.interval {
+        return Err(ApiError::conflict(
+            "interval_change",
+            format!(
+                "the {} plan is billed every {} and the current plan every {}: Stripe would \
+                 restart the billing period; cancel (POST .../subscription/cancel) and check \
+                 out the new plan when this period ends",
+                target.name, target.interval, current.interval
+            ),
+        ));
+    }
+    if target.price_minor <= 0 {
+        // No Stripe subscription bills nothing: a free plan is the end of
+        // the paid one.
+        ensure_members_fit(tx, &target).await?;
+        if before.cancel_at_period_end {
+            return Ok(Change::Done(Box::new(view(tx.conn(), before).await?)));
+        }
+        let update = SubscriptionUpdate::CancelAtPeriodEnd(true);
+        let action = "subscription.cancel_scheduled";
+        return ask(tx, before, subscription_id, update, action).await;
+    }
+    // A pending downgrade moved the price already, but the period was paid
+    // at the current plan's.
+    let restore = before
+        .pending_plan_code
+        .is_some()
+        .then(|| Box::new(current.clone()));
+    if is_upgrade(&current, &target) {
+        let update = SubscriptionUpdate::Price {
+            metadata: state(&target.code, "", String::new()),
+            plan: Box::new(target),
+            timing: PriceTiming::Now,
+            resume: true,
+            period_end: before.current_period_end,
+            restore,
+        };
+        let action = "subscription.upgraded";
+        return ask(tx, before, subscription_id, update, action).await;
+    }
+    ensure_members_fit(tx, &target).await?;
+    let from = before.current_period_end.timestamp().to_string();
+    let update = SubscriptionUpdate::Price {
+        metadata: state(&current.code, &target.code, from),
+        plan: Box::new(target),
+        timing: PriceTiming::NextPeriod,
+        resume: true,
+        period_end: before.current_period_end,
+        restore: None,
+    };
+    let action = "subscription.downgrade_scheduled";
+    ask(tx, before, subscription_id, update, action).await
+}
+
+/// Cancel (`cancel`) or resume, under the caller's org lock: for a
+/// Stripe-managed subscription, the change to ask of Stripe (with the same
+/// refusals as for a manual one); for a manual one, made here.
+pub async fn cancel_or_resume(
+    tx: &mut TenantTx,
+    locked: &Actor,
+    cancel: bool,
+) -> Result<Change, ApiError> {
+    let before = current(tx, true).await?;
+    let Some(subscription_id) = managed_by_stripe(&before) else {
+        let view = if cancel {
+            self::cancel(tx, locked).await?
+        } else {
+            resume(tx, locked).await?
+        };
+        return Ok(Change::Done(Box::new(view)));
+    };
+    ensure_no_change_in_flight(tx).await?;
     if before.status == "canceled" {
         return Err(ApiError::conflict(
             "subscription_canceled",
@@ -513,7 +703,7 @@ pub async fn provider_cancel(
         ));
     }
     if cancel && before.cancel_at_period_end {
-        return Ok(Err(Some(view(tx.conn(), before).await?)));
+        return Ok(Change::Done(Box::new(view(tx.conn(), before).await?)));
     }
     if !cancel && !before.cancel_at_period_end {
         return Err(ApiError::conflict(
@@ -521,41 +711,65 @@ pub async fn provider_cancel(
             "the subscription is not set to cancel",
         ));
     }
-    Ok(Ok(ProviderCancel {
-        before,
-        subscription_id,
-    }))
-}
-
-/// Records what Stripe answered to a cancellation (or its withdrawal): the
-/// subscription object is mirrored as the webhooks would, and audited.
-pub async fn record_provider_cancel(
-    tx: &mut TenantTx,
-    change: &ProviderCancel,
-    cancel: bool,
-    stripe_subscription: &serde_json::Value,
-) -> Result<SubscriptionView, ApiError> {
-    let org_id = tx.org_id();
-    // Whole seconds, as Stripe's events count: its event for this change
-    // (same second or later) still applies after this.
-    let as_of = Utc::now()
-        .duration_trunc(TimeDelta::seconds(1))
-        .unwrap_or_else(|_| Utc::now());
-    crate::billing::payments::webhook::apply_subscription(
-        tx.conn(),
-        org_id,
-        stripe_subscription,
-        as_of,
-    )
-    .await?;
-    let after = current(tx, false).await?;
     let action = if cancel {
         "subscription.cancel_scheduled"
     } else {
         "subscription.resumed"
     };
-    audit(tx, action, Some(&change.before), Some(&after)).await?;
+    let update = SubscriptionUpdate::CancelAtPeriodEnd(cancel);
+    ask(tx, before, subscription_id, update, action).await
+}
+
+/// Records what Stripe answered to a change sent at `sent_at`: the
+/// subscription object is mirrored as the webhooks would (unless a newer
+/// event was applied meanwhile, or the subscription is no longer the org's),
+/// the lease released, and the change audited. An upgrade started a new
+/// period, and Stripe credited the unused part of the old one: the old
+/// period's credits end with it.
+pub async fn record_provider_change(
+    tx: &mut TenantTx,
+    change: &ProviderChange,
+    stripe_subscription: &serde_json::Value,
+    sent_at: DateTime<Utc>,
+) -> Result<SubscriptionView, ApiError> {
+    let org_id = tx.org_id();
+    // Whole seconds, as Stripe's events count, from before the request:
+    // Stripe's event for this change (created after it) still applies
+    // after this, and an event applied while Stripe answered is newer.
+    let as_of = sent_at
+        .duration_trunc(TimeDelta::seconds(1))
+        .unwrap_or(sent_at);
+    crate::billing::payments::webhook::mirror_answer(
+        tx.conn(),
+        org_id,
+        &change.subscription_id,
+        stripe_subscription,
+        as_of,
+    )
+    .await?;
+    repo::release_provider_change(tx.conn(), org_id, change.lease).await?;
+    let after = current(tx, false).await?;
+    if change.action == "subscription.upgraded"
+        && after.current_period_start != change.before.current_period_start
+    {
+        let old_period = period_ref(org_id, change.before.current_period_start);
+        repo::end_grant(tx.conn(), org_id, &old_period).await?;
+    }
+    audit(tx, change.action, Some(&change.before), Some(&after)).await?;
     view(tx.conn(), after).await
+}
+
+/// Releases the org's lease after a change the provider refused (or that
+/// failed): the next change need not wait for it to run out.
+pub async fn release_provider_change(
+    pool: &PgPool,
+    change: &ProviderChange,
+) -> Result<(), ApiError> {
+    let org_id = change.before.org_id;
+    let (mut tx, _) = TenantTx::enter(pool, org_id, Uuid::nil()).await?;
+    repo::release_provider_change(tx.conn(), org_id, change.lease).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- rollover

@@ -1,12 +1,24 @@
 //! A local HTTP server standing in for Stripe's API at the HTTP boundary:
-//! it records each request (path, form body, `Authorization`,
+//! it records each request (method, path, form body, `Authorization`,
 //! `Idempotency-Key`) and answers with Stripe-shaped JSON for
 //! `POST /v1/customers`, `POST /v1/checkout/sessions`,
-//! `POST /v1/billing_portal/sessions` and `POST /v1/subscriptions/{id}`
-//! (`cancel_at_period_end`, on subscriptions a test seeded). Like Stripe, a repeated
-//! `Idempotency-Key` gets the first answer again. In error mode every
-//! request gets Stripe's error JSON with the chosen status (402: a card
-//! error, 5xx: an API error).
+//! `POST /v1/billing_portal/sessions`, `POST /v1/prices` (a recurring price
+//! with inline `product_data`, remembered by id), and, on subscriptions a
+//! test seeded, `GET /v1/subscriptions/{id}` and `POST /v1/subscriptions/{id}`
+//! (`items[0][id]`/`items[0][price]` with a price made here,
+//! `proration_behavior`, `billing_cycle_anchor=now|unchanged`,
+//! `trial_end=now`, `cancel_at_period_end`, `payment_behavior`,
+//! `metadata[..]`; an empty value removes a metadata key), refusing bad
+//! parameters with a 400 as Stripe does and changing nothing then.
+//!
+//! Like Stripe, a POST repeating an `Idempotency-Key` gets the first answer
+//! again (and changes nothing); the same key with another method, path or
+//! form is a 400 `idempotency_error`. GETs are never remembered. In error
+//! mode (`fail_with`, or `fail_requests_to` for one method and path) a request
+//! gets Stripe's error JSON with the chosen status (402: a card error, 5xx: an
+//! API error) and changes nothing. `delay_requests_to` makes one method and
+//! path answer only after a delay (a slow Stripe): the request is recorded on
+//! arrival, and answered (and applied) when the delay is over.
 //!
 //! Also signs webhook bodies as Stripe does (independently of the code
 //! under test).
@@ -15,10 +27,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -28,6 +41,8 @@ use tokio::task::JoinHandle;
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// `GET`, `POST`, ...
+    pub method: String,
     pub path: String,
     pub form: Vec<(String, String)>,
     pub authorization: Option<String>,
@@ -54,10 +69,17 @@ struct Inner {
     requests: Vec<Recorded>,
     /// Some(status): answer every request with Stripe's error JSON.
     fail_with: Option<u16>,
-    by_key: HashMap<String, (u16, Value)>,
+    /// (method, path, status): answer those requests with Stripe's error JSON.
+    fail_at: Option<(String, String, u16)>,
+    /// Answers by idempotency key, with the (method, path, form) first sent.
+    by_key: HashMap<String, (String, u16, Value)>,
     seq: u64,
-    /// Subscriptions by id, for `POST /v1/subscriptions/{id}`.
+    /// Subscriptions by id, for `GET`/`POST /v1/subscriptions/{id}`.
     subscriptions: HashMap<String, Value>,
+    /// Prices created with `POST /v1/prices`, by id.
+    prices: HashMap<String, Value>,
+    /// (method, path) -> how long those requests wait before being answered.
+    delays: HashMap<(String, String), Duration>,
 }
 
 pub struct FakeStripe {
@@ -95,10 +117,19 @@ impl FakeStripe {
         self.inner.lock().unwrap().requests.clone()
     }
 
+    /// The requests to `path`, whatever their method.
     pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
         self.requests()
             .into_iter()
             .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// The requests with `method` (`GET`, `POST`) to `path`.
+    pub fn requests_with(&self, method: &str, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
             .collect()
     }
 
@@ -107,11 +138,39 @@ impl FakeStripe {
         self.inner.lock().unwrap().fail_with = Some(status);
     }
 
-    pub fn succeed(&self) {
-        self.inner.lock().unwrap().fail_with = None;
+    /// From now on requests with `method` to `path` (only those) get
+    /// Stripe's error JSON with `status`.
+    pub fn fail_requests_to(&self, method: &str, path: &str, status: u16) {
+        self.inner.lock().unwrap().fail_at = Some((method.to_owned(), path.to_owned(), status));
     }
 
-    /// Makes a subscription known, as Stripe holds it.
+    /// From now on requests with `method` to `path` are answered only after
+    /// `delay` (they are recorded at once, and take effect when answered).
+    /// A zero delay ends it.
+    pub fn delay_requests_to(&self, method: &str, path: &str, delay: Duration) {
+        let key = (method.to_owned(), path.to_owned());
+        let mut inner = self.inner.lock().unwrap();
+        if delay.is_zero() {
+            inner.delays.remove(&key);
+        } else {
+            inner.delays.insert(key, delay);
+        }
+    }
+
+    /// A price made with `POST /v1/prices`, as the fake answered it.
+    pub fn price(&self, id: &str) -> Option<Value> {
+        self.inner.lock().unwrap().prices.get(id).cloned()
+    }
+
+    /// Ends both error modes.
+    pub fn succeed(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.fail_with = None;
+        inner.fail_at = None;
+    }
+
+    /// Makes a subscription known, as Stripe holds it (replacing the one
+    /// with its id: a test can move it on, as Stripe's renewal does).
     pub fn seed_subscription(&self, subscription: Value) {
         let id = subscription["id"].as_str().unwrap().to_owned();
         self.inner
@@ -120,10 +179,67 @@ impl FakeStripe {
             .subscriptions
             .insert(id, subscription);
     }
+
+    /// The subscription as the fake holds it now (after the updates it
+    /// answered), e.g. to deliver it in a webhook event.
+    pub fn subscription(&self, id: &str) -> Option<Value> {
+        self.inner.lock().unwrap().subscriptions.get(id).cloned()
+    }
+}
+
+fn stripe_error(status: u16) -> Value {
+    if status == 402 {
+        json!({"error": {
+            "type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+            "message": "Your card was declined."
+        }})
+    } else {
+        json!({"error": {
+            "type": "api_error",
+            "message": "Something went wrong on Stripe's end."
+        }})
+    }
+}
+
+/// 400 `invalid_request_error` with `message`.
+fn invalid(message: impl Into<String>) -> (u16, Value) {
+    (
+        400,
+        json!({"error": {"type": "invalid_request_error", "message": message.into()}}),
+    )
+}
+
+fn missing(name: &str) -> (u16, Value) {
+    invalid(format!("Missing required param: {name}."))
+}
+
+fn no_such_subscription(id: &str) -> (u16, Value) {
+    (
+        404,
+        json!({"error": {
+            "type": "invalid_request_error", "code": "resource_missing",
+            "message": format!("No such subscription: '{id}'")
+        }}),
+    )
+}
+
+/// The fields `prefix[name]` of `form` as a metadata object (empty values
+/// included).
+fn bracketed(form: &[(String, String)], prefix: &str) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for (k, v) in form {
+        if let Some(rest) = k.strip_prefix(prefix)
+            && let Some(name) = rest.strip_suffix(']')
+        {
+            m.insert(name.to_owned(), Value::String(v.clone()));
+        }
+    }
+    m
 }
 
 async fn handle(
     State(inner): State<Arc<Mutex<Inner>>>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -136,50 +252,75 @@ async fn handle(
     };
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let rec = Recorded {
+        method: method.as_str().to_owned(),
         path: uri.path().to_owned(),
         form: form.clone(),
         authorization: header("authorization"),
         idempotency_key: header("idempotency-key"),
         content_type: header("content-type"),
     };
-    let mut inner = inner.lock().unwrap();
-    inner.requests.push(rec.clone());
-    if let Some(status) = inner.fail_with {
-        let error = if status == 402 {
-            json!({"error": {
-                "type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
-                "message": "Your card was declined."
-            }})
-        } else {
-            json!({"error": {
-                "type": "api_error",
-                "message": "Something went wrong on Stripe's end."
-            }})
-        };
-        return reply(status, error);
+    let delay = {
+        let mut inner = inner.lock().unwrap();
+        inner.requests.push(rec.clone());
+        inner
+            .delays
+            .get(&(rec.method.clone(), rec.path.clone()))
+            .copied()
+    };
+    // A slow Stripe: the lock is not held while it "works".
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
-    if let Some(key) = &rec.idempotency_key
-        && let Some((status, body)) = inner.by_key.get(key)
+    let mut inner = inner.lock().unwrap();
+    if let Some(status) = inner.fail_with {
+        return reply(status, stripe_error(status));
+    }
+    if let Some((m, p, status)) = &inner.fail_at
+        && *m == rec.method
+        && *p == rec.path
     {
+        let status = *status;
+        return reply(status, stripe_error(status));
+    }
+    let is_get = method == Method::GET;
+    // What a repeated key must repeat, as Stripe compares it.
+    let fingerprint = format!(
+        "{} {} {}",
+        rec.method,
+        rec.path,
+        serde_urlencoded::to_string(&form).unwrap_or_default()
+    );
+    if !is_get
+        && let Some(key) = &rec.idempotency_key
+        && let Some((first, status, body)) = inner.by_key.get(key)
+    {
+        if *first != fingerprint {
+            return reply(
+                400,
+                json!({"error": {
+                    "type": "idempotency_error",
+                    "message": format!(
+                        "Keys for idempotent requests can only be used with the same parameters \
+                         they were first used with. Try using a key other than '{key}' if you \
+                         meant to execute a different request."
+                    )
+                }}),
+            );
+        }
         return reply(*status, body.clone());
     }
     inner.seq += 1;
     let n = inner.seq;
     let now = chrono::Utc::now().timestamp();
-    let metadata = |prefix: &str| {
-        let mut m = serde_json::Map::new();
-        for (k, v) in &form {
-            if let Some(rest) = k.strip_prefix(prefix)
-                && let Some(name) = rest.strip_suffix(']')
-            {
-                m.insert(name.to_owned(), Value::String(v.clone()));
-            }
-        }
-        Value::Object(m)
-    };
+    let metadata = |prefix: &str| Value::Object(bracketed(&form, prefix));
     let field = |name: &str| rec.field(name).map(str::to_owned);
-    let (status, answer) = match rec.path.as_str() {
-        "/v1/customers" => (
+    let subscription_id = rec
+        .path
+        .strip_prefix("/v1/subscriptions/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .map(str::to_owned);
+    let (status, answer) = match (rec.method.as_str(), rec.path.as_str()) {
+        ("POST", "/v1/customers") => (
             200,
             json!({
                 "id": format!("cus_test_{n}"), "object": "customer", "created": now,
@@ -187,7 +328,7 @@ async fn handle(
                 "metadata": metadata("metadata["), "livemode": false
             }),
         ),
-        "/v1/checkout/sessions" => {
+        ("POST", "/v1/checkout/sessions") => {
             let id = format!("cs_test_{n}");
             (
                 200,
@@ -202,7 +343,7 @@ async fn handle(
                 }),
             )
         }
-        "/v1/billing_portal/sessions" => (
+        ("POST", "/v1/billing_portal/sessions") => (
             200,
             json!({
                 "id": format!("bps_test_{n}"), "object": "billing_portal.session",
@@ -212,36 +353,215 @@ async fn handle(
                 "livemode": false
             }),
         ),
-        path if path.starts_with("/v1/subscriptions/") => {
-            let id = path.trim_start_matches("/v1/subscriptions/").to_owned();
-            match inner.subscriptions.get_mut(&id) {
-                Some(sub) => {
-                    if let Some(cancel) = field("cancel_at_period_end") {
-                        sub["cancel_at_period_end"] = json!(cancel == "true");
-                    }
-                    (200, sub.clone())
-                }
-                None => (
-                    404,
-                    json!({"error": {
-                        "type": "invalid_request_error", "code": "resource_missing",
-                        "message": format!("No such subscription: '{id}'")
-                    }}),
-                ),
+        ("POST", "/v1/prices") => create_price(&mut inner, &rec, n, now),
+        ("GET", _) if subscription_id.is_some() => {
+            let id = subscription_id.unwrap();
+            match inner.subscriptions.get(&id) {
+                Some(sub) => (200, sub.clone()),
+                None => no_such_subscription(&id),
             }
         }
-        other => (
+        ("POST", _) if subscription_id.is_some() => {
+            update_subscription(&mut inner, &subscription_id.unwrap(), &rec, n, now)
+        }
+        (method, other) => (
             404,
             json!({"error": {
                 "type": "invalid_request_error",
-                "message": format!("Unrecognized request URL (POST: {other}).")
+                "message": format!("Unrecognized request URL ({method}: {other}).")
             }}),
         ),
     };
-    if let Some(key) = rec.idempotency_key {
-        inner.by_key.insert(key, (status, answer.clone()));
+    if !is_get && let Some(key) = rec.idempotency_key {
+        inner
+            .by_key
+            .insert(key, (fingerprint, status, answer.clone()));
     }
     reply(status, answer)
+}
+
+/// `POST /v1/prices`: a recurring price with inline `product_data`.
+fn create_price(inner: &mut Inner, rec: &Recorded, n: u64, now: i64) -> (u16, Value) {
+    for name in [
+        "currency",
+        "unit_amount",
+        "recurring[interval]",
+        "product_data[name]",
+    ] {
+        if rec.field(name).is_none_or(str::is_empty) {
+            return missing(name);
+        }
+    }
+    let Ok(unit_amount) = rec.field("unit_amount").unwrap().parse::<i64>() else {
+        return invalid(format!(
+            "Invalid integer: {}",
+            rec.field("unit_amount").unwrap()
+        ));
+    };
+    let interval = rec.field("recurring[interval]").unwrap();
+    if !matches!(interval, "day" | "week" | "month" | "year") {
+        return invalid(format!("Invalid recurring[interval]: {interval}"));
+    }
+    let id = format!("price_test_{n}");
+    let price = json!({
+        "id": id, "object": "price", "created": now, "active": true,
+        "currency": rec.field("currency"), "unit_amount": unit_amount,
+        "recurring": {"interval": interval},
+        "product": format!("prod_test_{n}"),
+        "metadata": Value::Object(bracketed(&rec.form, "metadata[")),
+        "livemode": false
+    });
+    inner.prices.insert(id, price.clone());
+    (200, price)
+}
+
+/// `POST /v1/subscriptions/{id}`: every parameter is checked before any is
+/// applied (a refused update changes nothing).
+fn update_subscription(
+    inner: &mut Inner,
+    id: &str,
+    rec: &Recorded,
+    n: u64,
+    now: i64,
+) -> (u16, Value) {
+    let Some(current) = inner.subscriptions.get(id) else {
+        return no_such_subscription(id);
+    };
+    let mut sub = current.clone();
+    if let Some(p) = rec.field("proration_behavior")
+        && !matches!(p, "create_prorations" | "none" | "always_invoice")
+    {
+        return invalid(
+            "Invalid proration_behavior: must be one of create_prorations, none, or always_invoice",
+        );
+    }
+    let anchor = rec.field("billing_cycle_anchor");
+    let trial_end = rec.field("trial_end");
+    if anchor.is_some() && trial_end.is_some() {
+        return invalid(
+            "You cannot set both `billing_cycle_anchor` and `trial_end` on a subscription update.",
+        );
+    }
+    if let Some(a) = anchor
+        && !matches!(a, "now" | "unchanged")
+    {
+        return invalid(format!(
+            "Invalid billing_cycle_anchor: must be one of now or unchanged (got {a})"
+        ));
+    }
+    let trial_until = match trial_end {
+        None => None,
+        Some("now") => Some(now),
+        Some(t) => match t.parse::<i64>() {
+            Ok(t) if t > now => Some(t),
+            _ => {
+                return invalid(format!(
+                    "Invalid trial_end: must be `now` or a future timestamp (got {t})"
+                ));
+            }
+        },
+    };
+    let item_id = rec.field("items[0][id]");
+    if let Some(item) = item_id
+        && !sub["items"]["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|i| i["id"] == item))
+    {
+        return invalid(format!("No such subscription item: '{item}'"));
+    }
+    let price = match rec.field("items[0][price]") {
+        None => None,
+        Some(p) => match inner.prices.get(p) {
+            Some(price) => Some(price.clone()),
+            None => return invalid(format!("No such price: '{p}'")),
+        },
+    };
+    if let Some(cancel) = rec.field("cancel_at_period_end")
+        && !matches!(cancel, "true" | "false")
+    {
+        return invalid(format!("Invalid boolean: {cancel}"));
+    }
+    if let Some(b) = rec.field("payment_behavior")
+        && !matches!(
+            b,
+            "allow_incomplete"
+                | "error_if_incomplete"
+                | "pending_if_incomplete"
+                | "default_incomplete"
+        )
+    {
+        return invalid(format!(
+            "Invalid payment_behavior: must be one of allow_incomplete, error_if_incomplete, \
+             pending_if_incomplete, or default_incomplete (got {b})"
+        ));
+    }
+
+    // Valid: apply.
+    if let Some(price) = price {
+        match item_id {
+            Some(item) => {
+                for i in sub["items"]["data"].as_array_mut().unwrap() {
+                    if i["id"] == item {
+                        i["price"] = price.clone();
+                    }
+                }
+            }
+            // A price without an item id adds an item, as at Stripe.
+            None => {
+                let added = json!({"id": format!("si_test_{n}"), "price": price});
+                match sub["items"]["data"].as_array_mut() {
+                    Some(data) => data.push(added),
+                    None => sub["items"] = json!({"object": "list", "data": [added]}),
+                }
+            }
+        }
+    }
+    // Newer API versions keep the period on the items too.
+    let new_period = |sub: &mut Value| {
+        sub["current_period_start"] = json!(now);
+        sub["current_period_end"] = json!(now + 30 * 86400);
+        if let Some(items) = sub["items"]["data"].as_array_mut() {
+            for i in items
+                .iter_mut()
+                .filter(|i| i.get("current_period_start").is_some())
+            {
+                i["current_period_start"] = json!(now);
+                i["current_period_end"] = json!(now + 30 * 86400);
+            }
+        }
+    };
+    if anchor == Some("now") {
+        new_period(&mut sub);
+    }
+    if let Some(t) = trial_until {
+        sub["trial_end"] = json!(t);
+        if t == now {
+            sub["status"] = json!("active");
+            new_period(&mut sub);
+        } else {
+            sub["status"] = json!("trialing");
+            sub["current_period_end"] = json!(t);
+        }
+    }
+    if let Some(cancel) = rec.field("cancel_at_period_end") {
+        sub["cancel_at_period_end"] = json!(cancel == "true");
+    }
+    let changes = bracketed(&rec.form, "metadata[");
+    if !changes.is_empty() {
+        if !sub["metadata"].is_object() {
+            sub["metadata"] = json!({});
+        }
+        let m = sub["metadata"].as_object_mut().unwrap();
+        for (k, v) in changes {
+            if v.as_str() == Some("") {
+                m.remove(&k);
+            } else {
+                m.insert(k, v);
+            }
+        }
+    }
+    inner.subscriptions.insert(id.to_owned(), sub.clone());
+    (200, sub)
 }
 
 fn reply(status: u16, body: Value) -> Response {
@@ -252,7 +572,6 @@ fn reply(status: u16, body: Value) -> Response {
     )
         .into_response()
 }
-
 /// `v1` of `body` at `t` under `secret`: hex HMAC-SHA256 of `"{t}.{body}"`.
 pub fn sign(secret: &str, t: i64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();

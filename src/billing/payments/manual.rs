@@ -7,6 +7,7 @@ use futures_util::future::BoxFuture;
 
 use super::{
     CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest, PortalSession,
+    SubscriptionUpdate,
 };
 use crate::config::PaymentProviderKind;
 use crate::core::error::ApiError;
@@ -50,10 +51,10 @@ impl PaymentProvider for ManualProvider {
         Box::pin(async { Err(checkout_unavailable()) })
     }
 
-    fn set_cancel_at_period_end<'a>(
+    fn update_subscription<'a>(
         &'a self,
         _subscription_id: &'a str,
-        _cancel: bool,
+        _update: &'a SubscriptionUpdate,
         _idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>> {
         Box::pin(async { Err(checkout_unavailable()) })

@@ -13,6 +13,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -120,15 +121,48 @@ pub trait PaymentProvider: Send + Sync + 'static {
         req: &'a PortalRequest,
     ) -> BoxFuture<'a, Result<PortalSession, ApiError>>;
 
-    /// Asks for (or takes back) the cancellation of the provider's
-    /// subscription at the end of its period; returns the provider's
-    /// subscription as it now is.
-    fn set_cancel_at_period_end<'a>(
+    /// Changes the provider's subscription; returns it as it now is.
+    fn update_subscription<'a>(
         &'a self,
         subscription_id: &'a str,
-        cancel: bool,
+        update: &'a SubscriptionUpdate,
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>>;
+}
+
+/// When a new price of a subscription applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceTiming {
+    /// Now: a new period starts (a trial ends), and the unused part of the
+    /// old price is credited against the new one, invoiced at once.
+    Now,
+    /// From the next renewal, without proration.
+    NextPeriod,
+}
+
+/// A change to make to the provider's subscription.
+#[derive(Debug, Clone)]
+pub enum SubscriptionUpdate {
+    /// Cancel at the end of the period (`true`), or take that back.
+    CancelAtPeriodEnd(bool),
+    /// Bill `plan`'s price from `timing` on. `metadata` records Tenantry's
+    /// plan state on the subscription (an empty value removes a key).
+    Price {
+        plan: Box<Plan>,
+        timing: PriceTiming,
+        metadata: Vec<(&'static str, String)>,
+        /// Also take back a cancellation at period end.
+        resume: bool,
+        /// The end of the period as last mirrored: when the provider's
+        /// differs (it renewed, and its webhook is on the way), the change
+        /// was decided on stale state and is refused (409
+        /// `subscription_changed`).
+        period_end: DateTime<Utc>,
+        /// Put the subscription back on this plan's price first, without
+        /// proration (it was moved to a pending downgrade's price, but
+        /// the period was paid at this one).
+        restore: Option<Box<Plan>>,
+    },
 }
 
 /// The provider `PAYMENT_PROVIDER` names.

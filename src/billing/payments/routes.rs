@@ -54,6 +54,7 @@ async fn list_credit_packs(
     responses((status = 200, body = CheckoutSession),
         (status = 409, description = "`checkout_unavailable` (payments are manual), `subscription_exists`", body = Problem),
         (status = 422, description = "`validation_failed` (`unknown_plan`, `unknown_credit_pack`, `free_plan`, plan and credit_pack both or neither), `currency_mismatch`", body = Problem),
+        (status = 402, description = "`payment_declined`: a card error, with Stripe's message", body = Problem),
         (status = 502, description = "`payment_provider_error`: Stripe refused or failed, with its message", body = Problem)))]
 async fn create_checkout(
     State(state): State<AppState>,
@@ -87,6 +88,7 @@ async fn create_checkout(
     params(("org_id" = Uuid, Path)),
     responses((status = 200, body = PortalSession),
         (status = 409, description = "`checkout_unavailable` (payments are manual), `no_customer` (the org never paid)", body = Problem),
+        (status = 402, description = "`payment_declined`", body = Problem),
         (status = 502, description = "`payment_provider_error`", body = Problem)))]
 async fn create_portal(
     State(state): State<AppState>,

@@ -1,19 +1,23 @@
 //! Stripe over its REST API: form-encoded POSTs with the secret key as a
 //! bearer token and an `Idempotency-Key` on each, so that a retried request
 //! (ours, after a timeout or a 5xx) never creates a second object. Prices
-//! are sent inline (`price_data`): no Stripe price ids to configure.
+//! come from the plan catalog: inline in Checkout (`price_data`), and
+//! created with their product (`POST /v1/prices`) when a subscription
+//! changes plan. No Stripe price ids to configure.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use url::Url;
 
 use super::{
     CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
-    PortalSession,
+    PortalSession, PriceTiming, SubscriptionUpdate,
 };
+use crate::billing::model::Plan;
 use crate::config::{BillingConfig, PaymentProviderKind, Secret};
 use crate::core::error::ApiError;
 
@@ -60,20 +64,30 @@ impl StripeProvider {
     ) -> Result<Value, ApiError> {
         let body = serde_urlencoded::to_string(form)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")))?;
+        self.send(path, Some((body, idempotency_key))).await
+    }
+
+    /// GETs an object (retried as a POST is: reading is idempotent).
+    async fn get(&self, path: &str) -> Result<Value, ApiError> {
+        self.send(path, None).await
+    }
+
+    async fn send(&self, path: &str, post: Option<(String, &str)>) -> Result<Value, ApiError> {
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            let sent = self
-                .http
-                .post(self.url(path))
-                .bearer_auth(self.secret.expose())
-                .header("Idempotency-Key", idempotency_key)
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(body.clone())
-                .send()
-                .await;
+            let request = match &post {
+                Some((body, idempotency_key)) => self
+                    .http
+                    .post(self.url(path))
+                    .header("Idempotency-Key", *idempotency_key)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(body.clone()),
+                None => self.http.get(self.url(path)),
+            };
+            let sent = request.bearer_auth(self.secret.expose()).send().await;
             let res = match sent {
                 Ok(res) => res,
                 Err(e) => {
@@ -103,6 +117,14 @@ impl StripeProvider {
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("Stripe answered {status}"));
             tracing::warn!(status = status.as_u16(), path, attempt, %message, "Stripe error");
+            if status == reqwest::StatusCode::PAYMENT_REQUIRED {
+                // A card error: Stripe's message is written for the customer.
+                return Err(ApiError::Status {
+                    status: StatusCode::PAYMENT_REQUIRED,
+                    code: "payment_declined",
+                    detail: format!("the payment was declined: {message}"),
+                });
+            }
             // Stripe's words about our own credentials (they quote part of
             // the key) are for the log, not for the caller.
             last = Some(provider_error(
@@ -198,15 +220,99 @@ pub fn checkout_form(req: &CheckoutRequest) -> Vec<(String, String)> {
     form
 }
 
+/// The id of the subscription's one item (Tenantry's subscriptions have
+/// one: the plan).
+fn single_item(subscription: &Value) -> Result<String, ApiError> {
+    match subscription["items"]["data"].as_array().map(Vec::as_slice) {
+        Some([item]) => string_field(item, "id"),
+        Some(items) => Err(ApiError::conflict(
+            "unsupported_subscription",
+            format!(
+                "the Stripe subscription has {} items; Tenantry changes the plan of one-item \
+                 subscriptions only (change this one in Stripe's dashboard)",
+                items.len()
+            ),
+        )),
+        None => Err(provider_error("Stripe's subscription has no items".into())),
+    }
+}
+
+/// 409 `subscription_changed` unless Stripe's subscription still ends its
+/// period at `expected` (the period as last mirrored).
+fn ensure_period_end(subscription: &Value, expected: DateTime<Utc>) -> Result<(), ApiError> {
+    let end = subscription["current_period_end"]
+        .as_i64()
+        .or_else(|| subscription["items"]["data"][0]["current_period_end"].as_i64());
+    if end == Some(expected.timestamp()) {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "subscription_changed",
+        "Stripe's subscription has moved on since this server last heard of it (a renewal or \
+         a change whose notification is on its way): try again in a moment",
+    ))
+}
+
+/// The form of a recurring price for `plan` (its product created with it).
+pub fn price_form(plan: &Plan) -> Vec<(String, String)> {
+    vec![
+        pair("currency", plan.currency.to_ascii_lowercase()),
+        pair("unit_amount", plan.price_minor),
+        pair("recurring[interval]", &plan.interval),
+        pair("product_data[name]", &plan.name),
+        pair("metadata[plan]", &plan.code),
+    ]
+}
+
+/// The form that moves a subscription's item to a new price: now (a new
+/// period, prorated and invoiced at once; a trial ends) or from the next
+/// renewal (no proration).
+pub fn subscription_price_form(
+    item_id: &str,
+    price_id: &str,
+    timing: PriceTiming,
+    trialing: bool,
+    metadata: &[(&'static str, String)],
+    resume: bool,
+) -> Vec<(String, String)> {
+    let mut form = vec![
+        pair("items[0][id]", item_id),
+        pair("items[0][price]", price_id),
+    ];
+    match timing {
+        PriceTiming::Now => {
+            form.push(pair("proration_behavior", "always_invoice"));
+            // A declined payment refuses the change (402) instead of moving
+            // the subscription to the new plan unpaid (`past_due`).
+            form.push(pair("payment_behavior", "error_if_incomplete"));
+            // Stripe refuses a new billing anchor during a trial; ending
+            // the trial starts the paid period now.
+            form.push(if trialing {
+                pair("trial_end", "now")
+            } else {
+                pair("billing_cycle_anchor", "now")
+            });
+        }
+        PriceTiming::NextPeriod => form.push(pair("proration_behavior", "none")),
+    }
+    if resume {
+        form.push(pair("cancel_at_period_end", false));
+    }
+    for (key, value) in metadata {
+        form.push(pair(&format!("metadata[{key}]"), value));
+    }
+    form
+}
+
 impl PaymentProvider for StripeProvider {
     fn kind(&self) -> PaymentProviderKind {
         PaymentProviderKind::Stripe
     }
 
-    fn set_cancel_at_period_end<'a>(
+    fn update_subscription<'a>(
         &'a self,
         subscription_id: &'a str,
-        cancel: bool,
+        update: &'a SubscriptionUpdate,
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<Value, ApiError>> {
         Box::pin(async move {
@@ -220,12 +326,62 @@ impl PaymentProvider for StripeProvider {
                     "a stored Stripe subscription id is malformed"
                 )));
             }
-            self.post(
-                &format!("/v1/subscriptions/{subscription_id}"),
-                &[pair("cancel_at_period_end", cancel)],
-                idempotency_key,
-            )
-            .await
+            let path = format!("/v1/subscriptions/{subscription_id}");
+            let form = match update {
+                SubscriptionUpdate::CancelAtPeriodEnd(cancel) => {
+                    vec![pair("cancel_at_period_end", cancel)]
+                }
+                SubscriptionUpdate::Price {
+                    plan,
+                    timing,
+                    metadata,
+                    resume,
+                    period_end,
+                    restore,
+                } => {
+                    // The item to re-price, whether a trial is running, and
+                    // whether the state the change was decided on is current.
+                    let current = self.get(&path).await?;
+                    let item = single_item(&current)?;
+                    ensure_period_end(&current, *period_end)?;
+                    if let Some(restore) = restore {
+                        let price = self
+                            .post(
+                                "/v1/prices",
+                                &price_form(restore),
+                                &format!("{idempotency_key}-restore-price"),
+                            )
+                            .await?;
+                        let form = subscription_price_form(
+                            &item,
+                            &string_field(&price, "id")?,
+                            PriceTiming::NextPeriod,
+                            false,
+                            &[],
+                            false,
+                        );
+                        self.post(&path, &form, &format!("{idempotency_key}-restore"))
+                            .await?;
+                    }
+                    let price = self
+                        .post(
+                            "/v1/prices",
+                            &price_form(plan),
+                            &format!("{idempotency_key}-price"),
+                        )
+                        .await?;
+                    let trialing = current["status"].as_str() == Some("trialing");
+                    subscription_price_form(
+                        &item,
+                        &string_field(&price, "id")?,
+                        *timing,
+                        trialing,
+                        metadata,
+                        *resume,
+                    )
+                }
+            };
+            self.post(&path, &form, idempotency_key).await
         })
     }
 

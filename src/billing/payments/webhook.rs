@@ -427,6 +427,36 @@ pub(crate) async fn apply_subscription(
     obj: &Value,
     as_of: DateTime<Utc>,
 ) -> Result<bool, ApiError> {
+    mirror(conn, org_id, obj, as_of, false).await
+}
+
+/// Mirrors Stripe's answer to a change of `subscription_id` as of `as_of`,
+/// like [`apply_subscription`], but only while the org's subscription is
+/// still that one, Stripe's (a deletion applied meanwhile stays applied).
+pub(crate) async fn mirror_answer(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    subscription_id: &str,
+    obj: &Value,
+    as_of: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    if obj["id"].as_str() != Some(subscription_id) {
+        return Err(ApiError::Status {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            code: "payment_provider_error",
+            detail: "the payment provider answered with another subscription".into(),
+        });
+    }
+    mirror(conn, org_id, obj, as_of, true).await
+}
+
+async fn mirror(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    obj: &Value,
+    as_of: DateTime<Utc>,
+    linked_only: bool,
+) -> Result<bool, ApiError> {
     let Some(sub_id) = obj["id"].as_str() else {
         return Ok(false);
     };
@@ -434,15 +464,6 @@ pub(crate) async fn apply_subscription(
         return Ok(false);
     }
     let status = obj["status"].as_str().and_then(map_status);
-    let plan: Option<String> = match obj["metadata"]["plan"].as_str() {
-        Some(code) => {
-            sqlx::query_scalar("select code from plans where code = $1")
-                .bind(code)
-                .fetch_optional(&mut *conn)
-                .await?
-        }
-        None => None,
-    };
     // Newer API versions keep the period on the subscription's items.
     let item = &obj["items"]["data"][0];
     let start = unix(&obj["current_period_start"]).or_else(|| unix(&item["current_period_start"]));
@@ -451,15 +472,18 @@ pub(crate) async fn apply_subscription(
         (Some(s), Some(e)) if e > s => (Some(s), Some(e)),
         _ => (None, None),
     };
+    let (plan, pending) = plan_state(&obj["metadata"], start);
+    let plan = known_plan(conn, plan).await?;
+    let pending = known_plan(conn, pending).await?;
     let applied: Option<Uuid> = sqlx::query_scalar(
         "insert into subscriptions as s
              (org_id, plan_code, status, current_period_start, current_period_end, trial_end,
               cancel_at_period_end, canceled_at, provider, provider_subscription_id,
-              provider_state_at, trial_used)
+              provider_state_at, trial_used, pending_plan_code)
          values ($1, coalesce($2::text, 'free'), coalesce($3::text, 'active'),
                  coalesce($4::timestamptz, now()),
                  coalesce($5::timestamptz, now() + interval '1 month'),
-                 $6, $7, $8, 'stripe', $9, $10, coalesce($3::text = 'trialing', false))
+                 $6, $7, $8, 'stripe', $9, $10, coalesce($3::text = 'trialing', false), $11)
          on conflict (org_id) do update set
              plan_code = coalesce($2::text, s.plan_code),
              status = coalesce($3::text, s.status),
@@ -468,18 +492,19 @@ pub(crate) async fn apply_subscription(
              trial_end = $6,
              cancel_at_period_end = $7,
              canceled_at = $8,
-             pending_plan_code = null,
+             pending_plan_code = $11,
              provider = 'stripe',
              provider_subscription_id = $9,
              provider_state_at = $10,
              trial_used = s.trial_used or coalesce($3::text = 'trialing', false),
              updated_at = now()
-         where s.provider_state_at is null or s.provider_state_at < $10
+         where (not $12 or (s.provider = 'stripe' and s.provider_subscription_id = $9))
+           and (s.provider_state_at is null or s.provider_state_at < $10
             -- `created` has whole seconds: of two events in one second, the
             -- later delivered wins, except that a first payment still
             -- pending (`incomplete`) never undoes a state past it.
             or (s.provider_state_at = $10
-                and not (coalesce($3::text, '') = 'incomplete' and s.status <> 'incomplete'))
+                and not (coalesce($3::text, '') = 'incomplete' and s.status <> 'incomplete')))
          returning s.org_id",
     )
     .bind(org_id)
@@ -492,6 +517,8 @@ pub(crate) async fn apply_subscription(
     .bind(unix(&obj["canceled_at"]))
     .bind(sub_id)
     .bind(as_of)
+    .bind(pending)
+    .bind(linked_only)
     .fetch_optional(&mut *conn)
     .await?;
     if applied.is_none() {
@@ -499,6 +526,41 @@ pub(crate) async fn apply_subscription(
     }
     grant_period_credits(conn, org_id).await?;
     Ok(true)
+}
+
+/// The plan and the pending plan a subscription's metadata names, in a
+/// period starting at `start`: `plan`, unless a downgrade recorded as
+/// `pending_plan` has taken effect (the period starts at or after
+/// `pending_from`, unix seconds), which makes `pending_plan` the plan.
+fn plan_state(metadata: &Value, start: Option<DateTime<Utc>>) -> (Option<&str>, Option<&str>) {
+    fn non_empty(v: &Value) -> Option<&str> {
+        v.as_str().map(str::trim).filter(|s| !s.is_empty())
+    }
+    let plan = non_empty(&metadata["plan"]);
+    let Some(pending) = non_empty(&metadata["pending_plan"]) else {
+        return (plan, None);
+    };
+    let from = non_empty(&metadata["pending_from"])
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|t| DateTime::from_timestamp(t, 0));
+    match (from, start) {
+        (Some(from), Some(start)) if start >= from => (Some(pending), None),
+        _ => (plan, Some(pending)),
+    }
+}
+
+/// `code` if the catalog has it (active or not).
+async fn known_plan(
+    conn: &mut PgConnection,
+    code: Option<&str>,
+) -> Result<Option<String>, sqlx::Error> {
+    let Some(code) = code else {
+        return Ok(None);
+    };
+    sqlx::query_scalar("select code from plans where code = $1")
+        .bind(code)
+        .fetch_optional(&mut *conn)
+        .await
 }
 
 /// The credits of the Stripe-managed subscription's current period, once
@@ -716,6 +778,36 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_pending_downgrade_becomes_the_plan_from_its_renewal_on() {
+        let meta = serde_json::json!({
+            "plan": "business", "pending_plan": "pro", "pending_from": "1700000000"
+        });
+        let at = |t: i64| DateTime::from_timestamp(t, 0);
+        assert_eq!(
+            plan_state(&meta, at(1699990000)),
+            (Some("business"), Some("pro"))
+        );
+        assert_eq!(plan_state(&meta, at(1700000000)), (Some("pro"), None));
+        assert_eq!(plan_state(&meta, at(1702592000)), (Some("pro"), None));
+        // Without a period, or a readable date, the downgrade stays pending.
+        assert_eq!(plan_state(&meta, None), (Some("business"), Some("pro")));
+        let bad =
+            serde_json::json!({"plan": "business", "pending_plan": "pro", "pending_from": "soon"});
+        assert_eq!(
+            plan_state(&bad, at(1800000000)),
+            (Some("business"), Some("pro"))
+        );
+        // Cleared keys (Stripe drops keys set empty; older objects may show "").
+        let cleared =
+            serde_json::json!({"plan": "business", "pending_plan": "", "pending_from": ""});
+        assert_eq!(
+            plan_state(&cleared, at(1700000000)),
+            (Some("business"), None)
+        );
+        assert_eq!(plan_state(&serde_json::json!({}), at(1)), (None, None));
     }
 
     #[test]

@@ -1,0 +1,1 @@
+alter table subscriptions drop column provider_change_until;
