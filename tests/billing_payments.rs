@@ -399,6 +399,24 @@ async fn stripe_card_errors_are_402_other_errors_502_and_5xx_is_retried_with_the
         "{p}"
     );
 
+    // A 402 that is not a card error (Stripe refusing the request, not the
+    // card): 502 too.
+    fake.fail_with_body(
+        402,
+        json!({"error": {
+            "type": "invalid_request_error",
+            "message": "This customer has no attached payment source or default payment method."
+        }}),
+    );
+    let (s, p) = app.post(&path, &owner, json!({"plan": "pro"})).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert_eq!(
+        app.count("billing_customers").await,
+        0,
+        "no customer stored"
+    );
+
     // Stripe is back: the portal maps a card error to a 402 too.
     fake.succeed();
     let (s, _) = app.post(&path, &owner, json!({"plan": "pro"})).await;
@@ -1269,8 +1287,10 @@ async fn stripe_managed_periods_grant_the_plans_credits_once_each() {
     let app = stripe_app(&fake, &[]).await;
     let owner = app.user("owner@example.com");
     let org = app.create_org(&owner, "Acme").await;
+    let (free, _) = period_grant(&app, org, 100).await;
     let t0 = now() - 100;
-    // Still incomplete (first payment pending): nothing is granted.
+    // Still incomplete (first payment pending): nothing is granted, and the
+    // free plan's credits go on.
     let obj = subscription_object(org, "sub_c", "incomplete", "pro", t0);
     deliver(
         &app,
@@ -1278,6 +1298,7 @@ async fn stripe_managed_periods_grant_the_plans_credits_once_each() {
     )
     .await;
     assert_eq!(period_grants(&app, org).await, 0);
+    assert_eq!(period_grant(&app, org, 100).await, (free, 100));
 
     // Active: pro's 5,000 credits for this period, once, however many
     // events repeat the period.
@@ -1298,6 +1319,9 @@ async fn stripe_managed_periods_grant_the_plans_credits_once_each() {
     )
     .await;
     assert_eq!(period_grants(&app, org).await, 5000);
+    // The first paid period supersedes the free one: its credits end.
+    assert_eq!(period_grant(&app, org, 100).await, (free, 0));
+    assert_eq!(all_expired(&app, org).await, vec![100]);
 
     // Of two events in the same second, a late `incomplete` does not undo `active`.
     let late = subscription_object(org, "sub_c", "incomplete", "pro", t0);
@@ -1308,21 +1332,27 @@ async fn stripe_managed_periods_grant_the_plans_credits_once_each() {
     .await;
     assert_eq!(subscription(&app, org).await.0, "active");
 
-    // Stripe renews: the next period brings its own grant.
-    let next = subscription_object(org, "sub_c", "active", "pro", t0 + 30 * 86400 - 200);
+    // Stripe renews: the next period (from the old end) brings its own
+    // grant, and ends nothing: the old period's credits run to its end.
+    let next = subscription_object(org, "sub_c", "active", "pro", t0 + 30 * 86400);
     deliver(
         &app,
         &event("evt_c4", "customer.subscription.updated", t0 + 3, next),
     )
     .await;
     assert_eq!(period_grants(&app, org).await, 10_000);
-    let refs: i64 = scalar_i64(
-        &app,
-        "select count(distinct ref) from credit_grants where org_id = $1 and amount = 5000",
-        org,
+    let remaining: Vec<(String, i64)> = sqlx::query_as(
+        "select ref, remaining from credit_grants where org_id = $1 and amount = 5000
+         order by expires_at",
     )
-    .await;
-    assert_eq!(refs, 2);
+    .bind(org)
+    .fetch_all(&app.db.admin)
+    .await
+    .unwrap();
+    assert_eq!(remaining.len(), 2, "{remaining:?}");
+    assert_ne!(remaining[0].0, remaining[1].0);
+    assert_eq!((remaining[0].1, remaining[1].1), (5000, 5000));
+    assert_eq!(all_expired(&app, org).await, vec![100]);
 }
 
 /// Credits of plan periods (pro's 5,000) granted to `org`.
@@ -2244,7 +2274,7 @@ async fn stripe_managed_subscriptions_cannot_change_their_billing_interval() {
 }
 
 #[tokio::test]
-async fn a_change_against_a_stale_mirror_is_refused_until_stripes_renewal_arrives() {
+async fn a_change_against_a_stale_mirror_is_refused_and_the_mirror_catches_up() {
     let fake = FakeStripe::start().await;
     let app = stripe_app(&fake, &[]).await;
     let owner = app.user("owner@example.com");
@@ -2285,20 +2315,34 @@ async fn a_change_against_a_stale_mirror_is_refused_until_stripes_renewal_arrive
         let (s, p) = put_plan(&app, org, &owner, "pro").await;
         assert_eq!(s, StatusCode::CONFLICT, "{name}: {p}");
         assert_eq!(p["code"], "subscription_changed", "{name}: {p}");
-        assert_eq!(
+        let methods = || {
             fake.requests_to(&path)
                 .into_iter()
                 .map(|r| r.method)
-                .collect::<Vec<_>>(),
-            ["GET"],
-            "{name}: only read"
+                .collect::<Vec<_>>()
+        };
+        let read = methods();
+        assert!(
+            !read.is_empty() && read.iter().all(|m| m == "GET"),
+            "{name}: only read: {read:?}"
         );
         assert_eq!(
             fake.requests_with("POST", "/v1/prices").len(),
             prices_before,
             "{name}"
         );
-        assert_eq!(sub_state(&app, org).await, before, "{name}");
+        // What Stripe has was read back and mirrored (as its webhook will
+        // be): the renewal.
+        let renewed_state = (
+            "business".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            end,
+            end + 30 * 86400,
+        );
+        assert_ne!(before, renewed_state);
+        assert_eq!(sub_state(&app, org).await, renewed_state, "{name}");
         assert_eq!(
             audits(&app, org, "subscription.downgrade_scheduled").await,
             0,
@@ -2311,7 +2355,8 @@ async fn a_change_against_a_stale_mirror_is_refused_until_stripes_renewal_arrive
             "{name}"
         );
 
-        // The renewal's webhook arrives: the mirror is current, the change is made.
+        // The renewal's webhook arrives: nothing more to change. The change
+        // is made on the current state.
         deliver(
             &app,
             &event(
@@ -2322,18 +2367,12 @@ async fn a_change_against_a_stale_mirror_is_refused_until_stripes_renewal_arrive
             ),
         )
         .await;
+        assert_eq!(sub_state(&app, org).await, renewed_state, "{name}");
         let (s, body) = put_plan(&app, org, &owner, "pro").await;
         assert_eq!(s, StatusCode::OK, "{name}: {body}");
         assert_eq!(body["plan_code"], "business", "{name}: {body}");
         assert_eq!(body["pending_plan_code"], "pro", "{name}: {body}");
-        assert_eq!(
-            fake.requests_to(&path)
-                .into_iter()
-                .map(|r| r.method)
-                .collect::<Vec<_>>(),
-            ["GET", "GET", "POST"],
-            "{name}"
-        );
+        assert_eq!(methods()[read.len()..], ["GET", "POST"], "{name}");
         let update = fake.requests_with("POST", &path).pop().unwrap();
         let new_end = (end + 30 * 86400).to_string();
         assert_form(
@@ -2369,11 +2408,10 @@ async fn one_change_at_stripe_at_a_time_per_org() {
     let subscription_path = format!("/api/v1/orgs/{org}/subscription");
     let cancel = format!("/api/v1/orgs/{org}/subscription/cancel");
     let resume = format!("/api/v1/orgs/{org}/subscription/resume");
-    let slow = Duration::from_millis(1500);
 
-    // An upgrade is at Stripe (which takes its time to answer the update):
-    // other changes are refused meanwhile, without asking Stripe.
-    fake.delay_requests_to("POST", path, slow);
+    // An upgrade is at Stripe (which holds the update unanswered): other
+    // changes are refused meanwhile, without asking Stripe.
+    let gate = fake.hold_requests_to("POST", path);
     let upgrade = spawn_call(
         &app,
         Method::PUT,
@@ -2381,7 +2419,7 @@ async fn one_change_at_stripe_at_a_time_per_org() {
         &owner.token,
         json!({"plan": "business"}),
     );
-    until_received(&fake, "GET", path, 1).await;
+    until_received(&fake, "POST", path, 1).await;
     let (s, p) = app.post(&cancel, &owner, json!({})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{p}");
     assert_eq!(p["code"], "change_in_progress", "{p}");
@@ -2395,6 +2433,7 @@ async fn one_change_at_stripe_at_a_time_per_org() {
         !upgrade.is_finished(),
         "the upgrade was still at Stripe during the checks"
     );
+    gate.release();
     let (s, body) = upgrade.await.unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["plan_code"], "business", "{body}");
@@ -2404,13 +2443,12 @@ async fn one_change_at_stripe_at_a_time_per_org() {
     );
 
     // Done: the next change is accepted at once.
-    fake.delay_requests_to("POST", path, Duration::ZERO);
     let (s, body) = app.post(&cancel, &owner, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["cancel_at_period_end"], true, "{body}");
 
     // A resumption at Stripe holds off another resumption and a downgrade.
-    fake.delay_requests_to("POST", path, slow);
+    let gate = fake.hold_requests_to("POST", path);
     let resuming = spawn_call(&app, Method::POST, resume.clone(), &owner.token, json!({}));
     until_received(&fake, "POST", path, 3).await;
     let (s, p) = app.post(&resume, &owner, json!({})).await;
@@ -2420,13 +2458,14 @@ async fn one_change_at_stripe_at_a_time_per_org() {
     assert_eq!(s, StatusCode::CONFLICT, "{p}");
     assert_eq!(p["code"], "change_in_progress", "{p}");
     assert!(!resuming.is_finished());
+    gate.release();
     let (s, body) = resuming.await.unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["cancel_at_period_end"], false, "{body}");
-    fake.delay_requests_to("POST", path, Duration::ZERO);
 
-    // A change Stripe fails (502, after one retry) ends too: the next is
-    // accepted at once.
+    // A change Stripe fails (502, after one retry, and Stripe's
+    // subscription read back and mirrored) ends too: the next is accepted
+    // at once.
     fake.fail_requests_to("POST", path, 500);
     let (s, p) = app.post(&cancel, &owner, json!({})).await;
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
@@ -2446,6 +2485,7 @@ async fn one_change_at_stripe_at_a_time_per_org() {
             ("POST", path),
             ("POST", path),
             ("POST", path),
+            ("GET", path),
             ("POST", path),
         ]),
         "the refused changes asked Stripe nothing"
@@ -2489,11 +2529,12 @@ async fn a_renewal_delivered_while_stripe_answers_is_not_undone_by_the_older_ans
     let end = obj["current_period_end"].as_i64().unwrap();
     let path = "/v1/subscriptions/sub_w";
 
-    // Stripe answers the upgrade 3 s after it was sent; meanwhile an event
-    // created after the request was sent (a renewal of pro) is applied. The
-    // answer, older than that event, must not overwrite it (whether it is
-    // dated when the request was sent or, wrongly, when the answer came).
-    fake.delay_requests_to("POST", path, Duration::from_secs(3));
+    // Stripe holds its answer to the upgrade; meanwhile an event created
+    // after the request was sent (a renewal of pro) is applied. The answer,
+    // older than that event, must not overwrite it: it is dated when the
+    // request was sent, not (wrongly) when the answer came, which is after
+    // the event's second.
+    let gate = fake.hold_requests_to("POST", path);
     let upgrade = spawn_call(
         &app,
         Method::PUT,
@@ -2506,12 +2547,14 @@ async fn a_renewal_delivered_while_stripe_answers_is_not_undone_by_the_older_ans
     renewed["current_period_start"] = json!(end);
     renewed["current_period_end"] = json!(end + 30 * 86400);
     renewed["metadata"]["plan"] = json!("pro");
+    // Strictly after the second the request was sent in.
+    let created = now() + 1;
     deliver(
         &app,
         &event(
             "evt_w_renewed",
             "customer.subscription.updated",
-            now() + 2,
+            created,
             renewed,
         ),
     )
@@ -2526,6 +2569,12 @@ async fn a_renewal_delivered_while_stripe_answers_is_not_undone_by_the_older_ans
     );
     assert_eq!(sub_state(&app, org).await, moved);
     assert!(!upgrade.is_finished(), "Stripe was still answering");
+    // An answer dated when it came would now be newer than the event.
+    eventually(10, "the clock past the event's second", || async {
+        (chrono::Utc::now().timestamp() > created).then_some(())
+    })
+    .await;
+    gate.release();
 
     let (s, body) = upgrade.await.unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -2549,7 +2598,7 @@ async fn a_subscription_deleted_while_stripe_answers_stays_deleted() {
     let obj = stripe_managed(&app, &fake, org, "sub_x", "active", "pro").await;
     let path = "/v1/subscriptions/sub_x";
 
-    fake.delay_requests_to("POST", path, Duration::from_millis(1500));
+    let gate = fake.hold_requests_to("POST", path);
     let upgrade = spawn_call(
         &app,
         Method::PUT,
@@ -2580,6 +2629,7 @@ async fn a_subscription_deleted_while_stripe_answers_stays_deleted() {
     );
     assert_eq!(subscription(&app, org).await, ended);
     assert!(!upgrade.is_finished(), "Stripe was still answering");
+    gate.release();
 
     let (s, body) = upgrade.await.unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -2643,7 +2693,14 @@ async fn an_upgrade_over_a_pending_stripe_downgrade_restores_the_paid_price_firs
     let restore = &asked[2];
     assert_form(
         restore,
-        &[("items[0][id]", "si_1"), ("proration_behavior", "none")],
+        &[
+            ("items[0][id]", "si_1"),
+            ("proration_behavior", "none"),
+            // The pending downgrade is taken back with the price.
+            ("metadata[plan]", "business"),
+            ("metadata[pending_plan]", ""),
+            ("metadata[pending_from]", ""),
+        ],
     );
     let restored_price = fake
         .price(restore.field("items[0][price]").unwrap())
@@ -2710,6 +2767,483 @@ async fn an_upgrade_over_a_pending_stripe_downgrade_restores_the_paid_price_firs
     );
     assert_eq!(plan_grants(&app, org, 100_000).await, (1, 100_000));
     assert_eq!(audits(&app, org, "subscription.upgraded").await, 1);
+}
+
+#[tokio::test]
+async fn a_declined_upgrade_over_a_pending_downgrade_leaves_the_downgrade_taken_back() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    insert_plan(
+        &app,
+        "enterprise",
+        "Enterprise",
+        19900,
+        "month",
+        100_000,
+        None,
+    )
+    .await;
+    let obj = stripe_managed(&app, &fake, org, "sub_pd", "active", "business").await;
+    let t0 = obj["current_period_start"].as_i64().unwrap();
+    let end = obj["current_period_end"].as_i64().unwrap();
+    let path = "/v1/subscriptions/sub_pd";
+    let (s, body) = put_plan(&app, org, &owner, "pro").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["pending_plan_code"], "pro", "{body}");
+    let asked_before = fake.requests().len();
+
+    // The restore goes through; the upgrade's payment is declined.
+    fake.fail_nth_request_to("POST", path, 2, 402);
+    let (s, p) = put_plan(&app, org, &owner, "enterprise").await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["code"], "payment_declined", "{p}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("Your card was declined."), "{p}");
+    assert!(
+        detail.contains("downgrade"),
+        "the detail says the pending downgrade was taken back: {p}"
+    );
+    let asked = fake.requests()[asked_before..].to_vec();
+    let asked_pairs: Vec<_> = asked
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        asked_pairs[..5],
+        pairs(&[
+            ("GET", path),
+            ("POST", "/v1/prices"),
+            ("POST", path),
+            ("POST", "/v1/prices"),
+            ("POST", path),
+        ]),
+        "{asked_pairs:?}"
+    );
+    // (Then at most reads, of the state to mirror.)
+    assert!(
+        asked_pairs[5..]
+            .iter()
+            .all(|(m, p)| m == "GET" && p == path),
+        "{asked_pairs:?}"
+    );
+    assert_form(
+        &asked[2],
+        &[
+            ("proration_behavior", "none"),
+            ("metadata[plan]", "business"),
+            ("metadata[pending_plan]", ""),
+            ("metadata[pending_from]", ""),
+        ],
+    );
+    assert_form(
+        &asked[4],
+        &[
+            ("billing_cycle_anchor", "now"),
+            ("metadata[plan]", "enterprise"),
+        ],
+    );
+
+    // At Stripe: business's price again, nothing pending, the same period.
+    let at_stripe = fake.subscription("sub_pd").unwrap();
+    assert_eq!(
+        at_stripe["items"]["data"][0]["price"]["unit_amount"], 9900,
+        "{at_stripe}"
+    );
+    assert_eq!(at_stripe["metadata"]["plan"], "business", "{at_stripe}");
+    for key in ["pending_plan", "pending_from"] {
+        assert!(
+            at_stripe["metadata"].get(key).is_none(),
+            "{key}: {at_stripe}"
+        );
+    }
+    assert_eq!(at_stripe["current_period_start"], t0, "{at_stripe}");
+    // Here too, at once: business, nothing pending.
+    assert_eq!(
+        sub_state(&app, org).await,
+        (
+            "business".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            t0,
+            end
+        )
+    );
+    let (s, view) = app
+        .get(&format!("/api/v1/orgs/{org}/subscription"), &owner)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    assert_eq!(view["plan_code"], "business", "{view}");
+    assert!(view["pending_plan_code"].is_null(), "{view}");
+    assert_eq!(plan_grants(&app, org, 100_000).await, (0, 0));
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 0);
+
+    // The change is over (its lease released), and nothing is pending: the
+    // current plan asks Stripe nothing.
+    let before = fake.requests().len();
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert_eq!(fake.requests().len(), before, "{:?}", fake.requests());
+}
+
+#[tokio::test]
+async fn only_stripes_card_errors_decline_a_plan_change() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_ce", "active", "pro").await;
+    let path = "/v1/subscriptions/sub_ce";
+    let before = sub_state(&app, org).await;
+
+    // A 402 that is not a card error: Stripe's problem with the request, 502.
+    fake.fail_requests_to_with_body(
+        "POST",
+        path,
+        402,
+        json!({"error": {
+            "type": "invalid_request_error",
+            "message": "This customer has no attached payment source or default payment method."
+        }}),
+    );
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert_eq!(sub_state(&app, org).await, before);
+    assert_eq!(
+        fake.subscription("sub_ce").unwrap()["metadata"]["plan"],
+        "pro"
+    );
+
+    // A card error asking for the customer's authentication (3-D Secure):
+    // declined, and the detail says why (Stripe's message here does not).
+    fake.fail_requests_to_with_body(
+        "POST",
+        path,
+        402,
+        json!({"error": {
+            "type": "card_error", "code": "authentication_required",
+            "decline_code": "authentication_required",
+            "message": "Your card was declined."
+        }}),
+    );
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{p}");
+    assert_eq!(p["code"], "payment_declined", "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("authentication"),
+        "{p}"
+    );
+    assert_eq!(sub_state(&app, org).await, before);
+    assert_eq!(plan_grants(&app, org, 25_000).await, (0, 0));
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 0);
+
+    // Neither left the change in flight.
+    fake.succeed();
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+}
+
+#[tokio::test]
+async fn an_upgrade_whose_answer_is_lost_is_read_back_from_stripe_and_mirrored() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_l", "active", "pro").await;
+    let t0 = obj["current_period_start"].as_i64().unwrap();
+    let path = "/v1/subscriptions/sub_l";
+
+    // Stripe makes the upgrade but answers 500 (and the same to the retry
+    // with the same key): the outcome is unknown here until it is read.
+    fake.apply_then_fail_requests_to("POST", path, 500);
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert_eq!(
+        sent(&fake),
+        pairs(&[
+            ("GET", path),
+            ("POST", "/v1/prices"),
+            ("POST", path),
+            ("POST", path),
+            ("GET", path),
+        ])
+    );
+    let posts = fake.requests_with("POST", path);
+    assert!(posts[0].idempotency_key.is_some());
+    assert_eq!(posts[0].idempotency_key, posts[1].idempotency_key);
+    let at_stripe = fake.subscription("sub_l").unwrap();
+    assert_eq!(at_stripe["metadata"]["plan"], "business", "{at_stripe}");
+    let new_start = at_stripe["current_period_start"].as_i64().unwrap();
+    assert!(new_start > t0, "{at_stripe}");
+
+    // Mirrored from what Stripe has: business, its new period, its credits.
+    assert_eq!(
+        sub_state(&app, org).await,
+        (
+            "business".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            new_start,
+            new_start + 30 * 86400
+        )
+    );
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+
+    // And the change is over: the next is not refused as in progress.
+    fake.succeed();
+    let before = fake.requests().len();
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(fake.requests().len(), before, "nothing to ask Stripe");
+    // Stripe's event about the upgrade grants nothing more.
+    deliver_current(&app, &fake, "sub_l", "evt_l_updated").await;
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+}
+
+#[tokio::test]
+async fn a_change_whose_outcome_cannot_be_read_back_keeps_its_lease() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_m", "active", "pro").await;
+    let path = "/v1/subscriptions/sub_m";
+    let before = sub_state(&app, org).await;
+
+    // Stripe makes the upgrade but its answer is lost, and from then on it
+    // fails every read as well.
+    fake.apply_then_fail_requests_to("POST", path, 500);
+    let gate = fake.hold_requests_to("POST", path);
+    let upgrade = spawn_call(
+        &app,
+        Method::PUT,
+        format!("/api/v1/orgs/{org}/subscription"),
+        &owner.token,
+        json!({"plan": "business"}),
+    );
+    until_received(&fake, "POST", path, 1).await;
+    fake.fail_requests_to("GET", path, 500);
+    gate.release();
+    let (s, p) = upgrade.await.unwrap();
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert!(
+        fake.requests_with("GET", path).len() >= 2,
+        "the outcome was asked for: {:?}",
+        sent(&fake)
+    );
+    assert_eq!(
+        fake.subscription("sub_m").unwrap()["metadata"]["plan"],
+        "business"
+    );
+
+    // Nothing is known here: nothing changed, and the change may still be
+    // in flight at Stripe, so no other starts (until its webhook or the
+    // lease's end).
+    assert_eq!(sub_state(&app, org).await, before);
+    assert_eq!(plan_grants(&app, org, 25_000).await, (0, 0));
+    let asked = fake.requests().len();
+    for plan in ["business", "pro", "free"] {
+        let (s, p) = put_plan(&app, org, &owner, plan).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{plan}: {p}");
+        assert_eq!(p["code"], "change_in_progress", "{plan}: {p}");
+    }
+    let (s, p) = app
+        .post(
+            &format!("/api/v1/orgs/{org}/subscription/cancel"),
+            &owner,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["code"], "change_in_progress", "{p}");
+    assert_eq!(fake.requests().len(), asked, "{:?}", sent(&fake));
+}
+
+#[tokio::test]
+async fn a_read_failing_before_any_change_releases_the_lease() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_o", "active", "pro").await;
+    let before = sub_state(&app, org).await;
+
+    // Stripe fails the first read (nothing was asked to change yet), and
+    // every read after it.
+    fake.fail_with(500);
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert!(
+        sent(&fake).iter().all(|(m, _)| m == "GET"),
+        "{:?}",
+        sent(&fake)
+    );
+    assert_eq!(sub_state(&app, org).await, before);
+    // Nothing can be in flight: the next change is not held off (and
+    // reaches Stripe, failing still).
+    let (s, p) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert_eq!(sub_state(&app, org).await, before);
+}
+
+#[tokio::test]
+async fn an_update_stripe_refuses_releases_its_lease_even_when_unread() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_o", "active", "pro").await;
+    let path = "/v1/subscriptions/sub_o";
+    let before = sub_state(&app, org).await;
+
+    // Stripe refuses the update itself (a 400: a definite answer, nothing
+    // made), then fails the read-back: nothing can be in flight.
+    fake.fail_requests_to_with_body(
+        "POST",
+        path,
+        400,
+        json!({"error": {
+            "type": "invalid_request_error",
+            "message": "This subscription cannot be updated right now."
+        }}),
+    );
+    let gate = fake.hold_requests_to("POST", path);
+    let upgrade = spawn_call(
+        &app,
+        Method::PUT,
+        format!("/api/v1/orgs/{org}/subscription"),
+        &owner.token,
+        json!({"plan": "business"}),
+    );
+    until_received(&fake, "POST", path, 1).await;
+    fake.fail_requests_to("GET", path, 500);
+    gate.release();
+    let (s, p) = upgrade.await.unwrap();
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert_eq!(
+        fake.requests_with("POST", path).len(),
+        1,
+        "a 400 is not retried"
+    );
+    assert_eq!(sub_state(&app, org).await, before);
+
+    fake.succeed();
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+}
+
+#[tokio::test]
+async fn a_state_read_back_after_a_lost_answer_is_dated_when_the_change_was_sent() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_n", "active", "pro").await;
+    let path = "/v1/subscriptions/sub_n";
+
+    // The upgrade's answer is lost; the read-back is held at Stripe (the
+    // first read, before the change, is let through).
+    fake.apply_then_fail_requests_to("POST", path, 500);
+    let first_read = fake.hold_requests_to("GET", path);
+    let upgrade = spawn_call(
+        &app,
+        Method::PUT,
+        format!("/api/v1/orgs/{org}/subscription"),
+        &owner.token,
+        json!({"plan": "business"}),
+    );
+    until_received(&fake, "GET", path, 1).await;
+    let read_back = fake.hold_requests_to("GET", path);
+    first_read.release();
+    until_received(&fake, "GET", path, 2).await;
+
+    // Meanwhile the customer cancels in the billing portal: Stripe's event
+    // (created after the change was sent) is applied here.
+    let mut canceling = fake.subscription("sub_n").unwrap();
+    assert_eq!(canceling["metadata"]["plan"], "business", "{canceling}");
+    canceling["cancel_at_period_end"] = json!(true);
+    let new_start = canceling["current_period_start"].as_i64().unwrap();
+    let created = now() + 1;
+    deliver(
+        &app,
+        &event(
+            "evt_n_canceling",
+            "customer.subscription.updated",
+            created,
+            canceling,
+        ),
+    )
+    .await;
+    let canceled_state = (
+        "business".to_owned(),
+        "active".to_owned(),
+        None,
+        true,
+        new_start,
+        new_start + 30 * 86400,
+    );
+    assert_eq!(sub_state(&app, org).await, canceled_state);
+    // A read-back dated when it was answered would now be newer than the event.
+    eventually(10, "the clock past the event's second", || async {
+        (chrono::Utc::now().timestamp() > created).then_some(())
+    })
+    .await;
+    assert!(!upgrade.is_finished(), "Stripe was still answering");
+    read_back.release();
+
+    let (s, p) = upgrade.await.unwrap();
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{p}");
+    assert_eq!(p["code"], "payment_provider_error", "{p}");
+    assert_eq!(
+        sub_state(&app, org).await,
+        canceled_state,
+        "the older read-back does not undo the newer event"
+    );
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+}
+
+#[tokio::test]
+async fn a_subscription_stripe_no_longer_has_is_a_conflict_and_changes_nothing() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_gone", "active", "pro").await;
+    let path = "/v1/subscriptions/sub_gone";
+    // Deleted at Stripe; its webhook has not arrived.
+    fake.forget_subscription("sub_gone");
+    let before = sub_state(&app, org).await;
+    let row = subscription(&app, org).await;
+
+    // Twice: the first left no change in flight.
+    for attempt in 1..=2 {
+        let (s, p) = put_plan(&app, org, &owner, "business").await;
+        assert_eq!(s, StatusCode::CONFLICT, "#{attempt}: {p}");
+        assert_eq!(p["code"], "subscription_changed", "#{attempt}: {p}");
+    }
+    let asked = sent(&fake);
+    assert!(
+        asked.len() >= 2 && asked.iter().all(|(m, p)| m == "GET" && p == path),
+        "only read: {asked:?}"
+    );
+    assert_eq!(sub_state(&app, org).await, before);
+    assert_eq!(subscription(&app, org).await, row);
+    assert_eq!(plan_grants(&app, org, 25_000).await, (0, 0));
+    assert_eq!(audits(&app, org, "subscription.upgraded").await, 0);
 }
 
 async fn spend(app: &TestApp, org: Uuid, user: &TestUser, amount: i64) -> (StatusCode, Value) {
@@ -2796,5 +3330,256 @@ async fn a_stripe_upgrade_ends_the_old_periods_credits() {
     )
     .await;
     assert_eq!(all_expired, 1);
+    assert_eq!(balance(&app, org, &owner).await, 25_000);
+}
+
+/// Posts `body` to `path` as `user` with a fresh Idempotency-Key.
+async fn keyed_post(
+    app: &TestApp,
+    user: &TestUser,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = app
+        .client
+        .post(format!("{}{path}", app.base))
+        .bearer_auth(&user.token)
+        .header("Idempotency-Key", Uuid::new_v4().to_string());
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let bytes = res.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// (id, remaining) of the org's one plan-period grant of `amount` credits.
+async fn period_grant(app: &TestApp, org: Uuid, amount: i64) -> (Uuid, i64) {
+    sqlx::query_as(
+        "select id, remaining from credit_grants
+         where org_id = $1 and source = 'plan_period' and ref like 'period:%' and amount = $2",
+    )
+    .bind(org)
+    .bind(amount)
+    .fetch_one(&app.db.admin)
+    .await
+    .unwrap()
+}
+
+/// The amounts booked as expired from `grant`, in order.
+async fn expired_from(app: &TestApp, org: Uuid, grant: Uuid) -> Vec<i64> {
+    sqlx::query_scalar(
+        "select amount from credit_ledger
+         where org_id = $1 and kind = 'expire' and grant_id = $2 order by id",
+    )
+    .bind(org)
+    .bind(grant)
+    .fetch_all(&app.db.admin)
+    .await
+    .unwrap()
+}
+
+async fn all_expired(app: &TestApp, org: Uuid) -> Vec<i64> {
+    sqlx::query_scalar(
+        "select amount from credit_ledger where org_id = $1 and kind = 'expire' order by id",
+    )
+    .bind(org)
+    .fetch_all(&app.db.admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_upgrade_made_at_stripe_alone_ends_the_old_periods_credits() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    // No free-plan credits: the balance is pro's and the promotion's.
+    sqlx::query("update plans set credits_per_period = 0 where code = 'free'")
+        .execute(&app.db.admin)
+        .await
+        .unwrap();
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    let obj = stripe_managed(&app, &fake, org, "sub_h", "active", "pro").await;
+    let res = app
+        .client
+        .post(format!("{}/api/v1/orgs/{org}/credits/grants", app.base))
+        .bearer_auth(service_key())
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .json(&json!({"amount": 300, "source": "promotion"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let granted = res.json::<Value>().await.unwrap();
+    let promotion: Uuid = granted["grant"]["id"].as_str().unwrap().parse().unwrap();
+    let (s, body) = spend(&app, org, &owner, 1000).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(balance(&app, org, &owner).await, 4300);
+    let (pro, left) = period_grant(&app, org, 5000).await;
+    assert_eq!(left, 4000, "pro's credits are spent first");
+
+    // The customer upgrades in Stripe's billing portal: no PUT here, only
+    // Stripe's event, with a new period starting in the middle of pro's.
+    let start = now();
+    let mut upgraded = subscription_object(org, "sub_h", "active", "business", start);
+    upgraded["customer"] = obj["customer"].clone();
+    upgraded["items"]["data"][0]["price"]["unit_amount"] = json!(9900);
+    deliver(
+        &app,
+        &event(
+            "evt_h_upgraded",
+            "customer.subscription.updated",
+            now(),
+            upgraded,
+        ),
+    )
+    .await;
+    assert_eq!(
+        sub_state(&app, org).await,
+        (
+            "business".to_owned(),
+            "active".to_owned(),
+            None,
+            false,
+            start,
+            start + 30 * 86400
+        )
+    );
+    assert_eq!(plan_grants(&app, org, 25_000).await, (1, 25_000));
+    assert_eq!(period_grant(&app, org, 5000).await, (pro, 0));
+    assert_eq!(expired_from(&app, org, pro).await, vec![4000]);
+    assert_eq!(
+        all_expired(&app, org).await,
+        vec![4000],
+        "the promotion stays"
+    );
+    assert_eq!(balance(&app, org, &owner).await, 25_000 + 300);
+    let promotion_left: i64 =
+        sqlx::query_scalar("select remaining from credit_grants where org_id = $1 and id = $2")
+            .bind(org)
+            .bind(promotion)
+            .fetch_one(&app.db.admin)
+            .await
+            .unwrap();
+    assert_eq!(promotion_left, 300);
+}
+
+#[tokio::test]
+async fn the_free_plans_credits_end_when_the_first_stripe_period_starts() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    // The free plan's 100 credits of the org's first period, 30 spent.
+    let (free, left) = period_grant(&app, org, 100).await;
+    assert_eq!(left, 100);
+    let (s, body) = spend(&app, org, &owner, 30).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(balance(&app, org, &owner).await, 70);
+
+    // Checkout of pro, completed: linked, nothing granted or ended yet.
+    let (s, session) = app
+        .post(
+            &format!("/api/v1/orgs/{org}/billing/checkout"),
+            &owner,
+            json!({"plan": "pro"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{session}");
+    let completed = json!({
+        "id": session["id"], "object": "checkout.session", "mode": "subscription",
+        "payment_status": "paid", "status": "complete", "customer": "cus_test_1",
+        "subscription": "sub_first", "client_reference_id": org.to_string(),
+        "metadata": {"org_id": org.to_string(), "plan": "pro"}
+    });
+    deliver(
+        &app,
+        &event(
+            "evt_first_completed",
+            "checkout.session.completed",
+            now(),
+            completed,
+        ),
+    )
+    .await;
+    assert_eq!(balance(&app, org, &owner).await, 70);
+
+    // Stripe's first period of pro starts: the free period's credits end.
+    let start = now() - 10;
+    let mut obj = subscription_object(org, "sub_first", "active", "pro", start);
+    obj["customer"] = json!("cus_test_1");
+    deliver(
+        &app,
+        &event(
+            "evt_first_created",
+            "customer.subscription.created",
+            now(),
+            obj,
+        ),
+    )
+    .await;
+    assert_eq!(sub_state(&app, org).await.0, "pro");
+    assert_eq!(period_grant(&app, org, 100).await, (free, 0));
+    assert_eq!(expired_from(&app, org, free).await, vec![70]);
+    assert_eq!(plan_grants(&app, org, 5000).await, (1, 5000));
+    assert_eq!(balance(&app, org, &owner).await, 5000);
+}
+
+#[tokio::test]
+async fn superseded_credits_lent_to_open_holds_end_too() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, &[]).await;
+    sqlx::query("update plans set credits_per_period = 0 where code = 'free'")
+        .execute(&app.db.admin)
+        .await
+        .unwrap();
+    let owner = app.user("owner@example.com");
+    let org = app.create_org(&owner, "Acme").await;
+    stripe_managed(&app, &fake, org, "sub_hold", "active", "pro").await;
+    let (pro, _) = period_grant(&app, org, 5000).await;
+    let holds = format!("/api/v1/orgs/{org}/credits/holds");
+
+    // All of pro's credits are held, by two holds.
+    let mut ids = Vec::new();
+    for amount in [3000, 2000] {
+        let (s, h) = keyed_post(&app, &owner, &holds, Some(json!({ "amount": amount }))).await;
+        assert_eq!(s, StatusCode::CREATED, "{h}");
+        ids.push(h["hold"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(period_grant(&app, org, 5000).await, (pro, 0));
+    assert_eq!(balance(&app, org, &owner).await, 0);
+
+    let (s, body) = put_plan(&app, org, &owner, "business").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(balance(&app, org, &owner).await, 25_000);
+    assert_eq!(expired_from(&app, org, pro).await, Vec::<i64>::new());
+
+    // Released: pro's credits come back expired, adding nothing.
+    let (s, r) = keyed_post(&app, &owner, &format!("{holds}/{}/release", ids[0]), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["hold"]["status"], "released", "{r}");
+    assert_eq!(r["balance"], 25_000, "{r}");
+    assert_eq!(expired_from(&app, org, pro).await, vec![3000]);
+    assert_eq!(period_grant(&app, org, 5000).await, (pro, 0));
+
+    // Captured: the held credits are still spent.
+    let (s, r) = keyed_post(
+        &app,
+        &owner,
+        &format!("{holds}/{}/capture", ids[1]),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["hold"]["status"], "captured", "{r}");
+    assert_eq!(r["hold"]["captured"], 2000, "{r}");
+    assert_eq!(r["balance"], 25_000, "{r}");
+    assert_eq!(expired_from(&app, org, pro).await, vec![3000]);
     assert_eq!(balance(&app, org, &owner).await, 25_000);
 }

@@ -333,18 +333,21 @@ pub async fn provider_change_in_flight(
     .map(|v: Option<bool>| v.unwrap_or(false))
 }
 
-/// Takes the org's lease on subscription changes until `until`.
+/// Takes the org's lease on subscription changes for `seconds` (by the
+/// database's clock, which also judges it); returns until when.
 pub async fn set_provider_change(
     conn: &mut PgConnection,
     org_id: Uuid,
-    until: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query("update subscriptions set provider_change_until = $2 where org_id = $1")
-        .bind(org_id)
-        .bind(until)
-        .execute(conn)
-        .await?;
-    Ok(())
+    seconds: i64,
+) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar(
+        "update subscriptions set provider_change_until = now() + make_interval(secs => $2)
+         where org_id = $1 returning provider_change_until",
+    )
+    .bind(org_id)
+    .bind(seconds as f64)
+    .fetch_one(conn)
+    .await
 }
 
 /// Releases the lease taken until `until` (not one a later change took).
@@ -364,27 +367,59 @@ pub async fn release_provider_change(
     Ok(())
 }
 
-/// Ends the grant `ref_` now: its remainder is booked as expired, under
-/// the account lock (taken first, as every credit write does).
-pub async fn end_grant(conn: &mut PgConnection, org_id: Uuid, ref_: &str) -> sqlx::Result<()> {
+/// Ends the plan-period grants a period starting at `start` supersedes:
+/// every other plan-period grant of the org still running after `start`
+/// (an upgrade started a new period mid-way through the old one). What is
+/// left of them is booked as expired, under the account lock (taken first,
+/// as every credit write does); credits they lent to open holds expire when
+/// those are released. A renewal (`start` = the old end) ends nothing.
+pub async fn end_superseded_period_grants(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    start: DateTime<Utc>,
+    current_ref: &str,
+) -> sqlx::Result<u64> {
+    const SUPERSEDED: &str = "org_id = $1 and source = 'plan_period' and ref like 'period:%'
+         and ref <> $3 and expires_at > $2 and expires_at > clock_timestamp()";
+    let any: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select exists (select 1 from credit_grants where {SUPERSEDED})"
+    )))
+    .bind(org_id)
+    .bind(start)
+    .bind(current_ref)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !any {
+        return Ok(0);
+    }
     sqlx::query("select 1 from app.credit_lock($1)")
         .bind(org_id)
         .execute(&mut *conn)
         .await?;
-    let ended = sqlx::query(
-        "update credit_grants set expires_at = clock_timestamp()
-         where org_id = $1 and ref = $2 and remaining > 0
-           and (expires_at is null or expires_at > clock_timestamp())",
-    )
+    let ended = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "update credit_grants set expires_at = clock_timestamp() where {SUPERSEDED}"
+    )))
     .bind(org_id)
-    .bind(ref_)
+    .bind(start)
+    .bind(current_ref)
     .execute(&mut *conn)
-    .await?;
-    if ended.rows_affected() > 0 {
-        sqlx::query("select app.credit_settle_due($1)")
-            .bind(org_id)
-            .execute(conn)
-            .await?;
-    }
+    .await?
+    .rows_affected();
+    sqlx::query("select app.credit_settle_due($1)")
+        .bind(org_id)
+        .execute(conn)
+        .await?;
+    Ok(ended)
+}
+
+/// Takes the org's row in KEY SHARE mode: first, in a transaction that
+/// writes rows referencing the org after locking its subscription, so that
+/// it waits for a request holding the org lock instead of deadlocking with
+/// it (that request takes the org, then the subscription).
+pub async fn key_share_org(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("select 1 from organizations where id = $1 for key share")
+        .bind(org_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }

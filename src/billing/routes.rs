@@ -226,40 +226,85 @@ async fn finish(
             .payments
             .update_subscription(&change.subscription_id, &change.update, &key)
             .await;
-        let stripe_subscription = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                if let Err(release) =
-                    subscriptions::release_provider_change(&state.pool, &change).await
-                {
-                    tracing::warn!(%org_id, error = %release, "cannot release a subscription change lease");
-                }
-                return Err(e);
+        match answer {
+            Ok(answer) => {
+                let recorded = record(&state, org_id, user_id, &change, &answer, sent_at, true)
+                    .await
+                    .inspect_err(|e| {
+                        tracing::error!(
+                            %org_id, subscription = %change.subscription_id, error = %e,
+                            "Stripe made a subscription change that could not be recorded; \
+                             its webhook will bring it"
+                        );
+                    });
+                Ok(recorded?)
             }
-        };
-        let (mut tx, _) = crate::core::db::TenantTx::enter(&state.pool, org_id, user_id).await?;
-        let view =
-            subscriptions::record_provider_change(&mut tx, &change, &stripe_subscription, sent_at)
-                .await;
-        match view {
-            Ok(view) => {
-                tx.commit().await?;
-                Ok(view)
-            }
-            Err(e) => {
-                tracing::error!(
-                    %org_id,
-                    subscription = %change.subscription_id,
-                    error = %e,
-                    "Stripe made a subscription change that could not be recorded; \
-                     its webhook will bring it"
-                );
-                Err(e)
+            Err(failure) => {
+                reconcile_after_failure(&state, org_id, user_id, &change, &failure, sent_at).await;
+                Err(failure.error)
             }
         }
     });
     task.await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("subscription change task: {e}")))?
+}
+
+/// Mirrors the provider's answer (or its state after a failure) in a new
+/// tenant transaction.
+async fn record(
+    state: &AppState,
+    org_id: uuid::Uuid,
+    user_id: uuid::Uuid,
+    change: &subscriptions::ProviderChange,
+    stripe_subscription: &serde_json::Value,
+    sent_at: chrono::DateTime<chrono::Utc>,
+    audit: bool,
+) -> Result<SubscriptionView, ApiError> {
+    let (mut tx, _) = crate::core::db::TenantTx::enter(&state.pool, org_id, user_id).await?;
+    let view =
+        subscriptions::record_provider_change(&mut tx, change, stripe_subscription, sent_at, audit)
+            .await?;
+    tx.commit().await?;
+    Ok(view)
+}
+
+/// After a failed change, Stripe's state may still have moved (a timeout or
+/// 5xx after it applied the change; a pending downgrade taken back before a
+/// declined upgrade; a renewal it had not told yet): it is read back and
+/// mirrored, which also releases the lease. When even that fails, a change
+/// whose outcome is unknown (a write without a definite answer) keeps the
+/// lease until it runs out, so that nothing is decided on a state that may
+/// be stale; a refusal releases it.
+async fn reconcile_after_failure(
+    state: &AppState,
+    org_id: uuid::Uuid,
+    user_id: uuid::Uuid,
+    change: &subscriptions::ProviderChange,
+    failure: &crate::billing::payments::UpdateFailure,
+    sent_at: chrono::DateTime<chrono::Utc>,
+) {
+    let current = state
+        .payments
+        .get_subscription(&change.subscription_id)
+        .await;
+    let reconciled = match current {
+        Ok(current) => record(state, org_id, user_id, change, &current, sent_at, false)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let Err(e) = reconciled else {
+        return;
+    };
+    let unknown = failure.outcome_unknown;
+    tracing::warn!(
+        %org_id, subscription = %change.subscription_id, error = %e, failure = %failure.error,
+        lease_kept = unknown,
+        "cannot read back a Stripe subscription after a failed change"
+    );
+    if !unknown && let Err(e) = subscriptions::release_provider_change(&state.pool, change).await {
+        tracing::warn!(%org_id, error = %e, "cannot release a subscription change lease");
+    }
 }
 
 /// What the org may do now: its plan's seat limit (and the seats used),

@@ -532,9 +532,9 @@ fn managed_by_stripe(sub: &Subscription) -> Option<String> {
         .filter(|_| sub.provider == "stripe")
 }
 
-/// How long a change at the provider may take before another may start
-/// (its requests time out well before).
-const PROVIDER_CHANGE_LEASE: TimeDelta = TimeDelta::minutes(2);
+/// How long, in seconds, a change at the provider may take before another
+/// may start (its requests, at most five tried twice for 10 s, end before).
+const PROVIDER_CHANGE_LEASE_SECS: i64 = 180;
 
 /// 409 `change_in_progress` while another change of the org's subscription
 /// is being made at the provider. The caller holds the org lock.
@@ -559,8 +559,7 @@ async fn ask(
     action: &'static str,
 ) -> Result<Change, ApiError> {
     let org_id = tx.org_id();
-    let lease = now() + PROVIDER_CHANGE_LEASE;
-    repo::set_provider_change(tx.conn(), org_id, lease).await?;
+    let lease = repo::set_provider_change(tx.conn(), org_id, PROVIDER_CHANGE_LEASE_SECS).await?;
     Ok(Change::AtProvider(Box::new(ProviderChange {
         before,
         subscription_id,
@@ -720,19 +719,22 @@ pub async fn cancel_or_resume(
     ask(tx, before, subscription_id, update, action).await
 }
 
-/// Records what Stripe answered to a change sent at `sent_at`: the
-/// subscription object is mirrored as the webhooks would (unless a newer
-/// event was applied meanwhile, or the subscription is no longer the org's),
-/// the lease released, and the change audited. An upgrade started a new
-/// period, and Stripe credited the unused part of the old one: the old
-/// period's credits end with it.
+/// Records what Stripe answered to a change sent at `sent_at` (or, after a
+/// failure, the subscription as Stripe then had it): the subscription
+/// object is mirrored as the webhooks would (unless a newer event was
+/// applied meanwhile, or the subscription is no longer the org's), the
+/// lease released, and the change audited (`audit`: false after a failure).
 pub async fn record_provider_change(
     tx: &mut TenantTx,
     change: &ProviderChange,
     stripe_subscription: &serde_json::Value,
     sent_at: DateTime<Utc>,
+    audit_change: bool,
 ) -> Result<SubscriptionView, ApiError> {
     let org_id = tx.org_id();
+    // Mirroring writes rows that reference the org after locking the
+    // subscription: wait for a request holding the org lock first.
+    repo::key_share_org(tx.conn(), org_id).await?;
     // Whole seconds, as Stripe's events count, from before the request:
     // Stripe's event for this change (created after it) still applies
     // after this, and an event applied while Stripe answered is newer.
@@ -749,18 +751,14 @@ pub async fn record_provider_change(
     .await?;
     repo::release_provider_change(tx.conn(), org_id, change.lease).await?;
     let after = current(tx, false).await?;
-    if change.action == "subscription.upgraded"
-        && after.current_period_start != change.before.current_period_start
-    {
-        let old_period = period_ref(org_id, change.before.current_period_start);
-        repo::end_grant(tx.conn(), org_id, &old_period).await?;
+    if audit_change {
+        audit(tx, change.action, Some(&change.before), Some(&after)).await?;
     }
-    audit(tx, change.action, Some(&change.before), Some(&after)).await?;
     view(tx.conn(), after).await
 }
 
-/// Releases the org's lease after a change the provider refused (or that
-/// failed): the next change need not wait for it to run out.
+/// Releases the org's lease after a change that failed: the next change
+/// need not wait for it to run out.
 pub async fn release_provider_change(
     pool: &PgPool,
     change: &ProviderChange,

@@ -13,12 +13,22 @@
 //!
 //! Like Stripe, a POST repeating an `Idempotency-Key` gets the first answer
 //! again (and changes nothing); the same key with another method, path or
-//! form is a 400 `idempotency_error`. GETs are never remembered. In error
-//! mode (`fail_with`, or `fail_requests_to` for one method and path) a request
-//! gets Stripe's error JSON with the chosen status (402: a card error, 5xx: an
-//! API error) and changes nothing. `delay_requests_to` makes one method and
-//! path answer only after a delay (a slow Stripe): the request is recorded on
-//! arrival, and answered (and applied) when the delay is over.
+//! form is a 400 `idempotency_error`. GETs are never remembered.
+//!
+//! Failures, until `succeed`:
+//! * `fail_with` (every request), `fail_requests_to` (one method and path),
+//!   `fail_nth_request_to` (only the nth such request from then on): Stripe's
+//!   error JSON with the chosen status (402: a card error, 5xx: an API
+//!   error; `fail_with_body`, `fail_requests_to_with_body`: a body of the
+//!   test's), and nothing changes;
+//! * `apply_then_fail_requests_to`: the request is applied, but answered
+//!   with an API error (Stripe made the change, the answer was lost); a
+//!   retry with the same `Idempotency-Key` gets the same error again, as
+//!   Stripe replays a stored result, and changes nothing more.
+//!
+//! `hold_requests_to` holds one method and path (a slow Stripe): such a
+//! request is recorded on arrival, then waits until the returned [`Gate`] is
+//! released (or dropped), and only then is applied and answered.
 //!
 //! Also signs webhook bodies as Stripe does (independently of the code
 //! under test).
@@ -27,7 +37,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -36,6 +45,7 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// One request as the fake received it.
@@ -64,13 +74,31 @@ impl Recorded {
     }
 }
 
+/// An error answer: a status, and the body (None: Stripe's usual one for
+/// the status, see `stripe_error`).
+type Failure = (u16, Option<Value>);
+
+/// The nth request with a method to a path (counted from when it was set)
+/// fails.
+struct NthFailure {
+    method: String,
+    path: String,
+    n: usize,
+    seen: usize,
+    failure: Failure,
+}
+
 #[derive(Default)]
 struct Inner {
     requests: Vec<Recorded>,
-    /// Some(status): answer every request with Stripe's error JSON.
-    fail_with: Option<u16>,
-    /// (method, path, status): answer those requests with Stripe's error JSON.
-    fail_at: Option<(String, String, u16)>,
+    /// Answer every request with an error.
+    fail_with: Option<Failure>,
+    /// (method, path) -> answer those requests with an error.
+    fail_at: HashMap<(String, String), Failure>,
+    /// One request each, by its place among those with its method and path.
+    fail_nth: Vec<NthFailure>,
+    /// (method, path) -> apply those requests, then answer this status.
+    apply_then_fail: HashMap<(String, String), u16>,
     /// Answers by idempotency key, with the (method, path, form) first sent.
     by_key: HashMap<String, (String, u16, Value)>,
     seq: u64,
@@ -78,8 +106,41 @@ struct Inner {
     subscriptions: HashMap<String, Value>,
     /// Prices created with `POST /v1/prices`, by id.
     prices: HashMap<String, Value>,
-    /// (method, path) -> how long those requests wait before being answered.
-    delays: HashMap<(String, String), Duration>,
+    /// (method, path) -> the gate those requests wait at (see `Gate`).
+    gates: HashMap<(String, String), (u64, watch::Receiver<bool>)>,
+    gate_seq: u64,
+}
+
+/// Holds the requests with one method to one path that arrive while it is
+/// in place (see [`FakeStripe::hold_requests_to`]) until it is released or
+/// dropped. Requests arriving after that are answered at once.
+pub struct Gate {
+    id: u64,
+    key: (String, String),
+    open: watch::Sender<bool>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Gate {
+    /// Lets the held requests (and later ones) through: each is then applied
+    /// and answered.
+    pub fn release(&self) {
+        // (A poisoned lock, after a panic elsewhere: the requests still go.)
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some((id, _)) = inner.gates.get(&self.key)
+            && *id == self.id
+        {
+            inner.gates.remove(&self.key);
+        }
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for Gate {
+    /// Never leaves a request hanging (e.g. when a test fails first).
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 pub struct FakeStripe {
@@ -135,26 +196,83 @@ impl FakeStripe {
 
     /// From now on every request gets Stripe's error JSON with `status`.
     pub fn fail_with(&self, status: u16) {
-        self.inner.lock().unwrap().fail_with = Some(status);
+        self.inner.lock().unwrap().fail_with = Some((status, None));
+    }
+
+    /// From now on every request gets `status` with `body`.
+    pub fn fail_with_body(&self, status: u16, body: Value) {
+        self.inner.lock().unwrap().fail_with = Some((status, Some(body)));
     }
 
     /// From now on requests with `method` to `path` (only those) get
     /// Stripe's error JSON with `status`.
     pub fn fail_requests_to(&self, method: &str, path: &str, status: u16) {
-        self.inner.lock().unwrap().fail_at = Some((method.to_owned(), path.to_owned(), status));
+        self.inner
+            .lock()
+            .unwrap()
+            .fail_at
+            .insert((method.to_owned(), path.to_owned()), (status, None));
     }
 
-    /// From now on requests with `method` to `path` are answered only after
-    /// `delay` (they are recorded at once, and take effect when answered).
-    /// A zero delay ends it.
-    pub fn delay_requests_to(&self, method: &str, path: &str, delay: Duration) {
+    /// From now on requests with `method` to `path` (only those) get
+    /// `status` with `body`.
+    pub fn fail_requests_to_with_body(&self, method: &str, path: &str, status: u16, body: Value) {
+        self.inner
+            .lock()
+            .unwrap()
+            .fail_at
+            .insert((method.to_owned(), path.to_owned()), (status, Some(body)));
+    }
+
+    /// The `n`th request (from 1, counted from now) with `method` to `path`
+    /// gets Stripe's error JSON with `status`; the others are answered as
+    /// usual.
+    pub fn fail_nth_request_to(&self, method: &str, path: &str, n: usize, status: u16) {
+        assert!(n >= 1, "requests are counted from 1");
+        self.inner.lock().unwrap().fail_nth.push(NthFailure {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            n,
+            seen: 0,
+            failure: (status, None),
+        });
+    }
+
+    /// From now on requests with `method` to `path` are applied, as usual,
+    /// but answered with Stripe's error JSON with `status` (when they
+    /// succeeded). A retry with the same idempotency key gets that error
+    /// again and changes nothing.
+    pub fn apply_then_fail_requests_to(&self, method: &str, path: &str, status: u16) {
+        self.inner
+            .lock()
+            .unwrap()
+            .apply_then_fail
+            .insert((method.to_owned(), path.to_owned()), status);
+    }
+
+    /// Holds the requests with `method` to `path` that arrive from now on
+    /// until the gate is released (or dropped): each is recorded on arrival,
+    /// and applied and answered only then. (Replaces an earlier gate for
+    /// them; the requests that one holds stay held by it.)
+    pub fn hold_requests_to(&self, method: &str, path: &str) -> Gate {
         let key = (method.to_owned(), path.to_owned());
+        let (open, waiting) = watch::channel(false);
         let mut inner = self.inner.lock().unwrap();
-        if delay.is_zero() {
-            inner.delays.remove(&key);
-        } else {
-            inner.delays.insert(key, delay);
+        inner.gate_seq += 1;
+        let id = inner.gate_seq;
+        inner.gates.insert(key.clone(), (id, waiting));
+        Gate {
+            id,
+            key,
+            open,
+            inner: Arc::clone(&self.inner),
         }
+    }
+
+    /// Stripe no longer has the subscription (deleted outside Tenantry, or
+    /// another account's): its requests are 404 `resource_missing`.
+    pub fn forget_subscription(&self, id: &str) {
+        self.inner.lock().unwrap().subscriptions.remove(id);
     }
 
     /// A price made with `POST /v1/prices`, as the fake answered it.
@@ -162,11 +280,13 @@ impl FakeStripe {
         self.inner.lock().unwrap().prices.get(id).cloned()
     }
 
-    /// Ends both error modes.
+    /// Ends every failure mode (not the holds).
     pub fn succeed(&self) {
         let mut inner = self.inner.lock().unwrap();
         inner.fail_with = None;
-        inner.fail_at = None;
+        inner.fail_at.clear();
+        inner.fail_nth.clear();
+        inner.apply_then_fail.clear();
     }
 
     /// Makes a subscription known, as Stripe holds it (replacing the one
@@ -259,28 +379,39 @@ async fn handle(
         idempotency_key: header("idempotency-key"),
         content_type: header("content-type"),
     };
-    let delay = {
+    let route = (rec.method.clone(), rec.path.clone());
+    // On arrival: recorded, counted, and held at a gate in place.
+    let (nth_failure, gate) = {
         let mut inner = inner.lock().unwrap();
         inner.requests.push(rec.clone());
-        inner
-            .delays
-            .get(&(rec.method.clone(), rec.path.clone()))
-            .copied()
+        let mut nth_failure = None;
+        for rule in inner
+            .fail_nth
+            .iter_mut()
+            .filter(|r| r.method == route.0 && r.path == route.1)
+        {
+            rule.seen += 1;
+            if rule.seen == rule.n && nth_failure.is_none() {
+                nth_failure = Some(rule.failure.clone());
+            }
+        }
+        let gate = inner.gates.get(&route).map(|(_, waiting)| waiting.clone());
+        (nth_failure, gate)
     };
-    // A slow Stripe: the lock is not held while it "works".
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
+    // A slow Stripe: the lock is not held while the request waits. A gate
+    // dropped without a release lets it through too.
+    if let Some(mut gate) = gate {
+        let _ = gate.wait_for(|open| *open).await;
     }
     let mut inner = inner.lock().unwrap();
-    if let Some(status) = inner.fail_with {
-        return reply(status, stripe_error(status));
+    if let Some(failure) = inner.fail_with.clone() {
+        return fail(failure);
     }
-    if let Some((m, p, status)) = &inner.fail_at
-        && *m == rec.method
-        && *p == rec.path
-    {
-        let status = *status;
-        return reply(status, stripe_error(status));
+    if let Some(failure) = inner.fail_at.get(&route).cloned() {
+        return fail(failure);
+    }
+    if let Some(failure) = nth_failure {
+        return fail(failure);
     }
     let is_get = method == Method::GET;
     // What a repeated key must repeat, as Stripe compares it.
@@ -372,12 +503,21 @@ async fn handle(
             }}),
         ),
     };
+    // Applied, but the answer is an error (and stays one for the key).
+    let (status, answer) = match inner.apply_then_fail.get(&route) {
+        Some(&error) if (200..300).contains(&status) => (error, stripe_error(error)),
+        _ => (status, answer),
+    };
     if !is_get && let Some(key) = rec.idempotency_key {
         inner
             .by_key
             .insert(key, (fingerprint, status, answer.clone()));
     }
     reply(status, answer)
+}
+
+fn fail((status, body): Failure) -> Response {
+    reply(status, body.unwrap_or_else(|| stripe_error(status)))
 }
 
 /// `POST /v1/prices`: a recurring price with inline `product_data`.

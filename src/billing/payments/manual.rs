@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 
 use super::{
     CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest, PortalSession,
-    SubscriptionUpdate,
+    SubscriptionUpdate, UpdateFailure,
 };
 use crate::config::PaymentProviderKind;
 use crate::core::error::ApiError;
@@ -51,12 +51,24 @@ impl PaymentProvider for ManualProvider {
         Box::pin(async { Err(checkout_unavailable()) })
     }
 
+    fn get_subscription<'a>(
+        &'a self,
+        _subscription_id: &'a str,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>> {
+        Box::pin(async { Err(checkout_unavailable()) })
+    }
+
     fn update_subscription<'a>(
         &'a self,
         _subscription_id: &'a str,
         _update: &'a SubscriptionUpdate,
         _idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>> {
-        Box::pin(async { Err(checkout_unavailable()) })
+    ) -> BoxFuture<'a, Result<serde_json::Value, UpdateFailure>> {
+        Box::pin(async {
+            Err(UpdateFailure {
+                error: checkout_unavailable(),
+                outcome_unknown: false,
+            })
+        })
     }
 }

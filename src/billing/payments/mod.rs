@@ -121,13 +121,28 @@ pub trait PaymentProvider: Send + Sync + 'static {
         req: &'a PortalRequest,
     ) -> BoxFuture<'a, Result<PortalSession, ApiError>>;
 
+    /// The provider's subscription as it now is.
+    fn get_subscription<'a>(
+        &'a self,
+        subscription_id: &'a str,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>>;
+
     /// Changes the provider's subscription; returns it as it now is.
     fn update_subscription<'a>(
         &'a self,
         subscription_id: &'a str,
         update: &'a SubscriptionUpdate,
         idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>>;
+    ) -> BoxFuture<'a, Result<serde_json::Value, UpdateFailure>>;
+}
+
+/// A change of a subscription that failed.
+#[derive(Debug)]
+pub struct UpdateFailure {
+    pub error: ApiError,
+    /// No definite answer came back from the write: the provider may have
+    /// made the change.
+    pub outcome_unknown: bool,
 }
 
 /// When a new price of a subscription applies.

@@ -15,7 +15,7 @@ use url::Url;
 
 use super::{
     CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
-    PortalSession, PriceTiming, SubscriptionUpdate,
+    PortalSession, PriceTiming, SubscriptionUpdate, UpdateFailure,
 };
 use crate::billing::model::Plan;
 use crate::config::{BillingConfig, PaymentProviderKind, Secret};
@@ -64,15 +64,43 @@ impl StripeProvider {
     ) -> Result<Value, ApiError> {
         let body = serde_urlencoded::to_string(form)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")))?;
+        self.send(path, Some((body, idempotency_key)))
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// POSTs a change of a subscription: as [`Self::post`], telling apart a
+    /// failure Stripe answered (nothing was changed) from one it did not
+    /// (it may have been).
+    async fn write(
+        &self,
+        path: &str,
+        form: &[(String, String)],
+        idempotency_key: &str,
+    ) -> Result<Value, UpdateFailure> {
+        let body = serde_urlencoded::to_string(form).map_err(|e| UpdateFailure {
+            error: ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")),
+            outcome_unknown: false,
+        })?;
         self.send(path, Some((body, idempotency_key))).await
     }
 
     /// GETs an object (retried as a POST is: reading is idempotent).
     async fn get(&self, path: &str) -> Result<Value, ApiError> {
-        self.send(path, None).await
+        self.send(path, None).await.map_err(|f| f.error)
     }
 
-    async fn send(&self, path: &str, post: Option<(String, &str)>) -> Result<Value, ApiError> {
+    /// Sends a request (tried twice when Stripe cannot answer). A failure
+    /// whose outcome is unknown: no definite answer came back.
+    async fn send(&self, path: &str, post: Option<(String, &str)>) -> Result<Value, UpdateFailure> {
+        let unknown = |error: ApiError| UpdateFailure {
+            error,
+            outcome_unknown: true,
+        };
+        let definite = |error: ApiError| UpdateFailure {
+            error,
+            outcome_unknown: false,
+        };
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
@@ -108,7 +136,9 @@ impl StripeProvider {
             let json: Option<Value> = serde_json::from_slice(&bytes).ok();
             if status.is_success() {
                 return json.filter(Value::is_object).ok_or_else(|| {
-                    provider_error("Stripe answered with something other than JSON".into())
+                    unknown(provider_error(
+                        "Stripe answered with something other than JSON".into(),
+                    ))
                 });
             }
             let message = json
@@ -117,13 +147,35 @@ impl StripeProvider {
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("Stripe answered {status}"));
             tracing::warn!(status = status.as_u16(), path, attempt, %message, "Stripe error");
-            if status == reqwest::StatusCode::PAYMENT_REQUIRED {
-                // A card error: Stripe's message is written for the customer.
-                return Err(ApiError::Status {
+            let error = json.as_ref().map(|v| &v["error"]);
+            if status == reqwest::StatusCode::PAYMENT_REQUIRED
+                && error.and_then(|e| e["type"].as_str()) == Some("card_error")
+            {
+                // Stripe's message for a card error is written for the customer.
+                let detail =
+                    if error.and_then(|e| e["code"].as_str()) == Some("authentication_required") {
+                        format!(
+                            "the card needs the customer's authentication, which this request \
+                         cannot ask for: use another card (billing portal) or check out \
+                         instead ({message})"
+                        )
+                    } else {
+                        format!("the payment was declined: {message}")
+                    };
+                return Err(definite(ApiError::Status {
                     status: StatusCode::PAYMENT_REQUIRED,
                     code: "payment_declined",
-                    detail: format!("the payment was declined: {message}"),
-                });
+                    detail,
+                }));
+            }
+            if status == reqwest::StatusCode::NOT_FOUND && post.is_none() {
+                // Only subscriptions are read: this one is gone (its
+                // webhook is on the way).
+                return Err(definite(ApiError::conflict(
+                    "subscription_changed",
+                    "Stripe no longer has this subscription (its notification is on its way): \
+                     try again in a moment",
+                )));
             }
             // Stripe's words about our own credentials (they quote part of
             // the key) are for the log, not for the caller.
@@ -140,10 +192,14 @@ impl StripeProvider {
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 || status == reqwest::StatusCode::CONFLICT;
             if !retryable {
-                break;
+                return Err(definite(last.take().unwrap_or_else(|| {
+                    provider_error(format!("Stripe answered {status}"))
+                })));
             }
         }
-        Err(last.unwrap_or_else(|| provider_error("Stripe could not be reached".into())))
+        Err(unknown(last.unwrap_or_else(|| {
+            provider_error("Stripe could not be reached".into())
+        })))
     }
 }
 
@@ -220,6 +276,16 @@ pub fn checkout_form(req: &CheckoutRequest) -> Vec<(String, String)> {
     form
 }
 
+/// An id from our own records, but it goes into a URL path.
+fn check_subscription_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "a stored Stripe subscription id is malformed"
+        )));
+    }
+    Ok(())
+}
+
 /// The id of the subscription's one item (Tenantry's subscriptions have
 /// one: the plan).
 fn single_item(subscription: &Value) -> Result<String, ApiError> {
@@ -234,6 +300,25 @@ fn single_item(subscription: &Value) -> Result<String, ApiError> {
             ),
         )),
         None => Err(provider_error("Stripe's subscription has no items".into())),
+    }
+}
+
+/// A failure after the pending downgrade was taken back says so.
+fn after_restore(error: ApiError, restored: bool) -> ApiError {
+    match error {
+        ApiError::Status {
+            status,
+            code,
+            detail,
+        } if restored => ApiError::Status {
+            status,
+            code,
+            detail: format!(
+                "{detail} (the pending downgrade was taken back first; choose it again if it \
+                 is still wanted)"
+            ),
+        },
+        other => other,
     }
 }
 
@@ -314,18 +399,14 @@ impl PaymentProvider for StripeProvider {
         subscription_id: &'a str,
         update: &'a SubscriptionUpdate,
         idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+    ) -> BoxFuture<'a, Result<Value, UpdateFailure>> {
         Box::pin(async move {
-            // An id from our own records, but it goes into a URL path.
-            if subscription_id.is_empty()
-                || !subscription_id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(ApiError::Internal(anyhow::anyhow!(
-                    "a stored Stripe subscription id is malformed"
-                )));
-            }
+            // Failures before the subscription is written leave it as it was.
+            let refused = |error: ApiError| UpdateFailure {
+                error,
+                outcome_unknown: false,
+            };
+            check_subscription_id(subscription_id).map_err(refused)?;
             let path = format!("/v1/subscriptions/{subscription_id}");
             let form = match update {
                 SubscriptionUpdate::CancelAtPeriodEnd(cancel) => {
@@ -341,26 +422,35 @@ impl PaymentProvider for StripeProvider {
                 } => {
                     // The item to re-price, whether a trial is running, and
                     // whether the state the change was decided on is current.
-                    let current = self.get(&path).await?;
-                    let item = single_item(&current)?;
-                    ensure_period_end(&current, *period_end)?;
+                    let current = self.get(&path).await.map_err(refused)?;
+                    let item = single_item(&current).map_err(refused)?;
+                    ensure_period_end(&current, *period_end).map_err(refused)?;
                     if let Some(restore) = restore {
+                        // The pending downgrade is taken back in full (price
+                        // and metadata): if the upgrade then fails, Stripe's
+                        // state is still one Tenantry can mirror.
                         let price = self
                             .post(
                                 "/v1/prices",
                                 &price_form(restore),
                                 &format!("{idempotency_key}-restore-price"),
                             )
-                            .await?;
+                            .await
+                            .map_err(refused)?;
+                        let cleared = [
+                            ("plan", restore.code.clone()),
+                            ("pending_plan", String::new()),
+                            ("pending_from", String::new()),
+                        ];
                         let form = subscription_price_form(
                             &item,
-                            &string_field(&price, "id")?,
+                            &string_field(&price, "id").map_err(refused)?,
                             PriceTiming::NextPeriod,
                             false,
-                            &[],
+                            &cleared,
                             false,
                         );
-                        self.post(&path, &form, &format!("{idempotency_key}-restore"))
+                        self.write(&path, &form, &format!("{idempotency_key}-restore"))
                             .await?;
                     }
                     let price = self
@@ -369,19 +459,41 @@ impl PaymentProvider for StripeProvider {
                             &price_form(plan),
                             &format!("{idempotency_key}-price"),
                         )
-                        .await?;
+                        .await
+                        .map_err(|error| UpdateFailure {
+                            error: after_restore(error, restore.is_some()),
+                            outcome_unknown: false,
+                        })?;
                     let trialing = current["status"].as_str() == Some("trialing");
-                    subscription_price_form(
+                    let form = subscription_price_form(
                         &item,
-                        &string_field(&price, "id")?,
+                        &string_field(&price, "id").map_err(refused)?,
                         *timing,
                         trialing,
                         metadata,
                         *resume,
-                    )
+                    );
+                    return self
+                        .write(&path, &form, idempotency_key)
+                        .await
+                        .map_err(|f| UpdateFailure {
+                            error: after_restore(f.error, restore.is_some()),
+                            ..f
+                        });
                 }
             };
-            self.post(&path, &form, idempotency_key).await
+            self.write(&path, &form, idempotency_key).await
+        })
+    }
+
+    fn get_subscription<'a>(
+        &'a self,
+        subscription_id: &'a str,
+    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+        Box::pin(async move {
+            check_subscription_id(subscription_id)?;
+            self.get(&format!("/v1/subscriptions/{subscription_id}"))
+                .await
         })
     }
 

@@ -117,7 +117,11 @@ pub async fn receive(
     };
     let mut tx = match org_hint {
         Some(org_id) => {
-            WebhookTx::Tenant(TenantTx::enter(&state.pool, org_id, Uuid::nil()).await?.0)
+            let mut tx = TenantTx::enter(&state.pool, org_id, Uuid::nil()).await?.0;
+            // Its writes reference the org after locking the subscription:
+            // wait for a request holding the org lock first.
+            crate::billing::repo::key_share_org(tx.conn(), org_id).await?;
+            WebhookTx::Tenant(tx)
         }
         None => {
             let mut tx = state.pool.begin().await?;
@@ -565,7 +569,9 @@ async fn known_plan(
 
 /// The credits of the Stripe-managed subscription's current period, once
 /// per period (the grant's reference names the period, as the rollover's
-/// do), while it is trialing or active.
+/// do), while it is trialing or active. A period that starts before the
+/// earlier one ended (an upgrade: Stripe credits the unused part of the old
+/// price) ends what is left of the earlier period's credits.
 async fn grant_period_credits(conn: &mut PgConnection, org_id: Uuid) -> Result<(), ApiError> {
     let row: Option<(i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "select p.credits_per_period, p.code, s.current_period_start, s.current_period_end
@@ -578,14 +584,19 @@ async fn grant_period_credits(conn: &mut PgConnection, org_id: Uuid) -> Result<(
     let Some((credits, plan, start, end)) = row else {
         return Ok(());
     };
-    if credits <= 0 || end <= Utc::now() {
+    if end <= Utc::now() {
+        return Ok(());
+    }
+    let period = crate::billing::subscriptions::period_ref(org_id, start);
+    crate::billing::repo::end_superseded_period_grants(conn, org_id, start, &period).await?;
+    if credits <= 0 {
         return Ok(());
     }
     sqlx::query("select app.credit_grant($1, 'plan_period', $2, $3, $4, $5)")
         .bind(credits)
         .bind(crate::billing::subscriptions::PERIOD_GRANT_PRIORITY)
         .bind(end)
-        .bind(crate::billing::subscriptions::period_ref(org_id, start))
+        .bind(&period)
         .bind(format!("{plan} plan credits for the period"))
         .execute(&mut *conn)
         .await?;
