@@ -32,15 +32,6 @@ async fn owners(app: &TestApp, org: Uuid) -> Vec<Uuid> {
     v
 }
 
-async fn audit_count(app: &TestApp, org: Uuid, action: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from audit_log where org_id = $1 and action = $2")
-        .bind(org)
-        .bind(action)
-        .fetch_one(&app.db.admin)
-        .await
-        .unwrap()
-}
-
 /// Orgs (of the whole database) left without an owner.
 async fn ownerless_orgs(app: &TestApp) -> i64 {
     sqlx::query_scalar(
@@ -91,7 +82,7 @@ async fn two_owners_demoting_each_other_leave_exactly_one_owner() {
         orders[usize::from(winner == bob.id)] += 1;
         assert_eq!(owners(&app, org).await, vec![winner], "round {i}");
         assert_eq!(
-            audit_count(&app, org, "member.role_changed").await,
+            app.audit_count(org, "member.role_changed").await,
             1,
             "round {i}"
         );
@@ -132,7 +123,7 @@ async fn two_owners_leaving_at_once_leave_one_owner() {
             .await
             .unwrap();
         assert_eq!(members, 1, "round {i}");
-        assert_eq!(audit_count(&app, org, "member.left").await, 1, "round {i}");
+        assert_eq!(app.audit_count(org, "member.left").await, 1, "round {i}");
     }
     assert_eq!(ownerless_orgs(&app).await, 0);
 }
@@ -190,11 +181,11 @@ async fn one_invitation_accepted_twice_at_once_works_once() {
         assert_eq!(accepted_by, Some(bob.id), "round {i}");
         // Accepted once: one acceptance and one member.added in the log.
         assert_eq!(
-            audit_count(&app, org, "invitation.accepted").await,
+            app.audit_count(org, "invitation.accepted").await,
             1,
             "round {i}"
         );
-        assert_eq!(audit_count(&app, org, "member.added").await, 1, "round {i}");
+        assert_eq!(app.audit_count(org, "member.added").await, 1, "round {i}");
     }
 }
 

@@ -3,6 +3,7 @@
 //! over real HTTP on a random port, and helpers that read like user stories.
 #![allow(dead_code)]
 
+pub mod billing;
 pub mod gotrue;
 pub mod smtp;
 pub mod stripe;
@@ -401,6 +402,16 @@ impl TestApp {
     /// Counts rows of a table as the superuser (ignores RLS).
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
+            .fetch_one(&self.db.admin)
+            .await
+            .unwrap()
+    }
+
+    /// How many times `action` was audited in `org` (superuser, ignores RLS).
+    pub async fn audit_count(&self, org: Uuid, action: &str) -> i64 {
+        sqlx::query_scalar("select count(*) from audit_log where org_id = $1 and action = $2")
+            .bind(org)
+            .bind(action)
             .fetch_one(&self.db.admin)
             .await
             .unwrap()
