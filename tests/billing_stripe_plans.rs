@@ -1840,3 +1840,281 @@ async fn superseded_credits_lent_to_open_holds_end_too() {
     assert_eq!(expired_from(&app, org, pro).await, vec![3000]);
     assert_eq!(balance(&app, org, &owner).await, 25_000);
 }
+
+// ------------------------------------------------------------------ the price paid
+
+/// The grandfathered business price the `acme_on_legacy_business`
+/// subscription's item is on (79.00 where the catalog now says 99.00).
+const LEGACY_PRICE: &str = "price_legacy_business";
+
+/// Adds Starter to the catalog (superuser): 9.00 USD a month, 1,000 credits
+/// a period, 3 seats, no trial, sorted first among the paid plans.
+async fn add_starter_plan(app: &TestApp) {
+    sqlx::query(
+        "insert into plans (code, name, price_minor, currency, billing_interval, trial_days,
+                            credits_per_period, seat_limit, features, sort_order)
+         values ($1, $2, $3, 'USD', $4, 0, $5, $6, '{}', 1)",
+    )
+    .bind("starter")
+    .bind("Starter")
+    .bind(900_i64)
+    .bind("month")
+    .bind(1000_i64)
+    .bind(Some(3_i32))
+    .execute(&app.db.admin)
+    .await
+    .unwrap();
+}
+
+/// `acme` on business at Stripe (`sub`, linked as `stripe_managed` does),
+/// its item on the grandfathered `LEGACY_PRICE` (a price with an id, as
+/// Stripe has it), with Starter and Enterprise in the catalog. Also returns
+/// the subscription as linked.
+async fn acme_on_legacy_business(sub: &str) -> AcmeOnStripe {
+    let (fake, app, owner, org) = acme().await;
+    add_starter_plan(&app).await;
+    add_enterprise_plan(&app).await;
+    let t0 = now() - 100;
+    let mut obj = managed_object(org, sub, "active", "business", t0);
+    obj["items"]["data"][0]["price"] = json!({
+        "id": LEGACY_PRICE, "object": "price", "unit_amount": 7900, "currency": "usd",
+        "recurring": {"interval": "month"}
+    });
+    link(&app, &fake, &obj, t0).await;
+    assert_eq!(sub_state(&app, org).await, active_from("business", t0));
+    (fake, app, owner, org, obj)
+}
+
+/// The id of the price the item of `sub` is on at Stripe now.
+fn item_price_id(fake: &FakeStripe, sub: &str) -> String {
+    let at_stripe = fake.subscription(sub).unwrap();
+    at_stripe["items"]["data"][0]["price"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no price id: {at_stripe}"))
+        .to_owned()
+}
+
+/// Asserts that Stripe's metadata of `sub` has none of `keys`.
+fn assert_no_metadata(fake: &FakeStripe, sub: &str, keys: &[&str]) {
+    let at_stripe = fake.subscription(sub).unwrap();
+    for key in keys {
+        assert!(
+            at_stripe["metadata"].get(key).is_none(),
+            "{key}: {at_stripe}"
+        );
+    }
+}
+
+/// Asserts a revert to `plan` made with the paid price `paid`: no price
+/// made, the item moved back to `paid` from the renewal (no proration, no
+/// payment now), the pending downgrade and the paid price cleared.
+fn assert_revert_to_paid_price(r: &Recorded, plan: &str, paid: &str) {
+    assert_unprorated_form(r, plan, "", "");
+    assert_form(
+        r,
+        &[("items[0][price]", paid), ("metadata[paid_price]", "")],
+    );
+    for absent in ["billing_cycle_anchor", "trial_end", "payment_behavior"] {
+        assert_eq!(r.field(absent), None, "{absent}: {:?}", r.form);
+    }
+}
+
+#[tokio::test]
+async fn a_downgrade_taken_back_returns_to_the_price_paid_not_the_catalogs() {
+    let (fake, app, owner, org, obj) = acme_on_legacy_business("sub_pp").await;
+    let (t0, end) = period(&obj);
+    let path = "/v1/subscriptions/sub_pp";
+
+    // The downgrade records the price paid now.
+    schedule_downgrade(&app, org, &owner, "pro").await;
+    assert_eq!(sent(&fake), one_change(path));
+    let downgrade = &fake.requests_with("POST", path)[0];
+    assert_unprorated_form(downgrade, "business", "pro", &end.to_string());
+    assert_form(downgrade, &[("metadata[paid_price]", LEGACY_PRICE)]);
+    let pro_price = item_price_id(&fake, "sub_pp");
+    assert_ne!(pro_price, LEGACY_PRICE);
+    assert_eq!(downgrade.field("items[0][price]"), Some(pro_price.as_str()));
+    let at_stripe = fake.subscription("sub_pp").unwrap();
+    assert_eq!(at_stripe["metadata"]["paid_price"], LEGACY_PRICE);
+
+    // Taken back: to the legacy price, not a new one at the catalog's.
+    let asked_before = fake.requests().len();
+    let body = put_plan_ok(&app, org, &owner, "business").await;
+    let asked = fake.requests()[asked_before..].to_vec();
+    assert_eq!(
+        method_paths(&asked),
+        pairs(&[("GET", path), ("POST", path)]),
+        "no price is made"
+    );
+    assert_revert_to_paid_price(&asked[1], "business", LEGACY_PRICE);
+    assert_eq!(item_price_id(&fake, "sub_pp"), LEGACY_PRICE);
+    let at_stripe = fake.subscription("sub_pp").unwrap();
+    assert_eq!(at_stripe["items"]["data"][0]["price"]["unit_amount"], 7900);
+    assert_eq!(at_stripe["metadata"]["plan"], "business", "{at_stripe}");
+    assert_eq!(at_stripe["current_period_start"], t0, "{at_stripe}");
+    assert_no_metadata(
+        &fake,
+        "sub_pp",
+        &["paid_price", "pending_plan", "pending_from"],
+    );
+
+    // Here: business, nothing pending.
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    let reverted = state("business", "active", None, false, (t0, end));
+    assert_eq!(sub_state(&app, org).await, reverted);
+    assert_eq!(
+        app.audit_count(org, "subscription.downgrade_canceled")
+            .await,
+        1
+    );
+    // Stripe's event about the revert keeps it so.
+    deliver_current(&app, &fake, "sub_pp", "evt_pp_reverted").await;
+    assert_eq!(sub_state(&app, org).await, reverted);
+}
+
+#[tokio::test]
+async fn a_second_downgrade_keeps_the_price_paid_for_the_period() {
+    let (fake, app, owner, org, obj) = acme_on_legacy_business("sub_pp2").await;
+    let (t0, end) = period(&obj);
+    let path = "/v1/subscriptions/sub_pp2";
+
+    schedule_downgrade(&app, org, &owner, "pro").await;
+    let pro_price = item_price_id(&fake, "sub_pp2");
+    // business -> starter, pro pending: the paid price is still the legacy
+    // one (not pro's, which the item is on now).
+    let body = schedule_downgrade(&app, org, &owner, "starter").await;
+    assert_eq!(body["plan_code"], "business", "{body}");
+    assert_eq!(sent(&fake), [one_change(path), one_change(path)].concat());
+    let prices = fake.requests_with("POST", "/v1/prices");
+    assert_price_form(&prices[1], "900", "Starter", "starter");
+    let second = &fake.requests_with("POST", path)[1];
+    assert_unprorated_form(second, "business", "starter", &end.to_string());
+    assert_form(second, &[("metadata[paid_price]", LEGACY_PRICE)]);
+    let starter_price = item_price_id(&fake, "sub_pp2");
+    assert_ne!(starter_price, pro_price);
+    assert_eq!(
+        second.field("items[0][price]"),
+        Some(starter_price.as_str())
+    );
+    assert_eq!(
+        fake.subscription("sub_pp2").unwrap()["metadata"]["paid_price"],
+        LEGACY_PRICE
+    );
+    assert_eq!(
+        sub_state(&app, org).await,
+        state("business", "active", Some("starter"), false, (t0, end))
+    );
+
+    // Taken back: to the legacy price, no price made.
+    let asked_before = fake.requests().len();
+    let body = put_plan_ok(&app, org, &owner, "business").await;
+    let asked = fake.requests()[asked_before..].to_vec();
+    assert_eq!(
+        method_paths(&asked),
+        pairs(&[("GET", path), ("POST", path)])
+    );
+    assert_revert_to_paid_price(&asked[1], "business", LEGACY_PRICE);
+    assert_eq!(item_price_id(&fake, "sub_pp2"), LEGACY_PRICE);
+    assert_no_metadata(
+        &fake,
+        "sub_pp2",
+        &["paid_price", "pending_plan", "pending_from"],
+    );
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert_eq!(
+        sub_state(&app, org).await,
+        state("business", "active", None, false, (t0, end))
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_over_a_pending_downgrade_restores_the_price_paid_without_making_one() {
+    let (fake, app, owner, org, _) = acme_on_legacy_business("sub_pp3").await;
+    let path = "/v1/subscriptions/sub_pp3";
+    schedule_downgrade(&app, org, &owner, "pro").await;
+    let asked_before = fake.requests().len();
+
+    let body = put_plan_ok(&app, org, &owner, "enterprise").await;
+    let asked = fake.requests()[asked_before..].to_vec();
+    assert_eq!(
+        method_paths(&asked),
+        pairs(&[
+            ("GET", path),
+            ("POST", path),
+            ("POST", "/v1/prices"),
+            ("POST", path),
+        ]),
+        "one price made: enterprise's"
+    );
+    // The restore: back to the legacy price, the paid price cleared.
+    assert_revert_to_paid_price(&asked[1], "business", LEGACY_PRICE);
+    assert_price_form(&asked[2], "19900", "Enterprise", "enterprise");
+    // Then the upgrade itself, paid now.
+    let upgrade = &asked[3];
+    assert_upgrade_form(upgrade, "enterprise", ("billing_cycle_anchor", "now"));
+    let enterprise_price = fake.price(upgrade.field("items[0][price]").unwrap());
+    assert_eq!(enterprise_price.unwrap()["unit_amount"], 19900);
+    assert_eq!(fake.requests_with("POST", "/v1/prices").len(), 2);
+
+    let at_stripe = fake.subscription("sub_pp3").unwrap();
+    assert_eq!(at_stripe["items"]["data"][0]["price"]["unit_amount"], 19900);
+    assert_eq!(at_stripe["metadata"]["plan"], "enterprise", "{at_stripe}");
+    assert_no_metadata(
+        &fake,
+        "sub_pp3",
+        &["paid_price", "pending_plan", "pending_from"],
+    );
+    let new_start = at_stripe["current_period_start"].as_i64().unwrap();
+    assert_eq!(body["plan_code"], "enterprise", "{body}");
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert_eq!(
+        sub_state(&app, org).await,
+        active_from("enterprise", new_start)
+    );
+    assert_eq!(plan_grants(&app, org, 100_000).await, (1, 100_000));
+}
+
+#[tokio::test]
+async fn the_price_paid_is_forgotten_once_the_downgrade_took_effect() {
+    let (fake, app, owner, org, obj) = acme_on_legacy_business("sub_pp4").await;
+    let (_, end) = period(&obj);
+    let path = "/v1/subscriptions/sub_pp4";
+
+    schedule_downgrade(&app, org, &owner, "pro").await;
+    let pro_price = item_price_id(&fake, "sub_pp4");
+    // Stripe renews: the downgrade takes effect (its metadata, paid price
+    // included, stays as it was).
+    let mut renewed = fake.subscription("sub_pp4").unwrap();
+    assert_eq!(renewed["metadata"]["paid_price"], LEGACY_PRICE);
+    renewed["current_period_start"] = json!(end);
+    renewed["current_period_end"] = json!(end + 30 * 86400);
+    fake.seed_subscription(renewed);
+    deliver_current(&app, &fake, "sub_pp4", "evt_pp4_renewed").await;
+    assert_eq!(sub_state(&app, org).await, active_from("pro", end));
+
+    // pro -> starter: the price paid now is pro's, not the legacy one.
+    let new_end = (end + 30 * 86400).to_string();
+    schedule_downgrade(&app, org, &owner, "starter").await;
+    let posts = fake.requests_with("POST", path);
+    assert_eq!(posts.len(), 2);
+    assert_unprorated_form(&posts[1], "pro", "starter", &new_end);
+    assert_form(&posts[1], &[("metadata[paid_price]", pro_price.as_str())]);
+    assert_eq!(
+        fake.subscription("sub_pp4").unwrap()["metadata"]["paid_price"],
+        pro_price.as_str()
+    );
+
+    // And taking that back returns to pro's price, with no price made.
+    let prices_before = fake.requests_with("POST", "/v1/prices").len();
+    let body = put_plan_ok(&app, org, &owner, "pro").await;
+    assert!(body["pending_plan_code"].is_null(), "{body}");
+    assert_eq!(
+        fake.requests_with("POST", "/v1/prices").len(),
+        prices_before
+    );
+    let revert = fake.requests_with("POST", path).pop().unwrap();
+    assert_revert_to_paid_price(&revert, "pro", &pro_price);
+    assert_eq!(item_price_id(&fake, "sub_pp4"), pro_price);
+    assert_eq!(sub_state(&app, org).await, active_from("pro", end));
+}

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::model::{ChangePlan, Entitlements, FREE_PLAN, Plan, Subscription, SubscriptionView};
 use super::repo;
 use crate::auth::rbac::Actor;
-use crate::billing::payments::{PriceTiming, SubscriptionUpdate};
+use crate::billing::payments::{PriceChange, SubscriptionUpdate};
 use crate::config::PaymentProviderKind;
 use crate::core::db::TenantTx;
 use crate::core::error::ApiError;
@@ -502,8 +502,10 @@ pub async fn resume(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionVi
 // and its answer is mirrored as its webhooks would be. Tenantry's plan state
 // lives in the Stripe subscription's metadata: `plan` (the plan now), and
 // for a downgrade `pending_plan` with `pending_from` (the renewal, in unix
-// seconds, from which the pending plan is the plan). The webhook mirror
-// reads the same keys, so the renewal's event applies the downgrade.
+// seconds, from which the pending plan is the plan), and `paid_price`, the
+// price paid until then, which taking the downgrade back returns to. The
+// webhook mirror reads the same keys, so the renewal's event applies the
+// downgrade.
 
 /// A change to ask of Stripe, and what to record once it answers.
 pub struct ProviderChange {
@@ -614,7 +616,7 @@ async fn provider_plan_change(
         let update = SubscriptionUpdate::Price {
             metadata: state(&current.code, "", String::new()),
             plan: Box::new(current),
-            timing: PriceTiming::NextPeriod,
+            change: PriceChange::Revert,
             resume: false,
             period_end: before.current_period_end,
             restore: None,
@@ -655,7 +657,7 @@ async fn provider_plan_change(
         let update = SubscriptionUpdate::Price {
             metadata: state(&target.code, "", String::new()),
             plan: Box::new(target),
-            timing: PriceTiming::Now,
+            change: PriceChange::Upgrade,
             resume: true,
             period_end: before.current_period_end,
             restore,
@@ -668,7 +670,7 @@ async fn provider_plan_change(
     let update = SubscriptionUpdate::Price {
         metadata: state(&current.code, &target.code, from),
         plan: Box::new(target),
-        timing: PriceTiming::NextPeriod,
+        change: PriceChange::Downgrade,
         resume: true,
         period_end: before.current_period_end,
         restore: None,

@@ -5,7 +5,8 @@
 //! `POST /v1/billing_portal/sessions`, `POST /v1/prices` (a recurring price
 //! with inline `product_data`, remembered by id), and, on subscriptions a
 //! test seeded, `GET /v1/subscriptions/{id}` and `POST /v1/subscriptions/{id}`
-//! (`items[0][id]`/`items[0][price]` with a price made here,
+//! (`items[0][id]`/`items[0][price]` with a price made here or one a seeded
+//! subscription's item is on,
 //! `proration_behavior`, `billing_cycle_anchor=now|unchanged`,
 //! `trial_end=now`, `cancel_at_period_end`, `payment_behavior`,
 //! `metadata[..]`; an empty value removes a metadata key), refusing bad
@@ -104,7 +105,8 @@ struct Inner {
     seq: u64,
     /// Subscriptions by id, for `GET`/`POST /v1/subscriptions/{id}`.
     subscriptions: HashMap<String, Value>,
-    /// Prices created with `POST /v1/prices`, by id.
+    /// Prices created with `POST /v1/prices`, and those of seeded
+    /// subscriptions' items, by id.
     prices: HashMap<String, Value>,
     /// (method, path) -> the gate those requests wait at (see `Gate`).
     gates: HashMap<(String, String), (u64, watch::Receiver<bool>)>,
@@ -275,7 +277,8 @@ impl FakeStripe {
         self.inner.lock().unwrap().subscriptions.remove(id);
     }
 
-    /// A price made with `POST /v1/prices`, as the fake answered it.
+    /// A price made with `POST /v1/prices`, as the fake answered it (or as a
+    /// seeded subscription's item had it).
     pub fn price(&self, id: &str) -> Option<Value> {
         self.inner.lock().unwrap().prices.get(id).cloned()
     }
@@ -290,14 +293,26 @@ impl FakeStripe {
     }
 
     /// Makes a subscription known, as Stripe holds it (replacing the one
-    /// with its id: a test can move it on, as Stripe's renewal does).
+    /// with its id: a test can move it on, as Stripe's renewal does). The
+    /// prices of its items that have an id become known too (a price made
+    /// here keeps its first form), so an update may move an item to one.
     pub fn seed_subscription(&self, subscription: Value) {
         let id = subscription["id"].as_str().unwrap().to_owned();
-        self.inner
-            .lock()
-            .unwrap()
-            .subscriptions
-            .insert(id, subscription);
+        let mut inner = self.inner.lock().unwrap();
+        for item in subscription["items"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let price = &item["price"];
+            if let Some(price_id) = price["id"].as_str() {
+                inner
+                    .prices
+                    .entry(price_id.to_owned())
+                    .or_insert_with(|| price.clone());
+            }
+        }
+        inner.subscriptions.insert(id, subscription);
     }
 
     /// The subscription as the fake holds it now (after the updates it

@@ -145,14 +145,18 @@ pub struct UpdateFailure {
     pub outcome_unknown: bool,
 }
 
-/// When a new price of a subscription applies.
+/// Which way a subscription's price changes, and so when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PriceTiming {
+pub enum PriceChange {
     /// Now: a new period starts (a trial ends), and the unused part of the
-    /// old price is credited against the new one, invoiced at once.
-    Now,
-    /// From the next renewal, without proration.
-    NextPeriod,
+    /// old price is credited against the new one, charged at once.
+    Upgrade,
+    /// From the next renewal, without proration; the price paid now is
+    /// remembered for a revert.
+    Downgrade,
+    /// Back to the price paid (the one a pending downgrade replaced), from
+    /// the next renewal, without proration.
+    Revert,
 }
 
 /// A change to make to the provider's subscription.
@@ -160,11 +164,11 @@ pub enum PriceTiming {
 pub enum SubscriptionUpdate {
     /// Cancel at the end of the period (`true`), or take that back.
     CancelAtPeriodEnd(bool),
-    /// Bill `plan`'s price from `timing` on. `metadata` records Tenantry's
+    /// Bill `plan`'s price, as `change` says. `metadata` records Tenantry's
     /// plan state on the subscription (an empty value removes a key).
     Price {
         plan: Box<Plan>,
-        timing: PriceTiming,
+        change: PriceChange,
         metadata: Vec<(&'static str, String)>,
         /// Also take back a cancellation at period end.
         resume: bool,

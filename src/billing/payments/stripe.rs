@@ -15,7 +15,7 @@ use url::Url;
 
 use super::{
     CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
-    PortalSession, PriceTiming, SubscriptionUpdate, UpdateFailure,
+    PortalSession, PriceChange, SubscriptionUpdate, UpdateFailure,
 };
 use crate::billing::model::Plan;
 use crate::config::{BillingConfig, PaymentProviderKind, Secret};
@@ -83,6 +83,14 @@ impl StripeProvider {
             outcome_unknown: false,
         })?;
         self.send(path, Some((body, idempotency_key))).await
+    }
+
+    /// Creates a recurring price for `plan` (with its product); its id.
+    async fn create_price(&self, plan: &Plan, idempotency_key: &str) -> Result<String, ApiError> {
+        let price = self
+            .post("/v1/prices", &price_form(plan), idempotency_key)
+            .await?;
+        string_field(&price, "id")
     }
 
     /// GETs an object (retried as a POST is: reading is idempotent).
@@ -349,13 +357,13 @@ pub fn price_form(plan: &Plan) -> Vec<(String, String)> {
     ]
 }
 
-/// The form that moves a subscription's item to a new price: now (a new
-/// period, prorated and invoiced at once; a trial ends) or from the next
+/// The form that moves a subscription's item to a new price: now (`now`: a
+/// new period, prorated and charged at once; a trial ends) or from the next
 /// renewal (no proration).
 pub fn subscription_price_form(
     item_id: &str,
     price_id: &str,
-    timing: PriceTiming,
+    now: bool,
     trialing: bool,
     metadata: &[(&'static str, String)],
     resume: bool,
@@ -364,21 +372,20 @@ pub fn subscription_price_form(
         pair("items[0][id]", item_id),
         pair("items[0][price]", price_id),
     ];
-    match timing {
-        PriceTiming::Now => {
-            form.push(pair("proration_behavior", "always_invoice"));
-            // A declined payment refuses the change (402) instead of moving
-            // the subscription to the new plan unpaid (`past_due`).
-            form.push(pair("payment_behavior", "error_if_incomplete"));
-            // Stripe refuses a new billing anchor during a trial; ending
-            // the trial starts the paid period now.
-            form.push(if trialing {
-                pair("trial_end", "now")
-            } else {
-                pair("billing_cycle_anchor", "now")
-            });
-        }
-        PriceTiming::NextPeriod => form.push(pair("proration_behavior", "none")),
+    if now {
+        form.push(pair("proration_behavior", "always_invoice"));
+        // A declined payment refuses the change (402) instead of moving
+        // the subscription to the new plan unpaid (`past_due`).
+        form.push(pair("payment_behavior", "error_if_incomplete"));
+        // Stripe refuses a new billing anchor during a trial; ending the
+        // trial starts the paid period now.
+        form.push(if trialing {
+            pair("trial_end", "now")
+        } else {
+            pair("billing_cycle_anchor", "now")
+        });
+    } else {
+        form.push(pair("proration_behavior", "none"));
     }
     if resume {
         form.push(pair("cancel_at_period_end", false));
@@ -387,6 +394,29 @@ pub fn subscription_price_form(
         form.push(pair(&format!("metadata[{key}]"), value));
     }
     form
+}
+
+/// A non-empty string.
+fn non_empty(v: &Value) -> Option<String> {
+    v.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// The price paid for the period while a downgrade is pending (recorded
+/// with it; stale once the downgrade took effect at the renewal).
+fn paid_price(subscription: &Value) -> Option<String> {
+    let meta = &subscription["metadata"];
+    let paid = non_empty(&meta["paid_price"])?;
+    let from = non_empty(&meta["pending_from"])?.parse::<i64>().ok()?;
+    let start = subscription["current_period_start"]
+        .as_i64()
+        .or_else(|| subscription["items"]["data"][0]["current_period_start"].as_i64())?;
+    (start < from).then_some(paid)
+}
+
+/// The price id of the subscription's (one) item.
+fn item_price(subscription: &Value) -> Option<String> {
+    let price = &subscription["items"]["data"][0]["price"];
+    non_empty(price).or_else(|| non_empty(&price["id"]))
 }
 
 impl PaymentProvider for StripeProvider {
@@ -414,7 +444,7 @@ impl PaymentProvider for StripeProvider {
                 }
                 SubscriptionUpdate::Price {
                     plan,
-                    timing,
+                    change,
                     metadata,
                     resume,
                     period_end,
@@ -425,52 +455,64 @@ impl PaymentProvider for StripeProvider {
                     let current = self.get(&path).await.map_err(refused)?;
                     let item = single_item(&current).map_err(refused)?;
                     ensure_period_end(&current, *period_end).map_err(refused)?;
+                    // While a downgrade is pending, the price paid for the
+                    // period: taking the downgrade back returns to it, so
+                    // the customer keeps the price they had.
+                    let paid = paid_price(&current);
+                    let has_paid = non_empty(&current["metadata"]["paid_price"]).is_some();
                     if let Some(restore) = restore {
                         // The pending downgrade is taken back in full (price
                         // and metadata): if the upgrade then fails, Stripe's
                         // state is still one Tenantry can mirror.
-                        let price = self
-                            .post(
-                                "/v1/prices",
-                                &price_form(restore),
-                                &format!("{idempotency_key}-restore-price"),
-                            )
-                            .await
-                            .map_err(refused)?;
-                        let cleared = [
+                        let price = match &paid {
+                            Some(id) => id.clone(),
+                            None => self
+                                .create_price(restore, &format!("{idempotency_key}-restore-price"))
+                                .await
+                                .map_err(refused)?,
+                        };
+                        let mut cleared = vec![
                             ("plan", restore.code.clone()),
                             ("pending_plan", String::new()),
                             ("pending_from", String::new()),
                         ];
-                        let form = subscription_price_form(
-                            &item,
-                            &string_field(&price, "id").map_err(refused)?,
-                            PriceTiming::NextPeriod,
-                            false,
-                            &cleared,
-                            false,
-                        );
+                        if has_paid {
+                            cleared.push(("paid_price", String::new()));
+                        }
+                        let form =
+                            subscription_price_form(&item, &price, false, false, &cleared, false);
                         self.write(&path, &form, &format!("{idempotency_key}-restore"))
                             .await?;
                     }
-                    let price = self
-                        .post(
-                            "/v1/prices",
-                            &price_form(plan),
-                            &format!("{idempotency_key}-price"),
-                        )
-                        .await
-                        .map_err(|error| UpdateFailure {
-                            error: after_restore(error, restore.is_some()),
-                            outcome_unknown: false,
-                        })?;
-                    let trialing = current["status"].as_str() == Some("trialing");
+                    let price = match (change, &paid) {
+                        (PriceChange::Revert, Some(id)) => id.clone(),
+                        _ => self
+                            .create_price(plan, &format!("{idempotency_key}-price"))
+                            .await
+                            .map_err(|error| UpdateFailure {
+                                error: after_restore(error, restore.is_some()),
+                                outcome_unknown: false,
+                            })?,
+                    };
+                    let mut metadata = metadata.clone();
+                    match change {
+                        PriceChange::Downgrade => {
+                            if let Some(paid) = paid.or_else(|| item_price(&current)) {
+                                metadata.push(("paid_price", paid));
+                            }
+                        }
+                        PriceChange::Upgrade | PriceChange::Revert => {
+                            if has_paid && restore.is_none() {
+                                metadata.push(("paid_price", String::new()));
+                            }
+                        }
+                    }
                     let form = subscription_price_form(
                         &item,
-                        &string_field(&price, "id").map_err(refused)?,
-                        *timing,
-                        trialing,
-                        metadata,
+                        &price,
+                        *change == PriceChange::Upgrade,
+                        current["status"].as_str() == Some("trialing"),
+                        &metadata,
                         *resume,
                     );
                     return self
@@ -551,5 +593,47 @@ impl PaymentProvider for StripeProvider {
                 url: string_field(&v, "url")?,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_price_paid_counts_only_while_its_downgrade_is_pending() {
+        let sub = |start: i64, meta: Value| {
+            json!({"current_period_start": start, "metadata": meta,
+                   "items": {"data": [{"id": "si_1", "price": {"id": "price_now"}}]}})
+        };
+        let pending = json!({"paid_price": "price_paid", "pending_from": "2000"});
+        assert_eq!(
+            paid_price(&sub(1000, pending.clone())).as_deref(),
+            Some("price_paid")
+        );
+        // The renewal came: the downgrade's price is the price now.
+        assert_eq!(paid_price(&sub(2000, pending)), None);
+        assert_eq!(
+            paid_price(&sub(1000, json!({"paid_price": "price_paid"}))),
+            None
+        );
+        assert_eq!(
+            paid_price(&sub(
+                1000,
+                json!({"paid_price": "", "pending_from": "2000"})
+            )),
+            None
+        );
+        assert_eq!(
+            item_price(&sub(1000, json!({}))).as_deref(),
+            Some("price_now")
+        );
+        let bare = json!({"items": {"data": [{"id": "si_1", "price": "price_str"}]}});
+        assert_eq!(item_price(&bare).as_deref(), Some("price_str"));
+        assert_eq!(
+            item_price(&json!({"items": {"data": [{"price": {}}]}})),
+            None
+        );
     }
 }
