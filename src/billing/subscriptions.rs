@@ -446,8 +446,7 @@ async fn ensure_members_fit(tx: &mut TenantTx, target: &Plan) -> Result<(), ApiE
 }
 
 /// Cancels at the end of the period (back to the free plan then).
-pub async fn cancel(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionView, ApiError> {
-    let before = current(tx, true).await?;
+async fn cancel(tx: &mut TenantTx, before: Subscription) -> Result<SubscriptionView, ApiError> {
     if before.plan_code == FREE_PLAN || before.status == "canceled" {
         return Err(ApiError::conflict(
             "cannot_cancel_free",
@@ -473,8 +472,7 @@ pub async fn cancel(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionVi
 }
 
 /// Takes back a cancellation that has not happened yet.
-pub async fn resume(tx: &mut TenantTx, _locked: &Actor) -> Result<SubscriptionView, ApiError> {
-    let before = current(tx, true).await?;
+async fn resume(tx: &mut TenantTx, before: Subscription) -> Result<SubscriptionView, ApiError> {
     if before.status == "canceled" {
         return Err(ApiError::conflict(
             "subscription_canceled",
@@ -684,15 +682,15 @@ async fn provider_plan_change(
 /// refusals as for a manual one); for a manual one, made here.
 pub async fn cancel_or_resume(
     tx: &mut TenantTx,
-    locked: &Actor,
+    _locked: &Actor,
     cancel: bool,
 ) -> Result<Change, ApiError> {
     let before = current(tx, true).await?;
     let Some(subscription_id) = managed_by_stripe(&before) else {
         let view = if cancel {
-            self::cancel(tx, locked).await?
+            self::cancel(tx, before).await?
         } else {
-            resume(tx, locked).await?
+            resume(tx, before).await?
         };
         return Ok(Change::Done(Box::new(view)));
     };

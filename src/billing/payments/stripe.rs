@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use url::Url;
 
+use super::webhook::{self, period_bound};
 use super::{
     CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
     PortalSession, PriceChange, SubscriptionUpdate, UpdateFailure,
@@ -333,9 +334,7 @@ fn after_restore(error: ApiError, restored: bool) -> ApiError {
 /// 409 `subscription_changed` unless Stripe's subscription still ends its
 /// period at `expected` (the period as last mirrored).
 fn ensure_period_end(subscription: &Value, expected: DateTime<Utc>) -> Result<(), ApiError> {
-    let end = subscription["current_period_end"]
-        .as_i64()
-        .or_else(|| subscription["items"]["data"][0]["current_period_end"].as_i64());
+    let end = period_bound(subscription, "current_period_end");
     if end == Some(expected.timestamp()) {
         return Ok(());
     }
@@ -396,9 +395,9 @@ pub fn subscription_price_form(
     form
 }
 
-/// A non-empty string.
+/// A non-empty string, owned.
 fn non_empty(v: &Value) -> Option<String> {
-    v.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+    webhook::non_empty(v).map(str::to_owned)
 }
 
 /// The price paid for the period while a downgrade is pending (recorded
@@ -407,9 +406,7 @@ fn paid_price(subscription: &Value) -> Option<String> {
     let meta = &subscription["metadata"];
     let paid = non_empty(&meta["paid_price"])?;
     let from = non_empty(&meta["pending_from"])?.parse::<i64>().ok()?;
-    let start = subscription["current_period_start"]
-        .as_i64()
-        .or_else(|| subscription["items"]["data"][0]["current_period_start"].as_i64())?;
+    let start = period_bound(subscription, "current_period_start")?;
     (start < from).then_some(paid)
 }
 

@@ -468,10 +468,9 @@ async fn mirror(
         return Ok(false);
     }
     let status = obj["status"].as_str().and_then(map_status);
-    // Newer API versions keep the period on the subscription's items.
-    let item = &obj["items"]["data"][0];
-    let start = unix(&obj["current_period_start"]).or_else(|| unix(&item["current_period_start"]));
-    let end = unix(&obj["current_period_end"]).or_else(|| unix(&item["current_period_end"]));
+    let start =
+        period_bound(obj, "current_period_start").and_then(|t| DateTime::from_timestamp(t, 0));
+    let end = period_bound(obj, "current_period_end").and_then(|t| DateTime::from_timestamp(t, 0));
     let (start, end) = match (start, end) {
         (Some(s), Some(e)) if e > s => (Some(s), Some(e)),
         _ => (None, None),
@@ -532,14 +531,24 @@ async fn mirror(
     Ok(true)
 }
 
+/// A non-empty string (trimmed), as Stripe's metadata values are read.
+pub(super) fn non_empty(v: &Value) -> Option<&str> {
+    v.as_str().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A bound of a subscription's current period (`current_period_start` or
+/// `_end`), in unix seconds: newer API versions keep it on the items.
+pub(super) fn period_bound(subscription: &Value, field: &str) -> Option<i64> {
+    subscription[field]
+        .as_i64()
+        .or_else(|| subscription["items"]["data"][0][field].as_i64())
+}
+
 /// The plan and the pending plan a subscription's metadata names, in a
 /// period starting at `start`: `plan`, unless a downgrade recorded as
 /// `pending_plan` has taken effect (the period starts at or after
 /// `pending_from`, unix seconds), which makes `pending_plan` the plan.
 fn plan_state(metadata: &Value, start: Option<DateTime<Utc>>) -> (Option<&str>, Option<&str>) {
-    fn non_empty(v: &Value) -> Option<&str> {
-        v.as_str().map(str::trim).filter(|s| !s.is_empty())
-    }
     let plan = non_empty(&metadata["plan"]);
     let Some(pending) = non_empty(&metadata["pending_plan"]) else {
         return (plan, None);
