@@ -37,8 +37,14 @@ pub struct AppState {
     pub keys: crate::auth::keys::KeyRing,
     /// Password hashing for the auth server (argon2id on a bounded pool).
     pub hasher: crate::auth::password::Hasher,
-    /// Brute-force limits of the auth server (Redis; fails closed).
+    /// Brute-force limits of the auth server (Redis; in this process's
+    /// memory while Redis is down).
     pub limiter: crate::core::ratelimit::RateLimiter,
+    /// Sessions ended before their access tokens expire (refused on `/api/v1`).
+    pub ended_sessions: crate::auth::ended_sessions::EndedSessions,
+    /// Stops the background task that keeps `ended_sessions` current when
+    /// the last clone of the state is dropped.
+    _follow: Arc<tokio::sync::watch::Sender<bool>>,
     /// The payment provider `PAYMENT_PROVIDER` names (Stripe or manual).
     pub payments: Arc<dyn crate::billing::payments::PaymentProvider>,
     /// Group commit of concurrent spends per org.
@@ -60,12 +66,24 @@ impl AppState {
             &config.cache_prefix,
             config.cache_ttl,
         )?;
-        let hasher =
-            crate::auth::password::Hasher::new(crate::auth::password::PasswordParams::default())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let hasher = crate::auth::password::Hasher::with_queue(
+            crate::auth::password::PasswordParams::default(),
+            config.auth.hash_queue,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let limiter =
             crate::core::ratelimit::RateLimiter::new(&config.redis_url, &config.cache_prefix)?
-                .with_fail_mode(crate::core::ratelimit::FailMode::Closed);
+                .with_fail_mode(crate::core::ratelimit::FailMode::Local);
+        // Every session ended so far, before the first request is served;
+        // then kept current in the background.
+        let ended_sessions = crate::auth::ended_sessions::EndedSessions::new(
+            pool.clone(),
+            Some(&config.redis_url),
+            &config.cache_prefix,
+        )?;
+        ended_sessions.load(None).await?;
+        let (follow, following) = tokio::sync::watch::channel(false);
+        tokio::spawn(ended_sessions.clone().follow(following));
         let payments = crate::billing::payments::provider_from_config(&config.billing)?;
         let config = Arc::new(config);
         let jobs = crate::jobs::worker::Services::new(pool.clone(), config.clone())?;
@@ -80,6 +98,8 @@ impl AppState {
             limiter,
             payments,
             spends: Default::default(),
+            ended_sessions,
+            _follow: Arc::new(follow),
         })
     }
 }
@@ -128,9 +148,19 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes));
     let timeout = cfg.request_timeout;
+    let body_limits = BodyLimits {
+        timeout: cfg.body_read_timeout,
+        json: cfg.max_body_bytes,
+        import: cfg.jobs.max_import_bytes.max(cfg.max_body_bytes),
+    };
     let router = router
         .layer(middleware::from_fn(move |req, next| {
             with_timeout(timeout, req, next)
+        }))
+        // The whole body is in memory before any handler or extractor runs:
+        // nothing (a pool connection above all) is held for a slow client.
+        .layer(middleware::from_fn(move |req, next| {
+            read_body_first(body_limits, req, next)
         }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
@@ -220,6 +250,89 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     });
     res.headers_mut().insert(X_REQUEST_ID.clone(), header_value);
     res
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    timeout: Duration,
+    /// `MAX_BODY_BYTES`: every body but member imports.
+    json: usize,
+    /// `MAX_IMPORT_BYTES`: `POST /api/v1/orgs/{org_id}/imports` (CSV).
+    import: usize,
+}
+
+/// Reads the request body completely (within its limit and the timeout)
+/// before the request goes on: 408 when the client is too slow, 413 past the
+/// limit; auth-server routes get GoTrue's error shape, others problem+json.
+/// The extractors then apply their own limits and parse from memory.
+async fn read_body_first(limits: BodyLimits, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let gotrue = path.starts_with("/auth/v1/");
+    let limit = if parts.method == Method::POST
+        && path.starts_with("/api/v1/orgs/")
+        && path.ends_with("/imports")
+    {
+        limits.import
+    } else {
+        limits.json
+    };
+    let timeout = limits.timeout;
+    // One byte over the limit is enough to know it is too large.
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit.saturating_add(1))).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            body_problem(gotrue, too_large)
+        }
+        Err(_) => {
+            let detail = "the request body did not arrive in time";
+            if gotrue {
+                crate::auth::server::errors::AuthError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    detail,
+                )
+                .into_response()
+            } else {
+                ApiError::Status {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    code: "body_timeout",
+                    detail: detail.into(),
+                }
+                .into_response()
+            }
+        }
+    }
+}
+
+/// 413 for a body past the limit, or 400 for one that broke off.
+fn body_problem(gotrue: bool, too_large: bool) -> Response {
+    use crate::auth::server::errors::AuthError;
+    match (gotrue, too_large) {
+        (true, true) => AuthError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "Request body is larger than the limit",
+        )
+        .into_response(),
+        (true, false) => {
+            AuthError::bad_request("bad_json", "Could not read the request body").into_response()
+        }
+        (false, true) => ApiError::Status {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            detail: "request body is larger than the limit".into(),
+        }
+        .into_response(),
+        (false, false) => {
+            ApiError::bad_request("invalid_body", "the request body broke off").into_response()
+        }
+    }
 }
 
 async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
@@ -363,11 +476,17 @@ fn document_errors(api: &mut OpenApiDoc) {
 /// `with_worker` (`tenantry dev`), the job relay, worker and scheduler run in
 /// the same process and stop with it.
 pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
-    let pool =
-        crate::core::db::connect_pool(&config.database_url, config.db_max_connections).await?;
+    let pool = crate::core::db::connect_pool(
+        &config.database_url,
+        config.db_max_connections,
+        config.db_acquire_timeout,
+    )
+    .await?;
     let verifier = Verifier::new(&config.jwt)?;
     verifier.warm_up().await;
     let bind = config.bind_addr;
+    let limits = server_limits(&config);
+    let metrics_addr = config.metrics_addr;
     let state = AppState::new(pool.clone(), config, verifier).await?;
     let (stop, stopped) = crate::jobs::worker::Shutdown::new();
     let background = with_worker.then(|| {
@@ -376,15 +495,13 @@ pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
             stopped.clone(),
         ))
     });
+    if let Some(addr) = metrics_addr {
+        spawn_metrics_listener(addr, state.jobs.clone(), limits, stopped.clone()).await?;
+    }
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    // The peer address feeds the auth server's per-IP limits.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    crate::core::http_server::serve(listener, app, limits, async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     })
@@ -397,12 +514,57 @@ pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The connection limits of the HTTP listeners.
+pub fn server_limits(config: &Config) -> crate::core::http_server::ServerLimits {
+    crate::core::http_server::ServerLimits {
+        header_read_timeout: config.header_read_timeout,
+        shutdown_grace: config.request_timeout + Duration::from_secs(5),
+    }
+}
+
+/// `/metrics` and `/healthz` on a listener of their own (`METRICS_ADDR`,
+/// `WORKER_METRICS_ADDR`): meant for a private network, so open unless
+/// `METRICS_TOKEN` is set.
+async fn spawn_metrics_listener(
+    addr: std::net::SocketAddr,
+    jobs: crate::jobs::worker::Services,
+    limits: crate::core::http_server::ServerLimits,
+    stopped: crate::jobs::worker::Shutdown,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route(
+            "/metrics",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let jobs = jobs.clone();
+                async move {
+                    crate::jobs::routes::metrics_allowed(&jobs, &headers, true)?;
+                    Ok::<_, ApiError>(crate::jobs::routes::render_metrics(jobs).await)
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let stop = async move { stopped.wait().await };
+        if let Err(e) = crate::core::http_server::serve(listener, app, limits, stop).await {
+            tracing::warn!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
+}
+
 /// `tenantry worker`: relay, worker and scheduler until SIGTERM or SIGINT;
 /// then running jobs get the grace period to finish.
 pub async fn work(config: Config) -> anyhow::Result<()> {
-    let pool =
-        crate::core::db::connect_pool(&config.database_url, config.db_max_connections).await?;
+    let pool = crate::core::db::connect_pool(
+        &config.database_url,
+        config.db_max_connections,
+        config.db_acquire_timeout,
+    )
+    .await?;
     let metrics_addr = config.jobs.worker_metrics_addr;
+    let limits = server_limits(&config);
     let services = crate::jobs::worker::Services::new(pool.clone(), Arc::new(config))?;
     let (stop, stopped) = crate::jobs::worker::Shutdown::new();
     tokio::spawn(async move {
@@ -410,28 +572,7 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     if let Some(addr) = metrics_addr {
-        // This process's job metrics for Prometheus, and a liveness probe.
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
-        let jobs = services.clone();
-        let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(healthz))
-            .route(
-                "/metrics",
-                axum::routing::get(move |headers: axum::http::HeaderMap| {
-                    let jobs = jobs.clone();
-                    async move {
-                        crate::jobs::routes::metrics_allowed(&jobs, &headers)?;
-                        Ok::<_, ApiError>(crate::jobs::routes::render_metrics(jobs).await)
-                    }
-                }),
-            );
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.wait().await })
-                .await;
-        });
+        spawn_metrics_listener(addr, services.clone(), limits, stopped.clone()).await?;
     }
     crate::jobs::run_background(services, stopped).await;
     pool.close().await;

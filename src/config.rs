@@ -46,6 +46,24 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Payments: which provider, and Stripe's keys.
     pub billing: BillingConfig,
+    /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`,
+    /// CIDRs; default none: the peer address is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The longest a request waits for a database connection
+    /// (`DB_ACQUIRE_TIMEOUT_SECS`, default 2); then 503 `unavailable`.
+    pub db_acquire_timeout: Duration,
+    /// The longest a client may take to send a request body
+    /// (`BODY_READ_TIMEOUT_SECS`, default 10); then 408.
+    pub body_read_timeout: Duration,
+    /// The longest a client may take to send the request line and headers
+    /// (`HEADER_READ_TIMEOUT_SECS`, default 10); then the connection closes.
+    pub header_read_timeout: Duration,
+    /// Where `/metrics` is served instead of the API's listener
+    /// (`METRICS_ADDR`; default: on the API's listener).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The API listener's `/metrics` answers without `METRICS_TOKEN` (only
+    /// under `dev`; a separate `METRICS_ADDR` listener always does).
+    pub metrics_open: bool,
 }
 
 /// Which payment provider takes payments (`PAYMENT_PROVIDER`).
@@ -214,6 +232,10 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     pub audience: String,
     pub leeway: Duration,
+    /// Tokens not signed by Tenantry count as email-verified only with an
+    /// explicit top-level `email_verified: true` (`JWT_REQUIRE_EMAIL_VERIFIED`;
+    /// default off: Supabase's rule, where a missing claim means verified).
+    pub require_email_verified: bool,
 }
 
 /// Tenantry's own access tokens: ES256 keys kept encrypted in the database.
@@ -248,6 +270,13 @@ pub struct AuthConfig {
     /// recover (`AUTH_IP_LIMIT_PER_MIN`, default 30; raise it where many
     /// users share an address).
     pub ip_limit_per_min: u32,
+    /// How long after a session's sign-in `PUT /user` may change its email
+    /// or password without a reauthentication nonce
+    /// (`AUTH_REAUTH_WINDOW_SECS`, default 600).
+    pub reauth_window: Duration,
+    /// Password hashes that may wait for a free core; past it, requests that
+    /// hash answer 503 `busy` at once (`AUTH_HASH_QUEUE`, default 64).
+    pub hash_queue: usize,
 }
 
 /// 32 secret bytes; `Debug` never shows them.
@@ -384,6 +413,7 @@ impl Config {
             issuer: get("JWT_ISSUER"),
             audience: get("JWT_AUDIENCE").unwrap_or_else(|| "authenticated".to_owned()),
             leeway: Duration::from_secs(30),
+            require_email_verified: parse_bool(&get, "JWT_REQUIRE_EMAIL_VERIFIED", false)?,
         };
         let auth = AuthConfig::from_lookup(dev, bind_addr, &get)?;
 
@@ -472,6 +502,18 @@ impl Config {
             create_database: dev,
             jobs: JobsConfig::from_lookup(dev, &get)?,
             billing: BillingConfig::from_lookup(&get)?,
+            trusted_proxies: match get("TRUSTED_PROXIES") {
+                Some(list) => crate::core::client_ip::parse_trusted(&list)
+                    .map_err(|e| malformed("TRUSTED_PROXIES", e))?,
+                None => Vec::new(),
+            },
+            db_acquire_timeout: secs_in(&get, "DB_ACQUIRE_TIMEOUT_SECS", 2, 1..=60)?,
+            body_read_timeout: secs_in(&get, "BODY_READ_TIMEOUT_SECS", 10, 1..=600)?,
+            header_read_timeout: secs_in(&get, "HEADER_READ_TIMEOUT_SECS", 10, 1..=600)?,
+            metrics_addr: get("METRICS_ADDR")
+                .map(|a| a.parse().map_err(|e| malformed("METRICS_ADDR", e)))
+                .transpose()?,
+            metrics_open: dev,
         })
     }
 }
@@ -670,6 +712,14 @@ impl AuthConfig {
                 }
                 n
             },
+            reauth_window: secs_in(get, "AUTH_REAUTH_WINDOW_SECS", 600, 0..=86_400)?,
+            hash_queue: {
+                let n = parse_or::<usize>(get, "AUTH_HASH_QUEUE", 64)?;
+                if !(1..=100_000).contains(&n) {
+                    return Err(malformed("AUTH_HASH_QUEUE", "must be between 1 and 100000"));
+                }
+                n
+            },
         })
     }
 }
@@ -750,6 +800,23 @@ where
         Some(v) => v.trim().parse().map_err(|e| malformed(name, e)),
         None => Ok(default),
     }
+}
+
+/// A number of seconds within `range`.
+fn secs_in(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    let secs = parse_or::<u64>(get, name, default)?;
+    if !range.contains(&secs) {
+        return Err(malformed(
+            name,
+            format!("must be between {} and {}", range.start(), range.end()),
+        ));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_bool(
@@ -838,6 +905,14 @@ mod tests {
             ("AUTH_DISABLE_SIGNUP", "nope"),
             ("AUTH_SITE_URL", "ftp://x"),
             ("AUTH_REFRESH_REUSE_INTERVAL_SECS", "3601"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal"),
+            ("DB_ACQUIRE_TIMEOUT_SECS", "0"),
+            ("BODY_READ_TIMEOUT_SECS", "ten"),
+            ("HEADER_READ_TIMEOUT_SECS", "601"),
+            ("METRICS_ADDR", "nowhere"),
+            ("AUTH_REAUTH_WINDOW_SECS", "86401"),
+            ("AUTH_HASH_QUEUE", "0"),
+            ("JWT_REQUIRE_EMAIL_VERIFIED", "sometimes"),
             ("AUTH_EXTERNAL_URL", "not a url"),
             ("AUTH_REDIRECT_ALLOW_LIST", "https://ok.example, nope"),
         ] {

@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
     use tenantry::jobs::admin;
-    let pool = db::connect_pool(&config.database_url, 2).await?;
+    let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
     let services = tenantry::jobs::worker::Services::new(pool, std::sync::Arc::new(config))?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     match action {
@@ -343,7 +343,7 @@ async fn admin_credits(config: Config, action: CreditsAction) -> anyhow::Result<
 
 async fn admin_plans(config: Config, action: PlansAction) -> anyhow::Result<()> {
     use tenantry::billing::{model::PlanInput, plans_admin};
-    let pool = db::connect_pool(&config.database_url, 2).await?;
+    let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     let result = match action {
         PlansAction::List => plans_admin::list(&pool).await.map(|p| print(&p)),
@@ -395,7 +395,7 @@ async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
         KeysAction::Anon => println!("{}", keys::api_key(&config, "anon")?),
         KeysAction::Service => println!("{}", keys::api_key(&config, "service_role")?),
         KeysAction::Rotate => {
-            let pool = db::connect_pool(&config.database_url, 2).await?;
+            let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
             let report = KeyRing::rotate(&pool, &config).await?;
             println!("active {}", report.active);
             println!("next {}", report.next);
@@ -423,7 +423,7 @@ async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
             pool.close().await;
         }
         KeysAction::Prune => {
-            let pool = db::connect_pool(&config.database_url, 2).await?;
+            let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
             let pruned = KeyRing::prune(&pool).await?;
             for kid in &pruned {
                 println!("pruned {kid}");
@@ -434,7 +434,7 @@ async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
             pool.close().await;
         }
         KeysAction::List => {
-            let pool = db::connect_pool(&config.database_url, 2).await?;
+            let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
             let list = KeyRing::list(&pool).await?;
             println!("kid\tstate\tcreated\tactivated\tretired\texpires");
             for k in list {

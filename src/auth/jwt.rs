@@ -58,15 +58,29 @@ pub struct Claims {
     pub email_verified: Option<bool>,
     #[serde(default)]
     pub user_metadata: serde_json::Value,
+    /// Signed by one of Tenantry's own keys (set by [`Verifier::verify`],
+    /// never read from the token).
+    #[serde(skip)]
+    pub own: bool,
 }
 
 impl Claims {
-    /// Supabase issues sessions to email users only once the address is
-    /// confirmed (or confirmation is off); an explicit `email_verified: false`,
-    /// top-level or in `user_metadata`, and anonymous users count as unverified.
-    pub fn email_verified(&self) -> bool {
+    /// Whether a token not signed by Tenantry vouches for its email. By
+    /// default, Supabase's rule: Supabase issues sessions to email users only
+    /// once the address is confirmed (or confirmation is off), so a missing
+    /// claim means verified; an explicit `email_verified: false`, top-level
+    /// or in `user_metadata`, and anonymous users count as unverified. With
+    /// `require_explicit` (`JWT_REQUIRE_EMAIL_VERIFIED`), only a top-level
+    /// `email_verified: true` counts: `user_metadata` is the user's to write.
+    ///
+    /// Tenantry's own tokens are never judged by their claims: their
+    /// account's row says whether the address is confirmed.
+    pub fn email_verified(&self, require_explicit: bool) -> bool {
         if self.is_anonymous || self.email.is_none() {
             return false;
+        }
+        if require_explicit {
+            return self.email_verified == Some(true);
         }
         let meta = self
             .user_metadata
@@ -245,7 +259,9 @@ impl Verifier {
                 _ => TokenError::Malformed,
             }
         })?;
-        Ok(data.claims)
+        let mut claims = data.claims;
+        claims.own = own;
+        Ok(claims)
     }
 }
 

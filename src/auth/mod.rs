@@ -4,6 +4,7 @@
 //! transaction only for an authorised caller).
 
 pub mod apikeys;
+pub mod ended_sessions;
 pub mod jwt;
 pub mod keys;
 pub mod password;

@@ -8,7 +8,10 @@
 //! Hashing is deliberately slow and memory-hard, so it runs on tokio's
 //! blocking pool, at most `concurrency` at once (one per CPU by default):
 //! a burst of logins waits asynchronously for a permit instead of starving
-//! the async runtime or exhausting memory (each hash takes `m` KiB).
+//! the async runtime or exhausting memory (each hash takes `m` KiB). The
+//! wait has a bound too (`AUTH_HASH_QUEUE`): past it a hash is refused at
+//! once ([`PasswordError::Busy`]), so a flood answers fast instead of every
+//! request waiting out the request timeout behind it.
 //!
 //! Unknown users: call [`Hasher::verify_dummy`], which does the same work as
 //! a real verify, so response times do not reveal which accounts exist.
@@ -70,6 +73,9 @@ pub enum PasswordError {
     InvalidParams(String),
     #[error("password hashing failed: {0}")]
     Internal(String),
+    /// Too many hashes are waiting already: retry shortly.
+    #[error("too many password hashes are waiting")]
+    Busy,
 }
 
 /// The outcome of a verification.
@@ -113,6 +119,9 @@ struct Inner {
     permits: Arc<Semaphore>,
     concurrency: usize,
     running: AtomicUsize,
+    /// Hashes waiting for a permit, and how many may.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     #[cfg(test)]
     hook: test_hook::Hook,
 }
@@ -124,10 +133,26 @@ impl Hasher {
         Self::with_concurrency(params, cpus)
     }
 
+    /// A hasher running at most one hash per CPU, with at most `queue` more
+    /// waiting (past it, [`PasswordError::Busy`]).
+    pub fn with_queue(params: PasswordParams, queue: usize) -> Result<Self, PasswordError> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_limits(params, cpus, queue)
+    }
+
     /// A hasher running at most `concurrency` (at least 1) hashes at once.
     pub fn with_concurrency(
         params: PasswordParams,
         concurrency: usize,
+    ) -> Result<Self, PasswordError> {
+        Self::with_limits(params, concurrency, usize::MAX)
+    }
+
+    /// At most `concurrency` (at least 1) hashes at once and `queue` waiting.
+    pub fn with_limits(
+        params: PasswordParams,
+        concurrency: usize,
+        queue: usize,
     ) -> Result<Self, PasswordError> {
         let p = Params::new(params.m_cost, params.t_cost, params.p_cost, None)
             .map_err(|e| PasswordError::InvalidParams(e.to_string()))?;
@@ -148,6 +173,8 @@ impl Hasher {
                 permits: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
                 running: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                max_waiting: queue,
                 #[cfg(test)]
                 hook: Default::default(),
             }),
@@ -204,25 +231,39 @@ impl Hasher {
 
     /// Spends the same time as [`verify`](Self::verify) against a hash with
     /// the current parameters, and matches nothing: for unknown users.
-    pub async fn verify_dummy(&self, password: &str) {
+    /// Refused only when the queue is full ([`PasswordError::Busy`]).
+    pub async fn verify_dummy(&self, password: &str) -> Result<(), PasswordError> {
         let phc = self.inner.dummy.clone();
         let _ = inspect(&phc, &self.inner.params);
         let password = password.to_owned();
-        let _ = self
+        match self
             .run(move |inner| verify_blocking(&inner.argon2, &password, &phc))
-            .await;
+            .await
+        {
+            Err(PasswordError::Busy) => Err(PasswordError::Busy),
+            _ => Ok(()),
+        }
     }
 
-    /// Runs `work` on the blocking pool once a permit is free. The permit is
-    /// held until the work ends, even if the caller stops waiting.
+    /// Runs `work` on the blocking pool once a permit is free (or refuses at
+    /// once when the queue is full). The permit is held until the work
+    /// ends, even if the caller stops waiting.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Inner) -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let permit = Arc::clone(&self.inner.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| PasswordError::Internal(e.to_string()))?;
+        let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let queued = Waiting::enter(&self.inner)?;
+                let permit = Arc::clone(&self.inner.permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| PasswordError::Internal(e.to_string()))?;
+                drop(queued);
+                permit
+            }
+        };
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -231,6 +272,26 @@ impl Hasher {
         })
         .await
         .map_err(|e| PasswordError::Internal(e.to_string()))
+    }
+}
+
+/// Counts a hash waiting for a permit for as long as it lives.
+struct Waiting<'a>(&'a Inner);
+
+impl<'a> Waiting<'a> {
+    fn enter(inner: &'a Inner) -> Result<Self, PasswordError> {
+        let before = inner.waiting.fetch_add(1, Ordering::SeqCst);
+        let queued = Waiting(inner);
+        if before >= inner.max_waiting {
+            return Err(PasswordError::Busy);
+        }
+        Ok(queued)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -438,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn dummy_verify_matches_nothing_and_does_the_work() {
         let h = cheap();
-        h.verify_dummy("password123").await;
+        h.verify_dummy("password123").await.unwrap();
         // The dummy hash is well-formed with the current parameters.
         assert!(!inspect(&h.inner.dummy, &CHEAP).unwrap());
         assert!(!verify_blocking(&h.inner.argon2, "", &h.inner.dummy).unwrap());
@@ -550,5 +611,40 @@ mod tests {
         h.inner.hook.hold_ms.store(0, Ordering::SeqCst);
         h.hash("password-2").await.unwrap();
         assert_eq!(h.inner.hook.peak.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_queue_bound_hashes_are_refused_at_once() {
+        let h = Hasher::with_limits(CHEAP, 1, 2).unwrap();
+        h.inner.hook.hold_ms.store(300, Ordering::SeqCst);
+        // One runs, two wait: the queue is full.
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash(&format!("password-{i}")).await })
+            })
+            .collect();
+        while h.running() == 0 || h.inner.waiting.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(matches!(
+            h.hash("one too many").await,
+            Err(PasswordError::Busy)
+        ));
+        assert!(matches!(
+            h.verify("one too many", &h.inner.dummy).await,
+            Err(PasswordError::Busy)
+        ));
+        // Refused without waiting: the first hash is still running (it holds
+        // 300 ms), and the refused ones left the queue as they were.
+        assert_eq!(h.running(), 1);
+        assert_eq!(h.inner.waiting.load(Ordering::SeqCst), 2);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        // The queue drained: hashing works again.
+        h.inner.hook.hold_ms.store(0, Ordering::SeqCst);
+        h.hash("after the flood").await.unwrap();
+        assert_eq!(h.inner.waiting.load(Ordering::SeqCst), 0);
     }
 }

@@ -13,7 +13,13 @@ pub struct AuthUser {
     pub id: Uuid,
     /// Lowercased email from the token, if any.
     pub email: Option<String>,
+    /// What the token says of its email: only for tokens Tenantry did not
+    /// sign (see [`Claims::email_verified`](crate::auth::jwt::Claims::email_verified)).
+    /// For Tenantry's own users the account row decides (`own`).
     pub email_verified: bool,
+    /// The token was signed by Tenantry: the user has an account here, whose
+    /// row (not the token) says which address is confirmed.
+    pub own: bool,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -52,9 +58,29 @@ impl FromRequestParts<AppState> for AuthUser {
         {
             return Err(ApiError::Unauthorized("token email is malformed".into()));
         }
+        // Tenantry's own sessions end for real: a token of a session that was
+        // signed out, banned or cut by a password change is refused at once
+        // (an in-memory check; see `auth::ended_sessions`).
+        if claims.own
+            && claims
+                .session_id
+                .as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .is_some_and(|s| state.ended_sessions.is_ended(s))
+        {
+            return Err(ApiError::Status {
+                status: axum::http::StatusCode::UNAUTHORIZED,
+                code: "session_ended",
+                detail:
+                    "this session has ended (signed out, password changed or banned); sign in again"
+                        .into(),
+            });
+        }
         let user = AuthUser {
             id,
-            email_verified: claims.email_verified(),
+            email_verified: !claims.own
+                && claims.email_verified(state.config.jwt.require_email_verified),
+            own: claims.own,
             email: claims
                 .email
                 .map(|e| e.trim().to_lowercase())

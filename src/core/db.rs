@@ -19,7 +19,14 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// The NOLOGIN role that holds the application's grants; created by the migrations.
 pub const APP_GROUP_ROLE: &str = "tenantry_app";
 
-pub async fn connect_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+/// The app's pool. `acquire_timeout` bounds how long a request waits for a
+/// connection (the pool connects, retrying, within it): past it, and for a
+/// connection that breaks, the request answers 503 `unavailable` fast.
+pub async fn connect_pool(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
     let opts: PgConnectOptions = url.parse().context("DATABASE_URL is malformed")?;
     // A request that waits too long on a lock or a query fails (503) instead of
     // holding a connection; a transaction abandoned mid-way cannot hold locks.
@@ -33,7 +40,7 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> anyhow::Result<PgP
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(acquire_timeout)
         // A broken connection fails its query and is discarded; pinging every
         // connection on checkout would add a round trip to every request.
         .test_before_acquire(false)

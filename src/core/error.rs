@@ -83,21 +83,75 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        let busy = match &e {
-            sqlx::Error::PoolTimedOut => true,
-            // lock_not_available (lock_timeout), query_canceled (statement_timeout)
-            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "57014")),
-            _ => false,
-        };
-        if busy {
-            tracing::warn!(error = %e, "database busy");
-            return ApiError::Status {
+/// A database error that is a passing condition, not a fault of the
+/// request or a bug: answered 503 with `Retry-After`, never 500.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbTrouble {
+    /// A lock or a statement took too long (`lock_timeout`, `statement_timeout`).
+    Busy,
+    /// No connection: refused, reset, closed mid-query, the server shutting
+    /// down or starting, too many connections, or none free in the pool in
+    /// time (`DB_ACQUIRE_TIMEOUT_SECS`).
+    Unavailable,
+}
+
+impl DbTrouble {
+    pub fn of(e: &sqlx::Error) -> Option<DbTrouble> {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Some(DbTrouble::Unavailable),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // lock_not_available (lock_timeout), query_canceled (statement_timeout)
+                Some("55P03" | "57014") => Some(DbTrouble::Busy),
+                // connection exceptions (08xxx, but a protocol violation
+                // is a bug), admin/crash shutdown, cannot_connect_now
+                // (starting up), too_many_connections, read-only during a
+                // failover.
+                Some(c)
+                    if (c.starts_with("08") && c != "08P01")
+                        || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "25006") =>
+                {
+                    Some(DbTrouble::Unavailable)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The first database trouble in an error's chain.
+    pub fn in_chain(e: &anyhow::Error) -> Option<DbTrouble> {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<sqlx::Error>().and_then(DbTrouble::of))
+    }
+
+    fn into_api_error(self) -> ApiError {
+        match self {
+            DbTrouble::Busy => ApiError::Status {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "busy",
                 detail: "the service is busy; retry shortly".into(),
-            };
+            },
+            DbTrouble::Unavailable => ApiError::Status {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable",
+                detail: "the database is unavailable; retry shortly".into(),
+            },
+        }
+    }
+}
+
+/// What a 503 asks the client to wait, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if let Some(trouble) = DbTrouble::of(&e) {
+            tracing::warn!(error = %e, ?trouble, "database trouble");
+            return trouble.into_api_error();
         }
         ApiError::Internal(anyhow::Error::new(e))
     }
@@ -140,7 +194,8 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The stable machine code of the problem.
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden { code, .. } => code,
@@ -157,6 +212,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A database outage that reached here inside another error (a
+        // service's anyhow chain) is still an outage, not a bug.
+        if let ApiError::Internal(e) = &self
+            && let Some(trouble) = DbTrouble::in_chain(e)
+        {
+            tracing::warn!(error = %format!("{e:#}"), ?trouble, "database trouble");
+            return trouble.into_api_error().into_response();
+        }
         let status = self.status();
         let request_id = telemetry::current_request_id();
         let detail = match &self {
@@ -190,6 +253,12 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
             );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && !res.headers().contains_key(header::RETRY_AFTER)
+        {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         res
     }

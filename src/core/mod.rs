@@ -2,9 +2,11 @@
 //! request extraction and telemetry.
 
 pub mod cache;
+pub mod client_ip;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod http_server;
 pub mod pagination;
 pub mod ratelimit;
 pub mod telemetry;

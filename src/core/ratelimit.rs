@@ -18,10 +18,17 @@
 //! after a failure Redis is skipped for a moment) the answer follows the
 //! [`FailMode`]: [`FailMode::Open`] (the default) allows, which suits general
 //! API limits where an outage of the limiter must not become an outage of the
-//! API; [`FailMode::Closed`] denies with a short `retry_after`, which suits
-//! brute-force protection (login, OTP, password reset), where an attacker must
-//! not gain unlimited guesses by knocking Redis over. Set it per limiter with
-//! [`RateLimiter::with_fail_mode`] or per call with [`RateLimiter::check_with`].
+//! API; [`FailMode::Closed`] denies with a short `retry_after`;
+//! [`FailMode::Local`] counts in this process's memory instead (the same
+//! GCRA, per replica), which suits brute-force protection (login, OTP,
+//! password reset): an attacker gains no unlimited guesses by knocking Redis
+//! over, and users can still sign in during the outage. Set it per limiter
+//! with [`RateLimiter::with_fail_mode`] or per call with
+//! [`RateLimiter::check_with`].
+//!
+//! [`RateLimiter::peek`] reads a bucket without counting, for limits that
+//! count only failures (wrong passwords): peek before the attempt, count
+//! with [`RateLimiter::check`] after a failure.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +56,28 @@ end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', ahead))
 return { 1, math.floor((tolerance - ahead) / interval) }
 "#;
+
+/// As [`CHECK_SCRIPT`], but records nothing. Returns `{allowed, value,
+/// pristine}`: `pristine` is 1 when the bucket is full (nothing counted in it).
+const PEEK_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local pristine = 0
+if tat == now then pristine = 1 end
+local ahead = tat + interval - now
+if ahead > tolerance then
+  return { 0, ahead - tolerance, pristine }
+end
+return { 1, math.floor((tolerance - ahead) / interval), pristine }
+"#;
+
+/// Most buckets [`FailMode::Local`] keeps per process; past it (after
+/// dropping expired ones) new keys are refused until some expire.
+const MAX_LOCAL_BUCKETS: usize = 100_000;
 
 /// The longest a check waits on Redis.
 const CALL_TIMEOUT: Duration = Duration::from_millis(150);
@@ -107,9 +136,11 @@ pub enum FailMode {
     /// Allow the request: for general API limits.
     #[default]
     Open,
-    /// Deny it with `retry_after` = [`FAIL_CLOSED_RETRY_AFTER`]: for
-    /// brute-force protection.
+    /// Deny it with `retry_after` = [`FAIL_CLOSED_RETRY_AFTER`].
     Closed,
+    /// Count it in this process's memory (per replica): for brute-force
+    /// protection that must keep working through a Redis outage.
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,13 +163,14 @@ impl Decision {
         }
     }
 
-    /// The answer when Redis cannot be asked.
+    /// The answer when Redis cannot be asked (for [`FailMode::Local`], the
+    /// caller counts locally instead).
     fn fallback(mode: FailMode, quota: Quota) -> Self {
         match mode {
             FailMode::Open => Decision::Allowed {
                 remaining: quota.burst.saturating_sub(1),
             },
-            FailMode::Closed => Decision::Limited {
+            FailMode::Closed | FailMode::Local => Decision::Limited {
                 retry_after: FAIL_CLOSED_RETRY_AFTER,
             },
         }
@@ -159,6 +191,15 @@ impl Decision {
     }
 }
 
+/// What [`RateLimiter::peek`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    /// What a [`RateLimiter::check`] now would answer.
+    pub decision: Decision,
+    /// Nothing is counted in the bucket (it is full).
+    pub pristine: bool,
+}
+
 /// A GCRA rate limiter in Redis. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -170,6 +211,9 @@ pub struct RateLimiter {
     fail_mode: FailMode,
     timeout: Duration,
     script: Arc<redis::Script>,
+    peek_script: Arc<redis::Script>,
+    /// The buckets of [`FailMode::Local`]: key → TAT in ms since `started`.
+    local: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl RateLimiter {
@@ -185,6 +229,8 @@ impl RateLimiter {
             fail_mode: FailMode::default(),
             timeout: CALL_TIMEOUT,
             script: Arc::new(redis::Script::new(CHECK_SCRIPT)),
+            peek_script: Arc::new(redis::Script::new(PEEK_SCRIPT)),
+            local: Default::default(),
         })
     }
 
@@ -212,22 +258,84 @@ impl RateLimiter {
 
     /// [`check`](Self::check) with an explicit fail mode for this call.
     pub async fn check_with(&self, key: &str, quota: Quota, mode: FailMode) -> Decision {
-        let Some(mut conn) = self.available() else {
-            return Decision::fallback(mode, quota);
+        let reply: Option<(i64, i64)> = match self.available() {
+            Some(mut conn) => {
+                let (interval, tolerance) = quota.gcra_ms();
+                let mut script = self.script.key(bucket_key(&self.prefix, key));
+                script.arg(interval).arg(tolerance);
+                self.call("check", script.invoke_async(&mut conn)).await
+            }
+            None => None,
         };
-        let (interval, tolerance) = quota.gcra_ms();
-        let mut script = self.script.key(bucket_key(&self.prefix, key));
-        script.arg(interval).arg(tolerance);
-        let reply: Option<(i64, i64)> = self.call("check", script.invoke_async(&mut conn)).await;
         match reply {
             Some((allowed, value)) => Decision::from_reply(allowed, value, quota),
+            None if mode == FailMode::Local => self.local_gcra(key, quota, true).decision,
             None => Decision::fallback(mode, quota),
+        }
+    }
+
+    /// What [`check`](Self::check) would answer now, without counting.
+    pub async fn peek(&self, key: &str, quota: Quota) -> Peek {
+        let reply: Option<(i64, i64, i64)> = match self.available() {
+            Some(mut conn) => {
+                let (interval, tolerance) = quota.gcra_ms();
+                let mut script = self.peek_script.key(bucket_key(&self.prefix, key));
+                script.arg(interval).arg(tolerance);
+                self.call("peek", script.invoke_async(&mut conn)).await
+            }
+            None => None,
+        };
+        match reply {
+            Some((allowed, value, pristine)) => Peek {
+                decision: Decision::from_reply(allowed, value, quota),
+                pristine: pristine == 1,
+            },
+            None if self.fail_mode == FailMode::Local => self.local_gcra(key, quota, false),
+            None => Peek {
+                decision: Decision::fallback(self.fail_mode, quota),
+                pristine: false,
+            },
+        }
+    }
+
+    /// The GCRA of the Lua scripts, in this process (for [`FailMode::Local`]).
+    fn local_gcra(&self, key: &str, quota: Quota, count: bool) -> Peek {
+        let (interval, tolerance) = quota.gcra_ms();
+        let now = self.started.elapsed().as_millis() as u64;
+        let mut buckets = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = buckets.get(key).copied().unwrap_or(now).max(now);
+        let pristine = tat == now;
+        let ahead = tat + interval - now;
+        if ahead > tolerance {
+            let decision = Decision::Limited {
+                retry_after: Duration::from_millis(ahead - tolerance),
+            };
+            return Peek { decision, pristine };
+        }
+        if count {
+            if buckets.len() >= MAX_LOCAL_BUCKETS && !buckets.contains_key(key) {
+                buckets.retain(|_, t| *t > now);
+                if buckets.len() >= MAX_LOCAL_BUCKETS {
+                    let decision = Decision::fallback(FailMode::Closed, quota);
+                    return Peek { decision, pristine };
+                }
+            }
+            buckets.insert(key.to_owned(), tat + interval);
+        }
+        let remaining = ((tolerance - ahead) / interval).min(u64::from(quota.burst)) as u32;
+        Peek {
+            decision: Decision::Allowed { remaining },
+            pristine,
         }
     }
 
     /// Empties `key`'s bucket (e.g. after a successful login). Returns whether
     /// Redis confirmed it.
     pub async fn reset(&self, key: &str) -> bool {
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         let Some(mut conn) = self.available() else {
             return false;
         };

@@ -91,16 +91,47 @@ impl RetryPolicy {
     }
 }
 
-/// Why an attempt failed.
+/// Why an attempt failed. The full text goes to the logs and the operator
+/// routes (`/api/v1/admin/jobs/dead`); members reading a job record see only
+/// [`JobError::public`]: a stable code and a message fit for them.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// Worth another attempt (I/O, a busy database, a timeout).
     #[error("{0:#}")]
     Retry(anyhow::Error),
     /// Will fail again however often it is tried (an undecodable payload, a
-    /// requester who lost the permission): dead at once, with this reason.
+    /// lost record): dead at once, with this reason (for operators).
     #[error("{0}")]
     Permanent(String),
+    /// Will fail again, for a reason the org can see and act on (the
+    /// requester lost the permission, the uploaded file is invalid): dead
+    /// at once, and members see this code and message.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+}
+
+impl JobError {
+    /// What members see of the error: a stable code and a safe message.
+    /// `gave_up`: no attempt follows.
+    pub fn public(&self, gave_up: bool) -> (&'static str, String) {
+        let outcome = if gave_up {
+            "the job gave up"
+        } else {
+            "it will be retried"
+        };
+        match self {
+            JobError::Refused { code, message } => (code, message.clone()),
+            JobError::Permanent(_) => (
+                "job_failed",
+                "the job failed and cannot succeed; an operator can see why".to_owned(),
+            ),
+            JobError::Retry(e) if crate::jobs::worker::is_outage(e) => (
+                "unavailable",
+                format!("a service the job needs was unavailable; {outcome}"),
+            ),
+            JobError::Retry(_) => ("internal_error", format!("the job failed; {outcome}")),
+        }
+    }
 }
 
 impl From<anyhow::Error> for JobError {

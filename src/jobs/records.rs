@@ -46,8 +46,13 @@ pub struct JobRecord {
     /// What the job produced, once it succeeded.
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
-    /// The last attempt's error.
+    /// Why the last attempt failed, in words fit for members (the full
+    /// error is in the logs and the operator routes).
     pub error: Option<String>,
+    /// A stable code for `error`: `internal_error`, `unavailable`,
+    /// `job_failed`, or the reason the job was refused (`not_found`,
+    /// `permission_denied`, `invalid_file`, ...).
+    pub error_code: Option<String>,
     pub created_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -56,7 +61,14 @@ pub struct JobRecord {
 }
 
 const COLUMNS: &str = "id, kind, state, params, attempts, progress, total, result, error, \
-                       created_by, created_at, started_at, finished_at, updated_at";
+                       error_code, created_by, created_at, started_at, finished_at, updated_at";
+
+/// What a failed attempt shows members.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicError<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+}
 
 /// Starts a tenant job in the caller's transaction: its record (`queued`,
 /// created by the caller) and the job itself, with the same id. Both exist
@@ -165,7 +177,7 @@ async fn update(
     env: &Envelope,
     sql: &'static str,
     attempt: u32,
-    error: Option<&str>,
+    error: Option<PublicError<'_>>,
 ) -> Result<(), sqlx::Error> {
     let Some(org) = env.org_id else { return Ok(()) };
     let mut tx = org_tx(pool, org).await?;
@@ -173,7 +185,8 @@ async fn update(
         .bind(env.id)
         .bind(org)
         .bind(attempt as i32)
-        .bind(error)
+        .bind(error.map(|e| e.message))
+        .bind(error.map(|e| e.code))
         .execute(tx.conn())
         .await?;
     tx.commit().await
@@ -187,7 +200,7 @@ pub async fn mark_running(pool: &PgPool, env: &Envelope, attempt: u32) -> Result
         env,
         "update job_records set state = 'running', attempts = $3,
              started_at = coalesce(started_at, now()), updated_at = now(),
-             error = coalesce($4, error)
+             error = coalesce($4, error), error_code = coalesce($5, error_code)
          where id = $1 and org_id = $2 and state <> 'succeeded'",
         attempt,
         None,
@@ -200,12 +213,13 @@ pub async fn mark_retrying(
     pool: &PgPool,
     env: &Envelope,
     attempt: u32,
-    error: &str,
+    error: PublicError<'_>,
 ) -> Result<(), sqlx::Error> {
     update(
         pool,
         env,
-        "update job_records set state = 'queued', attempts = $3, error = $4, updated_at = now()
+        "update job_records set state = 'queued', attempts = $3, error = $4, error_code = $5,
+             updated_at = now()
          where id = $1 and org_id = $2 and state <> 'succeeded'",
         attempt,
         Some(error),
@@ -219,14 +233,14 @@ pub async fn finish_failed(
     env: &Envelope,
     attempt: u32,
     dead: bool,
-    error: &str,
+    error: PublicError<'_>,
 ) -> Result<(), sqlx::Error> {
     let sql = if dead {
-        "update job_records set state = 'dead', attempts = $3, error = $4,
+        "update job_records set state = 'dead', attempts = $3, error = $4, error_code = $5,
              finished_at = now(), updated_at = now()
          where id = $1 and org_id = $2 and state <> 'succeeded'"
     } else {
-        "update job_records set state = 'failed', attempts = $3, error = $4,
+        "update job_records set state = 'failed', attempts = $3, error = $4, error_code = $5,
              finished_at = now(), updated_at = now()
          where id = $1 and org_id = $2 and state <> 'succeeded'"
     };
@@ -240,7 +254,7 @@ pub async fn finish_failed(
 pub async fn mark_discarded(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<(), sqlx::Error> {
     let mut tx = org_tx(pool, org_id).await?;
     sqlx::query(
-        "update job_records set state = 'failed',
+        "update job_records set state = 'failed', error_code = 'discarded',
              error = coalesce(error || '; ', '') || 'discarded by an operator',
              finished_at = coalesce(finished_at, now()), updated_at = now()
          where id = $1 and org_id = $2 and state <> 'succeeded'",

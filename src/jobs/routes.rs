@@ -143,26 +143,48 @@ async fn discard_dead(
 }
 
 /// Prometheus metrics: jobs started, succeeded, failed and dead, run time
-/// and start latency per kind (this process), and queue depths. When
-/// `METRICS_TOKEN` is configured, send it as a bearer token.
+/// and start latency per kind (this process), and queue depths. Send
+/// `METRICS_TOKEN` as a bearer token. Without a token configured, this
+/// listener serves metrics only under `dev`; elsewhere set `METRICS_TOKEN`,
+/// or `METRICS_ADDR` to serve them on a separate (private) listener instead.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String),
-              (status = 401, description = "`METRICS_TOKEN` is set and was not sent", body = Problem)))]
+              (status = 401, description = "`METRICS_TOKEN` is set and was not sent", body = Problem),
+              (status = 404, description = "Metrics are not served on this listener (`metrics_disabled`)", body = Problem)))]
 async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    metrics_allowed(&state.jobs, &headers)?;
+    if state.config.metrics_addr.is_some() {
+        return Err(metrics_disabled("metrics are served on METRICS_ADDR"));
+    }
+    metrics_allowed(&state.jobs, &headers, state.config.metrics_open)?;
     Ok(render_metrics(state.jobs).await.into_response())
 }
 
+fn metrics_disabled(why: &str) -> ApiError {
+    ApiError::Status {
+        status: axum::http::StatusCode::NOT_FOUND,
+        code: "metrics_disabled",
+        detail: why.to_owned(),
+    }
+}
+
 /// With `METRICS_TOKEN` set, the scraper must present it as a bearer token.
+/// Without it, metrics are served only where `open_without_token` (under
+/// `dev`, and on a separate metrics listener).
 pub fn metrics_allowed(
     services: &super::worker::Services,
     headers: &axum::http::HeaderMap,
+    open_without_token: bool,
 ) -> Result<(), ApiError> {
     let Some(expected) = &services.config.jobs.metrics_token else {
-        return Ok(());
+        if open_without_token {
+            return Ok(());
+        }
+        return Err(metrics_disabled(
+            "metrics are off on this listener: set METRICS_TOKEN, or METRICS_ADDR for a separate listener",
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)

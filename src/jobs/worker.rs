@@ -224,7 +224,10 @@ async fn queue_loop(
             if let Ok(env) = &lost.envelope
                 && env.recorded
             {
-                let err = "the worker running it stopped on its last attempt";
+                let err = records::PublicError {
+                    code: "worker_lost",
+                    message: "the worker running it stopped on its last attempt; the job gave up",
+                };
                 if let Err(e) =
                     records::finish_failed(&services.pool, env, lost.attempt, true, err).await
                 {
@@ -412,10 +415,11 @@ async fn fail(services: &Services, registry: &Registry, d: &Delivery, kind: &str
     // so a database restart does not send every queued job to the dead letters.
     let outage = matches!(&err, JobError::Retry(e) if is_outage(e));
     let (dead, permanent) = match &err {
-        JobError::Permanent(_) => (true, true),
+        JobError::Permanent(_) | JobError::Refused { .. } => (true, true),
         JobError::Retry(_) => (!outage && d.attempt >= max, false),
     };
     let message = err.to_string();
+    let (public_code, public_message) = err.public(dead);
     let retry_in = (!dead).then(|| {
         registry
             .policy(kind)
@@ -447,10 +451,14 @@ async fn fail(services: &Services, registry: &Registry, d: &Delivery, kind: &str
     if let Ok(env) = &d.envelope
         && env.recorded
     {
+        let public = records::PublicError {
+            code: public_code,
+            message: &public_message,
+        };
         let r = if dead {
-            records::finish_failed(&services.pool, env, d.attempt, !permanent, &message).await
+            records::finish_failed(&services.pool, env, d.attempt, !permanent, public).await
         } else {
-            records::mark_retrying(&services.pool, env, d.attempt, &message).await
+            records::mark_retrying(&services.pool, env, d.attempt, public).await
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot update the job record");
@@ -468,17 +476,11 @@ impl Drop for AbortOnDrop {
 
 /// Whether an error is an outage of the database or the broker rather than
 /// the job's own failure: such attempts are retried without being counted.
-fn is_outage(e: &anyhow::Error) -> bool {
+pub(crate) fn is_outage(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         if let Some(db) = cause.downcast_ref::<sqlx::Error>() {
-            return matches!(
-                db,
-                sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::WorkerCrashed
-            );
+            return crate::core::error::DbTrouble::of(db)
+                == Some(crate::core::error::DbTrouble::Unavailable);
         }
         if let Some(r) = cause.downcast_ref::<redis::RedisError>() {
             return r.is_io_error() || r.is_connection_dropped() || r.is_timeout();

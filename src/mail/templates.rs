@@ -39,6 +39,9 @@ pub enum Template {
         confirm_url: String,
         new_email: String,
     },
+    /// The code that confirms a sensitive change to the account (a new
+    /// password or email address) when the sign-in is not recent.
+    Reauthentication { nonce: String },
     /// The account (and possibly its first organization) is ready.
     Welcome {
         display_name: Option<String>,
@@ -123,6 +126,21 @@ impl Template {
                 b.note(
                     "If you did not ask for this, you can ignore this email: \
                      your password stays unchanged.",
+                );
+                b.finish(subject)
+            }
+            Template::Reauthentication { nonce } => {
+                let subject = format!("{nonce} is your {product} verification code");
+                let mut b = Body::new(&subject, product);
+                b.para("Hello,");
+                b.para(&format!(
+                    "To confirm a change to the password or email address of your {product} \
+                     account, enter this code: {nonce}"
+                ));
+                b.para("The code is valid for one hour and can be used once.");
+                b.note(
+                    "If you did not ask for this, you can ignore this email, but someone \
+                     may be signed in to your account: change your password.",
                 );
                 b.finish(subject)
             }
@@ -357,6 +375,12 @@ mod tests {
                     new_email: "new@example.com".into(),
                 },
                 Some("https://app.example.com/email-change?t=3"),
+            ),
+            (
+                Template::Reauthentication {
+                    nonce: "042917".into(),
+                },
+                None,
             ),
             (
                 Template::Welcome {

@@ -696,6 +696,13 @@ pub async fn accept_invitation(
         ));
     }
     let hash = token_hash(token);
+    // Tenantry's own users: the account row says which address is
+    // confirmed (a token's claims are not evidence). Others: the token.
+    let verified_email = if user.own {
+        crate::auth::server::accounts::confirmed_email(pool, user.id).await?
+    } else {
+        user.email.clone().filter(|_| user.email_verified)
+    };
     let mut utx = UserTx::enter(pool, user.id, Some(&hash)).await?;
     let stale = crate::users::service::provision(&mut utx, user).await?;
     let found = repo::find_invitation_by_token(utx.conn(), &hash)
@@ -726,8 +733,7 @@ pub async fn accept_invitation(
             detail: "this invitation has expired".into(),
         });
     }
-    let verified_email = user.email.as_deref().filter(|_| user.email_verified);
-    if verified_email != Some(inv.email.as_str()) {
+    if verified_email.as_deref() != Some(inv.email.as_str()) {
         return Err(ApiError::Forbidden {
             code: "email_mismatch",
             detail: "this invitation was sent to another email address (or yours is not verified)"

@@ -15,7 +15,10 @@ use uuid::Uuid;
 /// email changed (none for a new user or an unchanged one).
 pub async fn provision(tx: &mut UserTx, user: &AuthUser) -> Result<Vec<Uuid>, ApiError> {
     let id = tx.user_id();
-    if repo::upsert(tx.conn(), id, user.email.as_deref()).await? {
+    // The auth server keeps its own users' email in step (only confirmed
+    // addresses); an older token must not write a previous address back.
+    let email = user.email.as_deref().filter(|_| !user.own);
+    if repo::upsert(tx.conn(), id, email).await? {
         return my_org_ids(tx).await;
     }
     Ok(Vec::new())

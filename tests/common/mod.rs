@@ -255,14 +255,18 @@ impl TestApp {
 
     pub async fn spawn_on(db: TestDb, config: Config, verifier: Verifier) -> TestApp {
         let prefix = config.cache_prefix.clone();
+        let limits = tenantry::app::server_limits(&config);
         let state = AppState::new(db.app.clone(), config, verifier)
             .await
             .expect("app state");
         let app = tenantry::app::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // The server loop `tenantry serve` runs (peer addresses, header timeout).
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            tenantry::core::http_server::serve(listener, app, limits, std::future::pending())
+                .await
+                .unwrap();
         });
         TestApp {
             addr,

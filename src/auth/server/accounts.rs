@@ -1,6 +1,8 @@
 //! Accounts: sign-up, password sign-in and changes to the signed-in user,
 //! kept in `app.auth_accounts` beside the `users` profile row.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
@@ -10,14 +12,26 @@ use super::errors::AuthError;
 use super::flows::{self, TokenKind};
 use super::sessions::{self, Caller, Origin, begin};
 use crate::app::AppState;
+use crate::auth::ended_sessions::{Ending, end_sessions};
 use crate::auth::password::{self, PasswordError};
 use crate::core::ratelimit::{Decision, Quota};
 use crate::core::validate::Email;
 use crate::jobs::tasks::email::SendEmail;
 use crate::mail::templates::Template;
 
-/// Sign-in attempts per email address, and per client IP.
-pub const LOGIN_PER_EMAIL: Quota = Quota::per_minute(10);
+/// Failed sign-ins per (address, client): past it that client waits, while
+/// the owner signing in from elsewhere is not affected.
+pub const LOGIN_FAILURES_PER_CLIENT: Quota = Quota::per_minute(10);
+/// Failed sign-ins per address from all clients, against guessing spread
+/// over many addresses: past it only clients with no failures of their own
+/// for the address may try.
+pub const LOGIN_FAILURES_PER_ADDRESS: Quota = Quota::new(100, Duration::from_secs(3600));
+/// Sign-ups (each sends a confirmation email) per (address, client), and per
+/// address: against filling someone's mailbox.
+pub const SIGNUP_EMAILS_PER_CLIENT: Quota = Quota::new(5, Duration::from_secs(3600));
+pub const SIGNUP_EMAILS_PER_ADDRESS: Quota = Quota::new(20, Duration::from_secs(3600));
+/// Changes of password or email address per user.
+pub const SENSITIVE_CHANGES_PER_USER: Quota = Quota::new(5, Duration::from_secs(600));
 /// Least time between two confirmation (or email change) emails to one address.
 pub(super) const CONFIRMATION_RESEND_SECS: i64 = 60;
 
@@ -103,6 +117,27 @@ pub(super) async fn by_email(
     .await?)
 }
 
+/// The user's confirmed email address (`None`: no account, or not confirmed).
+pub async fn confirmed_email(
+    pool: &sqlx::PgPool,
+    user_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let email = sqlx::query_scalar(
+        "select email from app.auth_accounts where user_id = $1 and email_confirmed_at is not null",
+    )
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(email)
+}
+
 /// Makes `user_id` the user of the transaction, for the `users` row (RLS).
 pub(super) async fn act_as(conn: &mut PgConnection, user_id: Uuid) -> Result<(), AuthError> {
     sqlx::query("select set_config('app.user_id', $1, true)")
@@ -137,11 +172,15 @@ fn check_new_password(password: &str) -> Result<(), AuthError> {
 }
 
 async fn hash(state: &AppState, password: &str) -> Result<String, AuthError> {
-    state
-        .hasher
-        .hash(password)
-        .await
-        .map_err(AuthError::internal)
+    state.hasher.hash(password).await.map_err(hashing_failed)
+}
+
+/// A full hashing queue is 503 `busy` (retry shortly); anything else a 500.
+pub(super) fn hashing_failed(e: PasswordError) -> AuthError {
+    match e {
+        PasswordError::Busy => AuthError::busy(),
+        other => AuthError::internal(other),
+    }
 }
 
 fn user_metadata(data: Option<Value>) -> Result<Value, AuthError> {
@@ -182,11 +221,35 @@ pub async fn signup(
     }
     check_new_password(password)?;
     let metadata = user_metadata(data)?;
+    if !auth.autoconfirm {
+        // Every sign-up counts, whatever the address's state: the limit
+        // tells nothing of whether it is registered.
+        let client = origin.limit_key();
+        limit_sends(
+            state,
+            &format!("auth:signup:email:{email}|{client}"),
+            SIGNUP_EMAILS_PER_CLIENT,
+        )
+        .await?;
+        limit_sends(
+            state,
+            &format!("auth:signup:email:{email}"),
+            SIGNUP_EMAILS_PER_ADDRESS,
+        )
+        .await?;
+    }
     // Hash before the transaction: it is slow, and every path pays for it.
     let phc = hash(state, password).await?;
 
     let mut tx = begin(&state.pool).await?;
-    if let Some(existing) = by_email(&mut tx, &email).await? {
+    // Locked: a concurrent sign-up or confirmation of this address waits.
+    let existing = sqlx::query_as::<_, Account>(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from app.auth_accounts where email = $1 for update"
+    )))
+    .bind(&email)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(existing) = existing {
         if auth.autoconfirm || existing.email_confirmed_at.is_some() {
             tx.rollback().await?;
             if auth.autoconfirm {
@@ -196,19 +259,28 @@ pub async fn signup(
                 ));
             }
             // No enumeration: the answer looks like a fresh sign-up.
-            return Ok(fake_user(&email, metadata));
+            return Ok(obfuscated_user(&email, metadata));
         }
-        // Not confirmed yet: send the confirmation again (at most once a minute).
-        let recent = existing
-            .confirmation_sent_at
-            .is_some_and(|t| (Utc::now() - t).num_seconds() < CONFIRMATION_RESEND_SECS);
-        let account = if recent {
-            existing
-        } else {
-            send_confirmation(state, &mut tx, &existing, redirect_to).await?
-        };
+        // Not confirmed yet: nobody has proved they own the address, so this
+        // sign-up's password and metadata replace the earlier ones, and a new
+        // link (voiding the earlier ones) goes to the address. Whoever uses
+        // it confirms the password of the sign-up that sent it: an earlier
+        // sign-up by someone else (an attacker waiting for the owner to
+        // confirm) keeps nothing.
+        sqlx::query(
+            "update app.auth_accounts
+             set encrypted_password = $2, user_metadata = $3, updated_at = now()
+             where user_id = $1",
+        )
+        .bind(existing.user_id)
+        .bind(&phc)
+        .bind(&metadata)
+        .execute(&mut *tx)
+        .await?;
+        send_confirmation(state, &mut tx, &existing, redirect_to).await?;
         tx.commit().await?;
-        return Ok(account.user_json());
+        // Nothing of the earlier sign-up (its id, metadata or timestamps).
+        return Ok(obfuscated_user(&email, metadata));
     }
 
     let user_id = Uuid::new_v4();
@@ -241,7 +313,7 @@ pub async fn signup(
                 "User already registered",
             ));
         }
-        return Ok(fake_user(&email, json!({})));
+        return Ok(obfuscated_user(&email, metadata));
     };
     if auth.autoconfirm {
         let account = mark_signed_in(&mut tx, account.user_id).await?;
@@ -254,9 +326,11 @@ pub async fn signup(
     Ok(account.user_json())
 }
 
-/// What an already-registered address gets back when confirmations are on:
-/// indistinguishable from a new, unconfirmed user.
-fn fake_user(email: &str, metadata: Value) -> Value {
+/// What an already-registered address (confirmed or not) gets back when
+/// confirmations are on: the shape of a new, unconfirmed user, with a fresh
+/// random id, this request's metadata and the current time, so the answer
+/// tells nothing of an earlier sign-up.
+fn obfuscated_user(email: &str, metadata: Value) -> Value {
     let now = Utc::now();
     json!({
         "id": Uuid::new_v4(),
@@ -325,6 +399,23 @@ pub(super) async fn limit(state: &AppState, key: &str, quota: Quota) -> Result<(
     }
 }
 
+/// As [`limit`], for limits on emails sent (`over_email_send_rate_limit`).
+async fn limit_sends(state: &AppState, key: &str, quota: Quota) -> Result<(), AuthError> {
+    match state.limiter.check(key, quota).await {
+        Decision::Allowed { .. } => Ok(()),
+        Decision::Limited { retry_after } => {
+            let wait = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let mut e = AuthError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "over_email_send_rate_limit",
+                format!("For security purposes, you can only request this after {wait} seconds."),
+            );
+            e.retry_after = Some(wait);
+            Err(e)
+        }
+    }
+}
+
 /// `POST /token?grant_type=password`.
 pub async fn password_grant(
     state: &AppState,
@@ -335,16 +426,53 @@ pub async fn password_grant(
     if email.is_empty() || password.is_empty() {
         return Err(AuthError::validation("missing email or password"));
     }
-    let ip = origin.ip.as_deref().unwrap_or("unknown");
-    limit(state, &format!("auth:login:ip:{ip}"), per_ip(state)).await?;
+    let client = origin.limit_key();
+    limit(state, &format!("auth:login:ip:{client}"), per_ip(state)).await?;
+    // Only failures count, per (address, client) and per address: a
+    // stranger's wrong guesses neither lock the owner out nor are unlimited.
     let normalized = email.trim().to_lowercase();
-    limit(
-        state,
-        &format!("auth:login:email:{normalized}"),
-        LOGIN_PER_EMAIL,
-    )
-    .await?;
+    let per_client = format!("auth:login:fail:{normalized}|{client}");
+    let per_address = format!("auth:login:fail:{normalized}");
+    let mine = state
+        .limiter
+        .peek(&per_client, LOGIN_FAILURES_PER_CLIENT)
+        .await;
+    if let Decision::Limited { retry_after } = mine.decision {
+        return Err(AuthError::rate_limited(retry_after));
+    }
+    let all = state
+        .limiter
+        .peek(&per_address, LOGIN_FAILURES_PER_ADDRESS)
+        .await;
+    if let Decision::Limited { retry_after } = all.decision
+        && !mine.pristine
+    {
+        return Err(AuthError::rate_limited(retry_after));
+    }
+    let outcome = check_password(state, email, password, origin).await;
+    if outcome
+        .as_ref()
+        .is_err_and(|e| e.code == "invalid_credentials")
+    {
+        state
+            .limiter
+            .check(&per_client, LOGIN_FAILURES_PER_CLIENT)
+            .await;
+        state
+            .limiter
+            .check(&per_address, LOGIN_FAILURES_PER_ADDRESS)
+            .await;
+    }
+    outcome
+}
 
+/// The sign-in itself, once the limits allow it.
+async fn check_password(
+    state: &AppState,
+    email: &str,
+    password: &str,
+    origin: &Origin,
+) -> Result<Value, AuthError> {
     // Neither a malformed address nor an overlong password can match an
     // account, whether or not it exists: no work, no difference.
     let Ok(email) = parse_email(email) else {
@@ -363,12 +491,20 @@ pub async fn password_grant(
         Some(a) => match a.encrypted_password.clone() {
             Some(phc) => (a, phc),
             None => {
-                state.hasher.verify_dummy(password).await;
+                state
+                    .hasher
+                    .verify_dummy(password)
+                    .await
+                    .map_err(hashing_failed)?;
                 return Err(AuthError::invalid_credentials());
             }
         },
         None => {
-            state.hasher.verify_dummy(password).await;
+            state
+                .hasher
+                .verify_dummy(password)
+                .await
+                .map_err(hashing_failed)?;
             return Err(AuthError::invalid_credentials());
         }
     };
@@ -378,7 +514,7 @@ pub async fn password_grant(
             tracing::warn!(user_id = %account.user_id, "stored password hash is malformed");
             return Err(AuthError::invalid_credentials());
         }
-        Err(e) => return Err(AuthError::internal(e)),
+        Err(e) => return Err(hashing_failed(e)),
     };
     if !verified.ok {
         return Err(AuthError::invalid_credentials());
@@ -431,12 +567,22 @@ pub struct UserUpdate {
     pub email: Option<String>,
     pub password: Option<String>,
     pub data: Option<Value>,
+    /// The code `GET /reauthenticate` emailed, for a sensitive change when
+    /// the session's sign-in is older than `AUTH_REAUTH_WINDOW_SECS`.
+    pub nonce: Option<String>,
 }
 
 /// `PUT /user`: `data` merges into `user_metadata` (a null value removes a
-/// key); a new password revokes the user's other sessions; a new email is
+/// key); a new password ends the user's other sessions; a new email is
 /// taken at once with autoconfirm, otherwise a link to confirm it is sent to
 /// the new address (`POST`/`GET /verify`, type `email_change`, switches it).
+///
+/// A new password or email is a sensitive change: at most
+/// [`SENSITIVE_CHANGES_PER_USER`], and only within `AUTH_REAUTH_WINDOW_SECS`
+/// of the session's sign-in, or with the nonce of `GET /reauthenticate`
+/// (else 400 `reauthentication_needed`; a wrong or used nonce is 422
+/// `reauthentication_not_valid`). A stolen access token alone cannot take
+/// the account over.
 pub async fn update_user(
     state: &AppState,
     caller: Caller,
@@ -468,11 +614,29 @@ pub async fn update_user(
     };
     let new_email = new_email.filter(|e| *e != current.email);
     let confirm_email = !state.config.auth.autoconfirm;
+    let sensitive = new_email.is_some() || update.password.is_some();
+    let nonce = if sensitive {
+        limit(
+            state,
+            &format!("auth:sensitive:user:{}", caller.user_id),
+            SENSITIVE_CHANGES_PER_USER,
+        )
+        .await?;
+        reauthentication(state, &caller, update.nonce.as_deref()).await?
+    } else {
+        None
+    };
     let new_phc = match &update.password {
         Some(p) => {
-            if let Some(old) = &current.encrypted_password
-                && state.hasher.verify(p, old).await.is_ok_and(|v| v.ok)
-            {
+            let same = match &current.encrypted_password {
+                Some(old) => match state.hasher.verify(p, old).await {
+                    Ok(v) => v.ok,
+                    Err(PasswordError::Busy) => return Err(AuthError::busy()),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if same {
                 return Err(AuthError::unprocessable(
                     "same_password",
                     "New password should be different from the old password.",
@@ -492,6 +656,12 @@ pub async fn update_user(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(sessions::session_not_found)?;
+    if let Some(nonce) = &nonce
+        && !flows::use_reauthentication_nonce(&mut tx, caller.user_id, nonce).await?
+    {
+        // Used by a concurrent change meanwhile.
+        return Err(flows::nonce_not_valid());
+    }
     let mut stale_orgs = Vec::new();
     let mut metadata = match account.user_metadata.clone() {
         Value::Object(m) => m,
@@ -591,16 +761,50 @@ pub async fn update_user(
         }
         other => other?,
     };
+    let mut ended = Vec::new();
     if new_phc.is_some() {
-        sqlx::query("delete from app.auth_sessions where user_id = $1 and id <> $2")
-            .bind(caller.user_id)
-            .bind(caller.session_id)
-            .execute(&mut *tx)
-            .await?;
+        // Whoever else held a session (or a recovery link) is out.
+        ended = end_sessions(
+            &mut tx,
+            caller.user_id,
+            Ending::AllBut(caller.session_id),
+            state.keys.access_token_ttl(),
+        )
+        .await?;
+        flows::void_tokens(&mut tx, caller.user_id, TokenKind::Recovery).await?;
     }
     tx.commit().await?;
+    state.ended_sessions.announce(&ended).await;
     state.cache.invalidate_orgs(&stale_orgs).await;
     Ok(updated.user_json())
+}
+
+/// Whether a sensitive change may go ahead: within the reauthentication
+/// window of the session's sign-in, or with a nonce that is live now (it is
+/// used up in the change's transaction). Returns the nonce to use up.
+async fn reauthentication(
+    state: &AppState,
+    caller: &Caller,
+    nonce: Option<&str>,
+) -> Result<Option<String>, AuthError> {
+    let window = chrono::Duration::from_std(state.config.auth.reauth_window)
+        .unwrap_or(chrono::Duration::zero());
+    if Utc::now() - caller.signed_in_at <= window {
+        return Ok(None);
+    }
+    let Some(nonce) = nonce.map(str::trim).filter(|n| !n.is_empty()) else {
+        return Err(AuthError::bad_request(
+            "reauthentication_needed",
+            "Password update requires reauthentication",
+        ));
+    };
+    let mut tx = begin(&state.pool).await?;
+    let live = flows::reauthentication_nonce_is_live(&mut tx, caller.user_id, nonce).await?;
+    tx.rollback().await?;
+    if !live {
+        return Err(flows::nonce_not_valid());
+    }
+    Ok(Some(nonce.to_owned()))
 }
 
 /// The per-client-IP quota of sign-up, sign-in, verify and recover.
@@ -649,7 +853,8 @@ pub fn parse_ban_duration(s: &str) -> Option<Option<chrono::Duration>> {
 
 /// `PUT /admin/users/{id}` `{ban_duration}` (platform administrators): bans
 /// the user until now + the duration and ends all their sessions (their
-/// refresh tokens stop working, their access tokens are refused by `/user`),
+/// refresh tokens stop working, their access tokens are refused by `/user`
+/// and, within seconds on every replica, by `/api/v1`),
 /// or lifts the ban with `"none"`.
 pub async fn set_ban(
     state: &AppState,
@@ -673,16 +878,15 @@ pub async fn set_ban(
             "User not found",
         ));
     }
+    let mut ended = Vec::new();
     if until.is_some() {
-        sqlx::query("delete from app.auth_sessions where user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        ended = end_sessions(&mut tx, user_id, Ending::All, state.keys.access_token_ttl()).await?;
     }
     let account = by_id(&mut tx, user_id)
         .await?
         .ok_or_else(sessions::session_not_found)?;
     tx.commit().await?;
+    state.ended_sessions.announce(&ended).await;
     tracing::info!(user = %user_id, banned_until = ?until, "user ban changed by a platform administrator");
     let mut user = account.user_json();
     user["banned_until"] = serde_json::json!(until);

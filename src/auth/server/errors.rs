@@ -10,6 +10,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::core::error::{DbTrouble, RETRY_AFTER_SECS};
+
 /// The API version GoTrue announces (and supabase-js looks for).
 pub const API_VERSION: &str = "2024-01-01";
 pub static API_VERSION_HEADER: HeaderName = HeaderName::from_static("x-supabase-api-version");
@@ -68,6 +70,36 @@ impl AuthError {
         e
     }
 
+    /// 503 `busy`: too much work waiting (password hashing); retry shortly.
+    pub fn busy() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "The server is busy, please retry after a moment.",
+        );
+        e.retry_after = Some(RETRY_AFTER_SECS);
+        e
+    }
+
+    /// 503 for a slow or unreachable database, with `Retry-After`.
+    fn db_trouble(trouble: DbTrouble, cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, ?trouble, "database trouble");
+        let mut e = match trouble {
+            DbTrouble::Busy => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "Processing this request timed out, please retry after a moment.",
+            ),
+            DbTrouble::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The service is temporarily unavailable, please retry after a moment.",
+            ),
+        };
+        e.retry_after = Some(RETRY_AFTER_SECS);
+        e
+    }
+
     /// 500, logged with its cause; the client learns nothing more.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "auth server internal error");
@@ -81,26 +113,19 @@ impl AuthError {
 
 impl From<sqlx::Error> for AuthError {
     fn from(e: sqlx::Error) -> Self {
-        let busy = match &e {
-            sqlx::Error::PoolTimedOut => true,
-            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "57014")),
-            _ => false,
-        };
-        if busy {
-            tracing::warn!(error = %e, "database busy");
-            return AuthError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
-                "Processing this request timed out, please retry after a moment.",
-            );
+        match DbTrouble::of(&e) {
+            Some(trouble) => AuthError::db_trouble(trouble, &e),
+            None => AuthError::internal(format!("{e:#}")),
         }
-        AuthError::internal(format!("{e:#}"))
     }
 }
 
 impl From<anyhow::Error> for AuthError {
     fn from(e: anyhow::Error) -> Self {
-        AuthError::internal(format!("{e:#}"))
+        match DbTrouble::in_chain(&e) {
+            Some(trouble) => AuthError::db_trouble(trouble, &format!("{e:#}")),
+            None => AuthError::internal(format!("{e:#}")),
+        }
     }
 }
 

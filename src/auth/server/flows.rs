@@ -29,6 +29,7 @@ use crate::mail::templates::Template;
 /// `/verify` guesses per client IP. The limiter cannot refund, so every
 /// attempt counts (a valid token is one per email: few successes).
 pub const VERIFY_ATTEMPTS_PER_IP: Quota = Quota::new(20, Duration::from_secs(600));
+/// `/recover` requests per (address, client).
 pub const RECOVER_PER_EMAIL: Quota = Quota::new(5, Duration::from_secs(3600));
 /// Least time between two recovery emails to one address.
 const RECOVERY_RESEND_SECS: i64 = 60;
@@ -40,6 +41,13 @@ pub enum TokenKind {
     Recovery,
     EmailChange,
 }
+
+/// The kind of the reauthentication nonces (never accepted by `/verify`).
+const REAUTHENTICATION: &str = "reauthentication";
+/// How long a reauthentication nonce lives.
+const REAUTHENTICATION_TTL_SECS: f64 = 3600.0;
+/// Least time between two reauthentication emails to one user.
+const REAUTHENTICATION_RESEND_SECS: i64 = 60;
 
 impl TokenKind {
     fn as_str(self) -> &'static str {
@@ -77,8 +85,12 @@ pub fn otp_expired() -> AuthError {
     )
 }
 
-/// A new token of `kind` for the user (replacing the user's earlier ones of
-/// that kind), in the transaction; returns the plaintext token.
+/// A new token of `kind` for the user, in the transaction; returns the
+/// plaintext token. A confirmation or email-change token voids the user's
+/// earlier ones of its kind (only the newest request counts). Recovery
+/// tokens do not: anyone may ask for a recovery email, and a stranger's
+/// request must not kill the link the owner is about to use; all of them
+/// die when the password changes ([`void_tokens`]).
 pub async fn issue_token(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -86,11 +98,16 @@ pub async fn issue_token(
     new_email: Option<&str>,
 ) -> Result<String, AuthError> {
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    sqlx::query("delete from app.auth_one_time_tokens where user_id = $1 and kind = $2")
-        .bind(user_id)
-        .bind(kind.as_str())
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "delete from app.auth_one_time_tokens
+         where user_id = $1 and kind = $2
+           and ($3 or used_at is not null or expires_at <= now())",
+    )
+    .bind(user_id)
+    .bind(kind.as_str())
+    .bind(kind != TokenKind::Recovery)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query(
         "insert into app.auth_one_time_tokens (id, user_id, kind, token_hash, expires_at, new_email)
          values ($1, $2, $3, $4, now() + make_interval(secs => $5), $6)",
@@ -179,7 +196,7 @@ pub async fn verify(
     req: VerifyRequest<'_>,
     origin: &Origin,
 ) -> Result<Value, AuthError> {
-    let ip = origin.ip.as_deref().unwrap_or("unknown");
+    let ip = origin.limit_key();
     accounts::limit(
         state,
         &format!("auth:verify:ip:{ip}"),
@@ -202,26 +219,44 @@ pub async fn verify(
     };
 
     let mut tx = begin(&state.pool).await?;
-    let used: Option<(Uuid, Option<String>)> = sqlx::query_as(
-        "update app.auth_one_time_tokens set used_at = now()
-         where token_hash = $1 and kind = $2 and used_at is null and expires_at > now()
-         returning user_id, new_email",
+    let token_hash = sha256(req.token.as_bytes());
+    let owner: Option<Uuid> = sqlx::query_scalar(
+        "select user_id from app.auth_one_time_tokens
+         where token_hash = $1 and kind = $2 and used_at is null and expires_at > now()",
     )
-    .bind(sha256(req.token.as_bytes()))
+    .bind(&token_hash)
     .bind(req.kind.as_str())
     .fetch_optional(&mut *tx)
     .await?;
-    // Dropping the transaction rolls the use back on every early return.
-    let Some((user_id, new_email)) = used else {
+    let Some(owner) = owner else {
         return Err(otp_expired());
     };
+    // The account first, as a sign-up of the address locks it before it
+    // replaces the tokens: the two wait for each other, never deadlock.
     let account: Account = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {COLUMNS} from app.auth_accounts where user_id = $1 for update"
     )))
-    .bind(user_id)
+    .bind(owner)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(otp_expired)?;
+    // Used up only now, under the lock: a token a concurrent sign-up voided
+    // meanwhile is gone. Dropping the transaction rolls the use back on
+    // every early return.
+    let used: Option<(Uuid, Option<String>)> = sqlx::query_as(
+        "update app.auth_one_time_tokens set used_at = now()
+         where token_hash = $1 and kind = $2 and user_id = $3
+           and used_at is null and expires_at > now()
+         returning user_id, new_email",
+    )
+    .bind(&token_hash)
+    .bind(req.kind.as_str())
+    .bind(owner)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user_id, new_email)) = used else {
+        return Err(otp_expired());
+    };
     if let Some(e) = &email
         && *e != account.email
         && Some(e) != new_email.as_ref()
@@ -304,7 +339,7 @@ pub async fn recover(
     redirect_to: Option<&str>,
     origin: &Origin,
 ) -> Result<(), AuthError> {
-    let ip = origin.ip.as_deref().unwrap_or("unknown");
+    let ip = origin.limit_key();
     accounts::limit(
         state,
         &format!("auth:recover:ip:{ip}"),
@@ -314,10 +349,13 @@ pub async fn recover(
     if email.trim().is_empty() {
         return Err(AuthError::validation("Password recovery requires an email"));
     }
+    // Per (address, client): a stranger asking for the owner's address
+    // does not block the owner's own request. Emails to one address are
+    // spaced a minute apart below whoever asks.
     let normalized = email.trim().to_lowercase();
     accounts::limit(
         state,
-        &format!("auth:recover:email:{normalized}"),
+        &format!("auth:recover:email:{normalized}|{ip}"),
         RECOVER_PER_EMAIL,
     )
     .await?;
@@ -349,6 +387,149 @@ pub async fn recover(
         )
         .await?;
     }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes the user's tokens of `kind` (used or not).
+pub async fn void_tokens(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    kind: TokenKind,
+) -> Result<(), AuthError> {
+    sqlx::query("delete from app.auth_one_time_tokens where user_id = $1 and kind = $2")
+        .bind(user_id)
+        .bind(kind.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// 422 `reauthentication_not_valid`: a wrong, used or expired nonce.
+pub fn nonce_not_valid() -> AuthError {
+    AuthError::unprocessable(
+        "reauthentication_not_valid",
+        "Nonce has expired or is invalid",
+    )
+}
+
+/// A nonce is six digits; it is stored as the SHA-256 of the user and the
+/// digits (so equal nonces of two users never collide).
+fn nonce_hash(user_id: Uuid, nonce: &str) -> Vec<u8> {
+    sha256(format!("reauthentication:{user_id}:{nonce}").as_bytes())
+}
+
+/// Whether `nonce` is the user's live reauthentication nonce.
+pub async fn reauthentication_nonce_is_live(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    nonce: &str,
+) -> Result<bool, AuthError> {
+    if nonce.len() > 16 {
+        return Ok(false);
+    }
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from app.auth_one_time_tokens
+                        where token_hash = $1 and user_id = $2 and kind = $3
+                          and used_at is null and expires_at > now())",
+    )
+    .bind(nonce_hash(user_id, nonce))
+    .bind(user_id)
+    .bind(REAUTHENTICATION)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Uses the user's live reauthentication nonce up; false when it is not
+/// (or no longer) live.
+pub async fn use_reauthentication_nonce(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    nonce: &str,
+) -> Result<bool, AuthError> {
+    if nonce.len() > 16 {
+        return Ok(false);
+    }
+    let used = sqlx::query(
+        "update app.auth_one_time_tokens set used_at = now()
+         where token_hash = $1 and user_id = $2 and kind = $3
+           and used_at is null and expires_at > now()",
+    )
+    .bind(nonce_hash(user_id, nonce))
+    .bind(user_id)
+    .bind(REAUTHENTICATION)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(used == 1)
+}
+
+/// `GET /reauthenticate`: emails the signed-in user a six-digit nonce (an
+/// hour, once) that `PUT /user` takes as `nonce` for a new password or
+/// email when the sign-in is older than `AUTH_REAUTH_WINDOW_SECS`. At most
+/// one email a minute per user (429 `over_email_send_rate_limit`); a new
+/// nonce voids the earlier one.
+pub async fn reauthenticate(state: &AppState, caller: sessions::Caller) -> Result<(), AuthError> {
+    let mut tx = begin(&state.pool).await?;
+    // The account's lock serialises concurrent requests: one email.
+    let account: Account = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from app.auth_accounts where user_id = $1 for update"
+    )))
+    .bind(caller.user_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(sessions::session_not_found)?;
+    if account.email_confirmed_at.is_none() {
+        return Err(AuthError::unprocessable(
+            "email_not_confirmed",
+            "Please verify your email first.",
+        ));
+    }
+    let last_sent: Option<f64> = sqlx::query_scalar(
+        "select extract(epoch from now() - max(created_at))::float8
+         from app.auth_one_time_tokens where user_id = $1 and kind = $2",
+    )
+    .bind(caller.user_id)
+    .bind(REAUTHENTICATION)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(ago) = last_sent {
+        let wait = REAUTHENTICATION_RESEND_SECS - ago.floor() as i64;
+        if wait > 0 {
+            let mut e = AuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "over_email_send_rate_limit",
+                format!("For security purposes, you can only request this after {wait} seconds."),
+            );
+            e.retry_after = Some(wait as u64);
+            return Err(e);
+        }
+    }
+    let nonce = format!("{:06}", rand::random_range(0..1_000_000u32));
+    sqlx::query("delete from app.auth_one_time_tokens where user_id = $1 and kind = $2")
+        .bind(caller.user_id)
+        .bind(REAUTHENTICATION)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "insert into app.auth_one_time_tokens (id, user_id, kind, token_hash, expires_at)
+         values ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+    )
+    .bind(Uuid::new_v4())
+    .bind(caller.user_id)
+    .bind(REAUTHENTICATION)
+    .bind(nonce_hash(caller.user_id, &nonce))
+    .bind(REAUTHENTICATION_TTL_SECS)
+    .execute(&mut *tx)
+    .await?;
+    crate::jobs::enqueue(
+        &mut tx,
+        &SendEmail {
+            to: account.email.clone(),
+            template: Template::Reauthentication { nonce },
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

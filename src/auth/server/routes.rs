@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(verify_get, verify_post))
         .routes(routes!(recover))
         .routes(routes!(get_user, update_user))
+        .routes(routes!(reauthenticate))
         .routes(routes!(logout))
         .routes(routes!(settings))
         .routes(routes!(health))
@@ -69,13 +70,21 @@ impl FromRequestParts<AppState> for ApiKey {
 impl FromRequestParts<AppState> for Origin {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(Origin {
-            // Only the peer address: forwarding headers are the client's to forge.
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ci| ci.0.ip().to_string()),
+            // The peer, or what trusted proxies say of the client: other
+            // forwarding headers are the client's to forge.
+            ip: crate::core::client_ip::client_ip(
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ci| ci.0.ip()),
+                &parts.headers,
+                &state.config.trusted_proxies,
+            ),
             user_agent: parts
                 .headers
                 .get(header::USER_AGENT)
@@ -190,7 +199,7 @@ async fn limit_ip(
     origin: &Origin,
     quota: crate::core::ratelimit::Quota,
 ) -> Result<(), AuthError> {
-    let ip = origin.ip.as_deref().unwrap_or("unknown");
+    let ip = origin.limit_key();
     accounts::limit(state, &format!("auth:{what}:ip:{ip}"), quota).await
 }
 
@@ -246,6 +255,10 @@ struct UserUpdateRequest {
     /// Merged into `user_metadata`; a null value removes the key.
     #[schema(value_type = Object)]
     data: Option<Value>,
+    /// The code `GET /reauthenticate` emailed: needed for a new `email` or
+    /// `password` when the session's sign-in is older than
+    /// `AUTH_REAUTH_WINDOW_SECS` (default 600).
+    nonce: Option<String>,
 }
 
 /// A GoTrue error.
@@ -524,12 +537,17 @@ async fn get_user(
 }
 
 /// Changes the signed-in user: `data` (merged into `user_metadata`),
-/// `password` (revokes the user's other sessions), `email` (at once with
+/// `password` (ends the user's other sessions), `email` (at once with
 /// autoconfirm; otherwise a confirmation link goes to the new address and the
-/// user shows `new_email` until it is used).
+/// user shows `new_email` until it is used). A new `password` or `email`
+/// needs a sign-in within `AUTH_REAUTH_WINDOW_SECS` (default 600 s) or the
+/// `nonce` of `GET /reauthenticate` (400 `reauthentication_needed`; 422
+/// `reauthentication_not_valid` for a wrong or used one), and at most 5
+/// such changes per user in ten minutes (429).
 #[utoipa::path(put, path = "/auth/v1/user", tag = "auth", request_body = UserUpdateRequest,
     params(("redirect_to" = Option<String>, Query, description = "Where the email change link lands")),
     responses((status = 200, description = "The GoTrue user object", body = Object),
+        (status = 400, body = AuthErrorBody),
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
         (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn update_user(
@@ -545,11 +563,30 @@ async fn update_user(
         email: body.string("email")?,
         password: body.string("password")?,
         data: body.value("data"),
+        nonce: body.string("nonce")?,
     };
     let redirect = redirect_to(query.as_deref(), &body)?;
     Ok(Json(
         accounts::update_user(&state, caller, update, redirect.as_deref()).await?,
     ))
+}
+
+/// Emails the signed-in user a six-digit code (valid an hour, once) that
+/// `PUT /user` takes as `nonce` to change the password or email when the
+/// sign-in is not recent. At most one email a minute (429
+/// `over_email_send_rate_limit`); a new code voids the previous one.
+#[utoipa::path(get, path = "/auth/v1/reauthenticate", tag = "auth",
+    responses((status = 200, description = "`{}`", body = Object),
+        (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
+        (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
+async fn reauthenticate(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AuthError> {
+    let caller = sessions::authenticate(&state, &headers).await?;
+    flows::reauthenticate(&state, caller).await?;
+    Ok(Json(json!({})))
 }
 
 /// Signs out: `scope=local` (this session, the default), `global` (all of

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::accounts::{self, Account};
 use super::errors::AuthError;
 use crate::app::AppState;
+use crate::auth::ended_sessions::{Ending, end_sessions, record_ended};
 
 /// A transaction of the auth server: the app role, with the auth tables visible.
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, AuthError> {
@@ -111,8 +112,16 @@ async fn insert_refresh_token(
 /// Where a sign-in came from.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
-    pub ip: Option<String>,
+    /// The client (see [`crate::core::client_ip`]).
+    pub ip: Option<std::net::IpAddr>,
     pub user_agent: Option<String>,
+}
+
+impl Origin {
+    /// The bucket the client's limits count in (its IPv6 /64, or its IPv4).
+    pub fn limit_key(&self) -> String {
+        crate::core::client_ip::limit_key(self.ip)
+    }
 }
 
 /// Starts a session for `account` and returns the session response.
@@ -131,7 +140,7 @@ pub async fn start(
     .bind(session_id)
     .bind(account.user_id)
     .bind(origin.user_agent.as_deref().map(|s| truncate(s, 512)))
-    .bind(origin.ip.as_deref())
+    .bind(origin.ip.map(|ip| ip.to_string()))
     .fetch_one(&mut *conn)
     .await?;
     let refresh = insert_refresh_token(conn, &key, session_id, account.user_id, None).await?;
@@ -275,7 +284,15 @@ pub async fn refresh(state: &AppState, token: &str) -> Result<Value, AuthError> 
                 .bind(row.session_id)
                 .execute(&mut *tx)
                 .await?;
+                let ended = record_ended(
+                    &mut tx,
+                    row.user_id,
+                    row.session_id,
+                    state.keys.access_token_ttl(),
+                )
+                .await?;
                 tx.commit().await?;
+                state.ended_sessions.announce(&[ended]).await;
                 tracing::warn!(session_id = %row.session_id, "refresh token reused: session revoked");
                 return Err(AuthError::bad_request(
                     "refresh_token_already_used",
@@ -314,6 +331,9 @@ pub fn session_not_found() -> AuthError {
 pub struct Caller {
     pub user_id: Uuid,
     pub session_id: Uuid,
+    /// When the session began: the sign-in (password, or an emailed link)
+    /// that created it. Refreshes do not move it.
+    pub signed_in_at: DateTime<Utc>,
 }
 
 /// Checks `Authorization: Bearer <access token>` as GoTrue does: 401
@@ -358,11 +378,11 @@ pub async fn authenticate(
         .as_deref()
         .and_then(|s| s.parse::<Uuid>().ok());
     let mut tx = begin(&state.pool).await?;
-    let (user_exists, session_live): (bool, bool) = sqlx::query_as(
+    let (user_exists, signed_in_at): (bool, Option<DateTime<Utc>>) = sqlx::query_as(
         "select exists (select 1 from app.auth_accounts where user_id = $1),
-                exists (select 1 from app.auth_sessions
-                        where id = $2 and user_id = $1
-                          and (not_after is null or not_after > now()))",
+                (select created_at from app.auth_sessions
+                 where id = $2 and user_id = $1
+                   and (not_after is null or not_after > now()))",
     )
     .bind(user_id)
     .bind(session_id)
@@ -376,21 +396,23 @@ pub async fn authenticate(
             "User from sub claim in JWT does not exist",
         ));
     }
-    match session_id {
-        Some(session_id) if session_live => Ok(Caller {
+    match (session_id, signed_in_at) {
+        (Some(session_id), Some(signed_in_at)) => Ok(Caller {
             user_id,
             session_id,
+            signed_in_at,
         }),
         _ => Err(session_not_found()),
     }
 }
 
-/// `POST /logout?scope=`: deletes sessions (their refresh tokens go with them).
+/// `POST /logout?scope=`: ends sessions (their refresh tokens go with
+/// them, and their access tokens stop working on `/api/v1` too).
 pub async fn logout(state: &AppState, caller: Caller, scope: &str) -> Result<(), AuthError> {
-    let sql = match scope {
-        "local" => "delete from app.auth_sessions where user_id = $1 and id = $2",
-        "global" => "delete from app.auth_sessions where user_id = $1",
-        "others" => "delete from app.auth_sessions where user_id = $1 and id <> $2",
+    let ending = match scope {
+        "local" => Ending::One(caller.session_id),
+        "global" => Ending::All,
+        "others" => Ending::AllBut(caller.session_id),
         _ => {
             return Err(AuthError::validation(
                 "Unsupported logout scope: use local, global or others",
@@ -398,12 +420,15 @@ pub async fn logout(state: &AppState, caller: Caller, scope: &str) -> Result<(),
         }
     };
     let mut tx = begin(&state.pool).await?;
-    sqlx::query(sql)
-        .bind(caller.user_id)
-        .bind(caller.session_id)
-        .execute(&mut *tx)
-        .await?;
+    let ended = end_sessions(
+        &mut tx,
+        caller.user_id,
+        ending,
+        state.keys.access_token_ttl(),
+    )
+    .await?;
     tx.commit().await?;
+    state.ended_sessions.announce(&ended).await;
     Ok(())
 }
 

@@ -71,8 +71,10 @@ impl Job for ImportMembers {
             tx.commit().await?;
             content.ok_or_else(|| JobError::Permanent("the import file is gone".into()))?
         };
-        let lines = imports::parse(content.as_bytes())
-            .map_err(|e| JobError::Permanent(format!("the import file is invalid: {e}")))?;
+        let lines = imports::parse(content.as_bytes()).map_err(|e| JobError::Refused {
+            code: "invalid_file",
+            message: format!("the import file is invalid: {e}"),
+        })?;
         let first_seen = first_lines(&lines);
         let settings = InviteSettings::from_config(&ctx.services.config);
         let total = lines.len() as i64;

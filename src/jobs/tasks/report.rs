@@ -182,12 +182,19 @@ impl Job for BuildReport {
         let (mut tx, membership) = TenantTx::enter(&pool, org_id, self.requested_by).await?;
         let perms = membership
             .map(|m| PermSet::from_names(&m.permissions))
-            .ok_or_else(|| JobError::Permanent("the requester is no longer a member".into()))?;
+            .ok_or_else(|| JobError::Refused {
+                code: "requester_left",
+                message: "the member who asked for the report is no longer in the organization"
+                    .into(),
+            })?;
         if !allowed(perms, self.kind) {
-            return Err(JobError::Permanent(format!(
-                "the requester may no longer create {} reports",
-                self.kind.as_str()
-            )));
+            return Err(JobError::Refused {
+                code: "permission_denied",
+                message: format!(
+                    "the requester may no longer create {} reports",
+                    self.kind.as_str()
+                ),
+            });
         }
         // One long statement, and a pause while the upload completes.
         sqlx::query(
@@ -250,11 +257,14 @@ async fn check_requester(
         .await
         .map_err(job_error)?;
     if !allowed(actor.perms(), kind) {
-        return Err(JobError::Permanent(format!(
-            "the requester no longer holds {}",
-            kind.extra_permission()
-                .map_or("reports:create", |p| p.as_str())
-        )));
+        return Err(JobError::Refused {
+            code: "permission_denied",
+            message: format!(
+                "the requester no longer holds {}",
+                kind.extra_permission()
+                    .map_or("reports:create", |p| p.as_str())
+            ),
+        });
     }
     tx.commit().await?;
     Ok(())
@@ -268,7 +278,11 @@ pub(crate) fn job_error(e: ApiError) -> JobError {
         ApiError::Status { status, .. } if status.is_server_error() => {
             JobError::Retry(anyhow::anyhow!("{status}: the database is busy"))
         }
-        other => JobError::Permanent(other.to_string()),
+        // The service's own answer, written for clients.
+        other => JobError::Refused {
+            code: other.code(),
+            message: other.to_string(),
+        },
     }
 }
 
