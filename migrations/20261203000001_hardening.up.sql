@@ -22,6 +22,8 @@ create table app.auth_ended_sessions (
     expires_at timestamptz not null
 );
 create index auth_ended_sessions_expires_idx on app.auth_ended_sessions (expires_at);
+-- Each replica reads the newly ended ones every second.
+create index auth_ended_sessions_ended_idx on app.auth_ended_sessions (ended_at);
 
 alter table app.auth_ended_sessions enable row level security;
 alter table app.auth_ended_sessions force row level security;

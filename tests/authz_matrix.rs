@@ -293,8 +293,6 @@ fn table() -> Vec<Spec> {
     vec![
         public("/healthz"),
         public("/readyz"),
-        // Prometheus text, not JSON.
-        public("/metrics").check(any_body),
         public("/auth/v1/.well-known/jwks.json").check(|v| v["keys"].is_array()),
         public("/api/v1/plans").check(|v| v.as_array().is_some_and(|p| !p.is_empty())),
         public("/api/v1/credit-packs").check(|v| v.as_array().is_some_and(|p| !p.is_empty())),

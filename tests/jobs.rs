@@ -453,7 +453,7 @@ async fn a_rejected_recipient_is_dead_at_once_and_a_down_smtp_server_is_retried(
 
 #[tokio::test]
 async fn metrics_count_jobs_per_kind_and_show_queue_depths() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(&[("METRICS_TOKEN", "scrape-me-0123456789")], 5).await;
     let worker = app.start_worker();
     let mut tx = app.state.pool.begin().await.unwrap();
     let id = jobs::enqueue(&mut tx, &probe("metrics")).await.unwrap();
@@ -462,6 +462,7 @@ async fn metrics_count_jobs_per_kind_and_show_queue_depths() {
     let res = app
         .client
         .get(format!("{}/metrics", app.base))
+        .bearer_auth("scrape-me-0123456789")
         .send()
         .await
         .unwrap();

@@ -8,12 +8,13 @@
 //! subscribes and adds them to an in-process set, which `AuthUser` consults
 //! for the tokens Tenantry signs (no Postgres round trip on the request path).
 //!
-//! Postgres is the source of truth, Redis only the fan-out: on start and on
-//! every (re)subscription a replica reads the table; while the subscription
-//! is down it polls the table every second, and while it is up every 30 s,
-//! so a message lost in flight is picked up anyway. Each read covers the
-//! sessions ended since a minute before the previous read, so a transaction
-//! that commits late is not missed.
+//! Postgres is the source of truth, Redis only the fast path: on start and
+//! on every (re)subscription a replica reads the table, and it reads it
+//! again every second whatever Redis does, so a message lost in flight, or
+//! one a replica cut off from Redis could not publish, arrives within a
+//! second anyway (one indexed query a second per replica, off the request
+//! path). Each read covers the sessions ended since a minute before the
+//! previous read, so a transaction that commits late is not missed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,10 +26,8 @@ use futures_util::StreamExt as _;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// How often the table is read while the subscription is down.
-const POLL_DOWN: Duration = Duration::from_secs(1);
-/// How often it is read while the subscription is up (a safety net).
-const POLL_UP: Duration = Duration::from_secs(30);
+/// How often the table is read, subscribed or not.
+const POLL: Duration = Duration::from_secs(1);
 /// Each read starts this long before the previous one (late commits).
 const OVERLAP_SECS: f64 = 60.0;
 /// The longest a publish or a subscription attempt waits on Redis.
@@ -266,8 +265,8 @@ impl EndedSessions {
     }
 
     /// Keeps the set current until `stopped`: the Redis subscription when it
-    /// can be had, the table read after every (re)subscription and polled
-    /// (every second while the subscription is down).
+    /// can be had, and the table, read after every (re)subscription and
+    /// every second.
     pub async fn follow(self, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let mut last_read: Option<DateTime<Utc>> = None;
         let mut last_prune = tokio::time::Instant::now();
@@ -285,7 +284,7 @@ impl EndedSessions {
                     // Subscribed first, then read: nothing falls between.
                     self.catch_up(&mut last_read).await;
                     let mut messages = pubsub.on_message();
-                    let mut tick = tokio::time::interval(POLL_UP);
+                    let mut tick = tokio::time::interval(POLL);
                     tick.reset();
                     loop {
                         tokio::select! {
@@ -311,7 +310,7 @@ impl EndedSessions {
                     self.catch_up(&mut last_read).await;
                     self.housekeeping(&mut last_prune).await;
                     tokio::select! {
-                        _ = tokio::time::sleep(POLL_DOWN) => {}
+                        _ = tokio::time::sleep(POLL) => {}
                         _ = stopped.changed() => return,
                     }
                 }

@@ -616,13 +616,24 @@ pub async fn update_user(
     let confirm_email = !state.config.auth.autoconfirm;
     let sensitive = new_email.is_some() || update.password.is_some();
     let nonce = if sensitive {
+        let nonce = reauthentication_needed(state, &caller, update.nonce.as_deref())?;
+        // Every attempt counts from here: changes and nonce guesses alike.
         limit(
             state,
             &format!("auth:sensitive:user:{}", caller.user_id),
             SENSITIVE_CHANGES_PER_USER,
         )
         .await?;
-        reauthentication(state, &caller, update.nonce.as_deref()).await?
+        if let Some(nonce) = &nonce {
+            let mut tx = begin(&state.pool).await?;
+            let live =
+                flows::reauthentication_nonce_is_live(&mut tx, caller.user_id, nonce).await?;
+            tx.rollback().await?;
+            if !live {
+                return Err(flows::nonce_not_valid());
+            }
+        }
+        nonce
     } else {
         None
     };
@@ -779,10 +790,10 @@ pub async fn update_user(
     Ok(updated.user_json())
 }
 
-/// Whether a sensitive change may go ahead: within the reauthentication
-/// window of the session's sign-in, or with a nonce that is live now (it is
-/// used up in the change's transaction). Returns the nonce to use up.
-async fn reauthentication(
+/// Whether a sensitive change needs the reauthentication nonce: `None`
+/// within the window of the session's sign-in; else the nonce to check and
+/// use up, or 400 `reauthentication_needed` without one.
+fn reauthentication_needed(
     state: &AppState,
     caller: &Caller,
     nonce: Option<&str>,
@@ -792,19 +803,13 @@ async fn reauthentication(
     if Utc::now() - caller.signed_in_at <= window {
         return Ok(None);
     }
-    let Some(nonce) = nonce.map(str::trim).filter(|n| !n.is_empty()) else {
-        return Err(AuthError::bad_request(
+    match nonce.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(nonce) => Ok(Some(nonce.to_owned())),
+        None => Err(AuthError::bad_request(
             "reauthentication_needed",
             "Password update requires reauthentication",
-        ));
-    };
-    let mut tx = begin(&state.pool).await?;
-    let live = flows::reauthentication_nonce_is_live(&mut tx, caller.user_id, nonce).await?;
-    tx.rollback().await?;
-    if !live {
-        return Err(flows::nonce_not_valid());
+        )),
     }
-    Ok(Some(nonce.to_owned()))
 }
 
 /// The per-client-IP quota of sign-up, sign-in, verify and recover.
