@@ -5,6 +5,10 @@
 #
 #   scripts/bench-members.sh [duration-seconds]   (default 30)
 #
+# BENCH_TOKEN=own signs the owner up through Tenantry's auth server and uses its
+# access token (ES256, a Tenantry session: checked against the ended-session
+# set); the default is an HS256 token shaped like Supabase's.
+#
 # Needs the local Postgres (trust auth) and wrk (installed with apt if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +26,8 @@ psql "$ADMIN_URL/postgres" -qc "drop database if exists $DB with (force)" >/dev/
 
 export DATABASE_URL="postgres://tenantry_api:tenantry_api@127.0.0.1:5432/$DB?sslmode=disable"
 export MIGRATION_DATABASE_URL="$ADMIN_URL/$DB?sslmode=disable"
-export JWT_SECRET="$SECRET" PORT="$PORT" RUST_LOG="${RUST_LOG:-warn}" LOG_FORMAT=json
-"${CARGO_TARGET_DIR:-target}/release/tenantry" dev > /tmp/tenantry-bench.log 2>&1 &
+export JWT_SECRET="$SECRET" PORT="$PORT" JWT_EXPIRY_SECS=3600 RUST_LOG="${RUST_LOG:-warn}" LOG_FORMAT=json
+"${TENANTRY_BIN:-${CARGO_TARGET_DIR:-target}/release/tenantry}" dev > /tmp/tenantry-bench.log 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
@@ -31,8 +35,14 @@ for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null &&
 # An HS256 access token shaped like Supabase's, for a given user id and email.
 token() { python3 scripts/token.py "$1" "$2" "$SECRET"; }
 
-OWNER_ID=$(python3 -c 'import uuid; print(uuid.uuid4())')
-TOKEN=$(token "$OWNER_ID" owner@bench.example)
+if [ "${BENCH_TOKEN:-}" = own ]; then
+  TOKEN=$(curl -sf -X POST "http://127.0.0.1:$PORT/auth/v1/signup" -H 'content-type: application/json' \
+    -d '{"email":"owner@bench.example","password":"bench password 123"}' \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+else
+  OWNER_ID=$(python3 -c 'import uuid; print(uuid.uuid4())')
+  TOKEN=$(token "$OWNER_ID" owner@bench.example)
+fi
 ORG=$(curl -sf -X POST "http://127.0.0.1:$PORT/api/v1/orgs" -H "Authorization: Bearer $TOKEN" \
   -H 'content-type: application/json' -d '{"name":"Bench Org"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 

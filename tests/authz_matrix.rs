@@ -293,6 +293,8 @@ fn table() -> Vec<Spec> {
     vec![
         public("/healthz"),
         public("/readyz"),
+        // Outside `dev`, without METRICS_TOKEN or METRICS_ADDR: closed to all.
+        auth(M::GET, "/metrics", 404, 404),
         public("/auth/v1/.well-known/jwks.json").check(|v| v["keys"].is_array()),
         public("/api/v1/plans").check(|v| v.as_array().is_some_and(|p| !p.is_empty())),
         public("/api/v1/credit-packs").check(|v| v.as_array().is_some_and(|p| !p.is_empty())),
@@ -326,6 +328,7 @@ fn table() -> Vec<Spec> {
         auth(M::GET, "/auth/v1/user", 401, 403),
         auth(M::PUT, "/auth/v1/user", 401, 403).body(|_| Some(json!({ "data": { "k": 1 } }))),
         auth(M::POST, "/auth/v1/logout", 401, 403),
+        auth(M::GET, "/auth/v1/reauthenticate", 401, 403),
         // Everyone's guess is wrong (the bearer token is ignored).
         auth(M::POST, "/auth/v1/verify", 403, 403)
             .body(|c| Some(json!({ "type": "signup", "token_hash": format!("matrix-{}", c.n) }))),

@@ -186,3 +186,43 @@ async fn unreachable_redis_follows_the_fail_mode_quickly() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn peek_counts_nothing_and_tells_a_pristine_bucket() {
+    let rl = limiter();
+    let quota = Quota::per_minute(3);
+    let p = rl.peek("bea", quota).await;
+    assert!(p.pristine && p.decision.is_allowed(), "{p:?}");
+    // Peeking many times uses nothing up.
+    for _ in 0..10 {
+        rl.peek("bea", quota).await;
+    }
+    assert!(rl.check("bea", quota).await.is_allowed());
+    let p = rl.peek("bea", quota).await;
+    assert!(!p.pristine && p.decision.is_allowed(), "{p:?}");
+    assert_eq!(allowed_count(&rl, "bea", quota, 5).await, 2);
+    let p = rl.peek("bea", quota).await;
+    assert!(!p.pristine, "{p:?}");
+    assert!(p.decision.retry_after().is_some(), "{p:?}");
+}
+
+#[tokio::test]
+async fn without_redis_the_local_mode_counts_in_memory() {
+    let url = url::Url::parse("redis://127.0.0.1:1").unwrap();
+    let rl = RateLimiter::new(&url, "test-rl-down-local")
+        .unwrap()
+        .with_fail_mode(FailMode::Local);
+    let quota = Quota::per_minute(5);
+    // The same burst as in Redis, then limited: neither open nor closed.
+    assert_eq!(allowed_count(&rl, "k", quota, 8).await, 5);
+    let Decision::Limited { retry_after } = rl.check("k", quota).await else {
+        panic!("the sixth is limited");
+    };
+    assert!(retry_after > Duration::from_secs(5) && retry_after <= Duration::from_secs(12));
+    // Keys are separate, peeks count nothing, a reset empties the bucket.
+    assert!(rl.peek("other", quota).await.pristine);
+    assert!(rl.check("other", quota).await.is_allowed());
+    assert!(!rl.peek("other", quota).await.pristine);
+    rl.reset("k").await;
+    assert!(rl.check("k", quota).await.is_allowed());
+}
