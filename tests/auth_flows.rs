@@ -4,7 +4,7 @@
 
 mod common;
 use common::gotrue::*;
-use common::smtp::{Received, SmtpSink};
+use common::smtp::SmtpSink;
 use common::*;
 
 use std::time::Duration;
@@ -14,7 +14,6 @@ use serde_json::json;
 use url::Url;
 
 const SITE: &str = "https://app.example.com";
-const MAIL_WAIT: Duration = Duration::from_secs(15);
 
 /// An app with a signing key, mail through `sink`, links to [`SITE`].
 async fn app_with(sink: Option<&SmtpSink>, extra: &[(&str, &str)]) -> TestApp {
@@ -46,17 +45,6 @@ async fn signup(app: &TestApp, email: &str, redirect_to: Option<&str>) -> Res {
     .await
 }
 
-async fn verify(app: &TestApp, kind: &str, token_hash: &str) -> Res {
-    auth(
-        app,
-        Method::POST,
-        "/verify",
-        None,
-        Some(json!({ "type": kind, "token_hash": token_hash })),
-    )
-    .await
-}
-
 async fn recover(app: &TestApp, email: &str) -> Res {
     auth(
         app,
@@ -72,31 +60,8 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// The `/verify` link of the newest message to `to` (waiting for it).
 async fn link_to(sink: &SmtpSink, to: &str, nth: usize) -> Url {
-    let deadline = std::time::Instant::now() + MAIL_WAIT;
-    loop {
-        let mine: Vec<Received> = sink
-            .messages()
-            .into_iter()
-            .filter(|m| m.rcpt_to == vec![to.to_owned()])
-            .collect();
-        if mine.len() >= nth {
-            let text = mine[nth - 1].text_body().expect("a text part");
-            let line = text
-                .lines()
-                .map(str::trim)
-                .find(|l| l.starts_with("http") && l.contains("/verify?"))
-                .unwrap_or_else(|| panic!("no verify link in {text}"));
-            return Url::parse(line).unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no message {nth} to {to}: {:#?}",
-            sink.messages()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sink.link_to(to, nth).await
 }
 
 fn param(url: &Url, name: &str) -> Option<String> {

@@ -17,8 +17,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-const MAIL_WAIT: Duration = Duration::from_secs(15);
-
 /// An app that signs tokens, with `extra` settings.
 async fn app_with(extra: &[(&str, &str)], pool: u32) -> TestApp {
     let mut vars = vec![
@@ -43,24 +41,8 @@ async fn signup_with(app: &TestApp, email: &str, password: &str, data: Value) ->
 /// A request to `/auth/v1` as a client behind the proxy at 127.0.0.1, which
 /// says the client is `client` (`X-Forwarded-For`).
 async fn auth_from(app: &TestApp, client: &str, path: &str, body: Value) -> Res {
-    let res = app
-        .client
-        .post(format!("{}/auth/v1{path}", app.base))
-        .header("apikey", anon_key())
-        .header("X-Supabase-Api-Version", "2024-01-01")
-        .header("x-forwarded-for", client)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.bytes().await.unwrap_or_default();
-    Res {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    let forwarded = [("x-forwarded-for", client)];
+    auth_with(app, Method::POST, path, None, Some(body), &forwarded).await
 }
 
 async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) -> Res {
@@ -73,50 +55,13 @@ async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) ->
     .await
 }
 
-/// The messages to `to`, waiting until there are at least `n`.
-async fn mail_to(sink: &SmtpSink, to: &str, n: usize) -> Vec<Received> {
-    let deadline = std::time::Instant::now() + MAIL_WAIT;
-    loop {
-        let mine: Vec<Received> = sink
-            .messages()
-            .into_iter()
-            .filter(|m| m.rcpt_to == vec![to.to_owned()])
-            .collect();
-        if mine.len() >= n {
-            return mine;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no message {n} to {to}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The token of the `/verify` link in a message.
 fn link_token(m: &Received) -> String {
-    let text = m.text_body().expect("a text part");
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("http") && l.contains("/verify?"))
-        .unwrap_or_else(|| panic!("no verify link in {text}"));
-    let url = url::Url::parse(line).unwrap();
-    url.query_pairs()
+    m.verify_link()
+        .query_pairs()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .expect("a token")
-}
-
-async fn verify(app: &TestApp, kind: &str, token_hash: &str) -> Res {
-    auth(
-        app,
-        Method::POST,
-        "/verify",
-        None,
-        Some(json!({ "type": kind, "token_hash": token_hash })),
-    )
-    .await
 }
 
 fn access_token(r: &Res) -> String {
@@ -151,7 +96,7 @@ async fn a_second_sign_up_of_an_unconfirmed_address_replaces_the_first_and_voids
     )
     .await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
-    let first_link = link_token(&mail_to(&sink, victim, 1).await[0]);
+    let first_link = link_token(&sink.wait_for_to(victim, 1).await[0]);
 
     // The owner signs up the same address, not knowing.
     let second = signup_with(&app, victim, "owner's password", json!({ "name": "Vera" })).await;
@@ -160,7 +105,7 @@ async fn a_second_sign_up_of_an_unconfirmed_address_replaces_the_first_and_voids
     assert_eq!(second.body["user_metadata"], json!({ "name": "Vera" }));
     assert_ne!(second.body["id"], first.body["id"]);
     assert_eq!(keys(&second.body), keys(&first.body));
-    let mails = mail_to(&sink, victim, 2).await;
+    let mails = sink.wait_for_to(victim, 2).await;
     let second_link = link_token(&mails[1]);
 
     // The first link is dead; the second confirms the owner's password.
@@ -279,7 +224,7 @@ async fn password_and_email_changes_need_a_recent_sign_in_or_an_emailed_nonce() 
     assert_eq!(r.body, json!({}));
     let r = auth(&app, Method::GET, "/reauthenticate", Some(&token), None).await;
     assert_error(&r, 429, "over_email_send_rate_limit");
-    let message = &mail_to(&sink, email, 1).await[0];
+    let message = &sink.wait_for_to(email, 1).await[0];
     let nonce: String = message
         .subject()
         .unwrap()

@@ -227,12 +227,7 @@ impl EndedSessions {
     /// Reads the sessions ended at or after `since` (all live ones when
     /// `None`); returns the database's clock at the read.
     pub async fn load(&self, since: Option<DateTime<Utc>>) -> Result<DateTime<Utc>, sqlx::Error> {
-        let mut tx = self.inner.pool.begin().await?;
-        sqlx::query(
-            "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)",
-        )
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = crate::core::db::auth_tx(&self.inner.pool).await?;
         let now: DateTime<Utc> = sqlx::query_scalar("select now()")
             .fetch_one(&mut *tx)
             .await?;
@@ -250,12 +245,7 @@ impl EndedSessions {
 
     /// Deletes rows whose tokens have all expired.
     async fn prune(&self) -> Result<u64, sqlx::Error> {
-        let mut tx = self.inner.pool.begin().await?;
-        sqlx::query(
-            "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)",
-        )
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = crate::core::db::auth_tx(&self.inner.pool).await?;
         let n = sqlx::query("delete from app.auth_ended_sessions where expires_at < now()")
             .execute(&mut *tx)
             .await?

@@ -433,6 +433,18 @@ impl TenantTx {
     }
 }
 
+/// A transaction of the auth server: the app role, with the auth tables
+/// (`app.auth_*`, visible only where `app.auth = on`) in view and no tenant.
+pub async fn auth_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
 /// A transaction as one user with no org context: their profile, and their
 /// own memberships across orgs (RLS shows nothing else).
 pub struct UserTx {

@@ -34,11 +34,26 @@ pub async fn auth(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> Res {
+    auth_with(app, method, path, bearer, body, &[]).await
+}
+
+/// [`auth`] with extra request headers (`X-Forwarded-For`, ...).
+pub async fn auth_with(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Res {
     let mut req = app
         .client
         .request(method, format!("{}/auth/v1{path}", app.base))
         .header("apikey", anon_key())
         .header("X-Supabase-Api-Version", "2024-01-01");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
     }
@@ -54,6 +69,18 @@ pub async fn auth(
         headers,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
+}
+
+/// `POST /verify {type, token_hash}` (supabase-js `verifyOtp`).
+pub async fn verify(app: &TestApp, kind: &str, token_hash: &str) -> Res {
+    auth(
+        app,
+        Method::POST,
+        "/verify",
+        None,
+        Some(json!({ "type": kind, "token_hash": token_hash })),
+    )
+    .await
 }
 
 pub async fn login(app: &TestApp, email: &str, password: &str) -> Res {

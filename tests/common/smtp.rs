@@ -113,6 +113,48 @@ impl SmtpSink {
     }
 }
 
+impl SmtpSink {
+    /// The messages to `to`, waiting (15 s at most) until there are `n`.
+    pub async fn wait_for_to(&self, to: &str, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mine: Vec<Received> = self
+                .messages()
+                .into_iter()
+                .filter(|m| m.rcpt_to == vec![to.to_owned()])
+                .collect();
+            if mine.len() >= n {
+                return mine;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no message {n} to {to}: {:#?}",
+                self.messages()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/verify` link of the `nth` message to `to` (waiting for it).
+    pub async fn link_to(&self, to: &str, nth: usize) -> url::Url {
+        let mine = self.wait_for_to(to, nth).await;
+        mine[nth - 1].verify_link()
+    }
+}
+
+impl Received {
+    /// The `/verify` link in the text part.
+    pub fn verify_link(&self) -> url::Url {
+        let text = self.text_body().expect("a text part");
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("http") && l.contains("/verify?"))
+            .unwrap_or_else(|| panic!("no verify link in {text}"));
+        url::Url::parse(line).unwrap()
+    }
+}
+
 const EHLO_REPLY: &str = "250-localhost\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n";
 
 async fn session(

@@ -122,12 +122,7 @@ pub async fn confirmed_email(
     pool: &sqlx::PgPool,
     user_id: Uuid,
 ) -> Result<Option<String>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = crate::core::db::auth_tx(pool).await?;
     let email = sqlx::query_scalar(
         "select email from app.auth_accounts where user_id = $1 and email_confirmed_at is not null",
     )
@@ -624,15 +619,6 @@ pub async fn update_user(
             SENSITIVE_CHANGES_PER_USER,
         )
         .await?;
-        if let Some(nonce) = &nonce {
-            let mut tx = begin(&state.pool).await?;
-            let live =
-                flows::reauthentication_nonce_is_live(&mut tx, caller.user_id, nonce).await?;
-            tx.rollback().await?;
-            if !live {
-                return Err(flows::nonce_not_valid());
-            }
-        }
         nonce
     } else {
         None
@@ -667,10 +653,11 @@ pub async fn update_user(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(sessions::session_not_found)?;
+    // The nonce is used up here, in the change's transaction: a wrong, used
+    // or expired one changes nothing.
     if let Some(nonce) = &nonce
         && !flows::use_reauthentication_nonce(&mut tx, caller.user_id, nonce).await?
     {
-        // Used by a concurrent change meanwhile.
         return Err(flows::nonce_not_valid());
     }
     let mut stale_orgs = Vec::new();
@@ -791,8 +778,8 @@ pub async fn update_user(
 }
 
 /// Whether a sensitive change needs the reauthentication nonce: `None`
-/// within the window of the session's sign-in; else the nonce to check and
-/// use up, or 400 `reauthentication_needed` without one.
+/// within the window of the session's sign-in; else the nonce to use up (in
+/// the change's transaction), or 400 `reauthentication_needed` without one.
 fn reauthentication_needed(
     state: &AppState,
     caller: &Caller,

@@ -419,27 +419,6 @@ fn nonce_hash(user_id: Uuid, nonce: &str) -> Vec<u8> {
     sha256(format!("reauthentication:{user_id}:{nonce}").as_bytes())
 }
 
-/// Whether `nonce` is the user's live reauthentication nonce.
-pub async fn reauthentication_nonce_is_live(
-    conn: &mut PgConnection,
-    user_id: Uuid,
-    nonce: &str,
-) -> Result<bool, AuthError> {
-    if nonce.len() > 16 {
-        return Ok(false);
-    }
-    Ok(sqlx::query_scalar(
-        "select exists (select 1 from app.auth_one_time_tokens
-                        where token_hash = $1 and user_id = $2 and kind = $3
-                          and used_at is null and expires_at > now())",
-    )
-    .bind(nonce_hash(user_id, nonce))
-    .bind(user_id)
-    .bind(REAUTHENTICATION)
-    .fetch_one(conn)
-    .await?)
-}
-
 /// Uses the user's live reauthentication nonce up; false when it is not
 /// (or no longer) live.
 pub async fn use_reauthentication_nonce(

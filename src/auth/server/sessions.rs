@@ -30,13 +30,7 @@ use crate::auth::ended_sessions::{Ending, end_sessions, record_ended};
 
 /// A transaction of the auth server: the app role, with the auth tables visible.
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, AuthError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
+    Ok(crate::core::db::auth_tx(pool).await?)
 }
 
 /// HMAC-SHA256 (RFC 2104) of `msg` under `key` (at most 64 bytes).
