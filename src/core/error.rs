@@ -144,6 +144,12 @@ impl DbTrouble {
     }
 }
 
+impl From<DbTrouble> for ApiError {
+    fn from(trouble: DbTrouble) -> Self {
+        trouble.into_api_error()
+    }
+}
+
 /// What a 503 asks the client to wait, in seconds.
 pub const RETRY_AFTER_SECS: u64 = 1;
 

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::core::error::ApiError;
+use crate::core::error::{ApiError, DbTrouble};
 
 /// Most spends in one statement.
 pub const MAX_BATCH: usize = 256;
@@ -134,26 +134,26 @@ async fn run(queue: Arc<Mutex<Queue>>, pool: PgPool) {
                 }
             }
             Err(e) => {
-                // Nothing of the batch was committed: every request fails
-                // alike (an error of one spend's own, like insufficient
-                // credits, is its result, not an error of the batch).
-                let busy = match &e {
-                    sqlx::Error::PoolTimedOut => true,
-                    sqlx::Error::Database(db) => {
-                        matches!(db.code().as_deref(), Some("55P03" | "57014" | "40P01"))
+                // Every request of the batch fails alike (an error of one
+                // spend's own, like insufficient credits, is its result,
+                // not an error of the batch). Mostly nothing was committed;
+                // when the connection broke while the commit's answer was
+                // on its way, it may have been: a retry with the same
+                // idempotency key then answers what was stored.
+                // A passing condition (busy, a deadlock between batches,
+                // the database unreachable) is a 503 with Retry-After,
+                // never a 500.
+                let trouble = match &e {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01") => {
+                        Some(DbTrouble::Busy)
                     }
-                    _ => false,
+                    e => DbTrouble::of(e),
                 };
-                tracing::warn!(error = %e, spends = replies.len(), "spend batch failed");
+                tracing::warn!(error = %e, ?trouble, spends = replies.len(), "spend batch failed");
                 for reply in replies {
-                    let _ = reply.send(Err(if busy {
-                        ApiError::Status {
-                            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            code: "busy",
-                            detail: "the service is busy; retry shortly".into(),
-                        }
-                    } else {
-                        ApiError::Internal(anyhow::anyhow!("spend batch failed: {e}"))
+                    let _ = reply.send(Err(match trouble {
+                        Some(trouble) => trouble.into(),
+                        None => ApiError::Internal(anyhow::anyhow!("spend batch failed: {e}")),
                     }));
                 }
             }
