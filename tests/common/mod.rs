@@ -4,12 +4,14 @@
 #![allow(dead_code)]
 
 pub mod billing;
+pub mod cluster;
 pub mod gotrue;
 pub mod smtp;
 pub mod stripe;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
@@ -45,6 +47,8 @@ pub struct TestDb {
     pub app: PgPool,
     pub app_url: String,
     pub owner_url: String,
+    /// Superuser URL of the cluster's maintenance database (drops this one).
+    admin_url: String,
 }
 
 impl TestDb {
@@ -53,8 +57,35 @@ impl TestDb {
     }
 
     pub async fn with_app_pool_size(size: u32) -> TestDb {
+        Self::create(&admin_url(), |url| async move {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .connect(&url)
+                .await
+                .unwrap()
+        })
+        .await
+    }
+
+    /// A fresh database on the cluster of `admin_url` whose app pool is the
+    /// one `tenantry serve` makes (`connect_pool`: short acquire timeout, no
+    /// ping on checkout).
+    pub async fn on_cluster(admin_url: &str, size: u32, acquire_timeout: Duration) -> TestDb {
+        Self::create(admin_url, |url| async move {
+            tenantry::core::db::connect_pool(&url, size, acquire_timeout)
+                .await
+                .expect("app pool")
+        })
+        .await
+    }
+
+    async fn create<F, Fut>(admin_url: &str, app_pool: F) -> TestDb
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = PgPool>,
+    {
         let name = format!("tenantry_test_{}", Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin_url())
+        let mut conn = PgConnection::connect(admin_url)
             .await
             .expect("connect admin");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database \"{name}\"")))
@@ -62,7 +93,7 @@ impl TestDb {
             .await
             .expect("create test database");
         conn.close().await.ok();
-        let owner_url = with_db(&admin_url(), &name);
+        let owner_url = with_db(admin_url, &name);
         let app_url = {
             let mut u = url::Url::parse(&owner_url).unwrap();
             u.set_username(APP_ROLE).unwrap();
@@ -77,17 +108,14 @@ impl TestDb {
             .connect(&owner_url)
             .await
             .unwrap();
-        let app = PgPoolOptions::new()
-            .max_connections(size)
-            .connect(&app_url)
-            .await
-            .unwrap();
+        let app = app_pool(app_url.clone()).await;
         TestDb {
             name,
             admin,
             app,
             app_url,
             owner_url,
+            admin_url: admin_url.to_owned(),
         }
     }
 }
@@ -95,6 +123,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin_url = self.admin_url.clone();
         // Drop the database from a thread with its own runtime: Drop cannot await.
         // `with (force)` ends the pools' connections; the pools belong to the
         // test's runtime and are not touched from here.
@@ -104,7 +133,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(mut c) = PgConnection::connect(&admin_url()).await {
+                if let Ok(mut c) = PgConnection::connect(&admin_url).await {
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "drop database if exists \"{name}\" with (force)"
                     )))
