@@ -311,6 +311,26 @@ async fn postgres_stopped_under_writers_answers_503_fast_loses_nothing_and_recov
         async move { seen.then_some(()) }
     })
     .await;
+    // A token naming a key this replica does not hold: the keys cannot be
+    // read now, so the answer is 503 (retry), not 401 (the token may well
+    // be good). After the outage the same token is 401.
+    let unknown_kid = unknown_key_token();
+    let me = |token: String| {
+        let (client, base) = (load.client.clone(), load.base.clone());
+        async move {
+            let res = client
+                .get(format!("{base}/api/v1/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.headers().contains_key("retry-after"))
+        }
+    };
+    assert_eq!(
+        me(unknown_kid.clone()).await,
+        (StatusCode::SERVICE_UNAVAILABLE, true)
+    );
     // The outage itself is a deliberate pause.
     let down_for = t0.elapsed() - stopped_at;
     if down_for < OUTAGE {
@@ -328,6 +348,7 @@ async fn postgres_stopped_under_writers_answers_503_fast_loses_nothing_and_recov
         async move { seen.then_some(()) }
     })
     .await;
+    assert_eq!(me(unknown_kid).await.0, StatusCode::UNAUTHORIZED);
     eventually(
         30,
         "every worker succeeding again after the restart",
@@ -435,6 +456,17 @@ async fn timed<T>(what: &str, fut: impl Future<Output = T>) -> T {
 
     assert!(took <= MAX_LATENCY, "{what} took {took:?}");
     out
+}
+
+/// An ES256 token in Tenantry's shape, signed by a key nobody published.
+fn unknown_key_token() -> String {
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("fixtures/es256_attacker.pem"))
+        .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(format!("unknown-{}", Uuid::new_v4().simple()));
+    let mut claims = claims_for(Uuid::new_v4(), "kid@outage.example");
+    claims["iss"] = json!("http://127.0.0.1:8080/auth/v1");
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 async fn outbox_rows(app: &TestApp) -> i64 {

@@ -43,6 +43,10 @@ pub enum TokenError {
     Signature,
     #[error("invalid token: {0}")]
     Invalid(&'static str),
+    /// The token names a key this process does not have and cannot load
+    /// now (the database is unreachable): not the token's fault.
+    #[error("the signing keys cannot be read right now")]
+    KeysUnavailable,
 }
 
 /// The claims Tenantry reads from a Supabase access token.
@@ -290,11 +294,10 @@ impl Verifier {
             });
         }
         match &self.keyring {
-            Some(ring) => ring
-                .decoding_key_fresh(kid)
-                .await
-                .map(own)
-                .ok_or(TokenError::UnknownKey),
+            Some(ring) => match ring.decoding_key_fresh(kid).await {
+                Ok(key) => key.map(own).ok_or(TokenError::UnknownKey),
+                Err(_) => Err(TokenError::KeysUnavailable),
+            },
             None => Err(TokenError::UnknownKey),
         }
     }

@@ -169,6 +169,10 @@ struct Inner {
     reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
+/// The signing keys could not be read (the database is unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysUnavailable;
+
 /// The signing keys, cached in memory. Cloning is cheap (one `Arc`).
 #[derive(Clone)]
 pub struct KeyRing {
@@ -306,25 +310,31 @@ impl KeyRing {
 
     /// The published key named `kid`; an unknown `kid` reloads the keys
     /// first (at most once a second), in case another process rotated them.
-    pub async fn decoding_key_fresh(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+    pub async fn decoding_key_fresh(
+        &self,
+        kid: &str,
+    ) -> Result<Option<Arc<DecodingKey>>, KeysUnavailable> {
         if let Some(k) = self.decoding_key(kid) {
-            return Some(k);
+            return Ok(Some(k));
         }
         {
             let mut last = self.inner.reload.lock().await;
             // Another task may have reloaded while this one waited.
             if let Some(k) = self.decoding_key(kid) {
-                return Some(k);
+                return Ok(Some(k));
             }
             if last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_REFRESH) {
-                return None;
+                return Ok(None);
+            }
+            if let Err(e) = self.reload_locked().await {
+                // Not counted as a reload: the next unknown kid tries again
+                // (the token may well be good: the database is away).
+                tracing::warn!(error = %format!("{e:#}"), "cannot reload the signing keys");
+                return Err(KeysUnavailable);
             }
             *last = Some(Instant::now());
-            if let Err(e) = self.reload_locked().await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot reload the signing keys");
-            }
         }
-        self.decoding_key(kid)
+        Ok(self.decoding_key(kid))
     }
 
     /// Reloads the keys if the cache is older than [`REFRESH_EVERY`]; a

@@ -36,11 +36,7 @@ impl FromRequestParts<AppState> for AuthUser {
                     .into(),
             ));
         }
-        let claims = state
-            .verifier
-            .verify(token)
-            .await
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let claims = state.verifier.verify(token).await.map_err(token_rejected)?;
         if claims.role.as_deref() != Some("authenticated") {
             return Err(ApiError::Unauthorized(
                 "token role is not allowed on user routes".into(),
@@ -109,6 +105,19 @@ impl FromRequestParts<AppState> for PlatformAdmin {
             )),
             Err(e) => Err(ApiError::Unauthorized(e.to_string())),
         }
+    }
+}
+
+/// A token that does not verify is 401; one whose key cannot be loaded
+/// right now (an outage) is 503, to retry.
+fn token_rejected(e: crate::auth::jwt::TokenError) -> ApiError {
+    match e {
+        crate::auth::jwt::TokenError::KeysUnavailable => ApiError::Status {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            detail: e.to_string(),
+        },
+        e => ApiError::Unauthorized(e.to_string()),
     }
 }
 

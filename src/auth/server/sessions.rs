@@ -357,11 +357,18 @@ pub async fn authenticate(
             format!("invalid JWT: {why}"),
         )
     };
-    let claims = state
-        .verifier
-        .verify(token)
-        .await
-        .map_err(|e| bad_jwt(e.to_string()))?;
+    let claims = state.verifier.verify(token).await.map_err(|e| match e {
+        crate::auth::jwt::TokenError::KeysUnavailable => {
+            let mut e = AuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The service is temporarily unavailable, please retry after a moment.",
+            );
+            e.retry_after = Some(crate::core::error::RETRY_AFTER_SECS);
+            e
+        }
+        e => bad_jwt(e.to_string()),
+    })?;
     let user_id = claims
         .sub
         .as_deref()
