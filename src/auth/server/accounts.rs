@@ -181,11 +181,31 @@ pub(super) fn hashing_failed(e: PasswordError) -> AuthError {
 fn user_metadata(data: Option<Value>) -> Result<Value, AuthError> {
     match data {
         None | Some(Value::Null) => Ok(json!({})),
-        Some(Value::Object(m)) => Ok(Value::Object(m)),
+        Some(Value::Object(m)) => Ok(Value::Object(storable_metadata(m)?)),
         Some(_) => Err(AuthError::bad_request(
             "bad_json",
             "Could not parse request body as JSON: data must be an object",
         )),
+    }
+}
+
+/// `data` for `user_metadata`, refused (400 `validation_failed`) when a key
+/// or a string holds U+0000, which Postgres's jsonb cannot store.
+fn storable_metadata(data: Map<String, Value>) -> Result<Map<String, Value>, AuthError> {
+    fn storable(v: &Value) -> bool {
+        match v {
+            Value::String(s) => !s.contains('\0'),
+            Value::Array(items) => items.iter().all(storable),
+            Value::Object(m) => m.iter().all(|(k, v)| !k.contains('\0') && storable(v)),
+            _ => true,
+        }
+    }
+    if data.iter().all(|(k, v)| !k.contains('\0') && storable(v)) {
+        Ok(data)
+    } else {
+        Err(AuthError::validation(
+            "data cannot contain the NUL character (\\u0000)",
+        ))
     }
 }
 
@@ -586,7 +606,7 @@ pub async fn update_user(
 ) -> Result<Value, AuthError> {
     let data = match update.data {
         None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
+        Some(Value::Object(m)) => Some(storable_metadata(m)?),
         Some(_) => {
             return Err(AuthError::bad_request(
                 "bad_json",
