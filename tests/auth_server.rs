@@ -762,6 +762,95 @@ async fn bad_input_is_a_gotrue_4xx_never_a_5xx() {
     assert_eq!(res.status(), StatusCode::OK);
 }
 
+/// What the OpenAPI document forbids is refused, GoTrue-shaped: a
+/// `GET /verify` that is no emailed link, a `PUT /user` without a body, and
+/// user metadata Postgres cannot store.
+#[tokio::test]
+async fn requests_outside_the_documented_shape_are_gotrue_400s() {
+    let app = app_with(&[]).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for query in [
+        "",
+        "?type=signup",
+        "?token=&type=signup",
+        "?token=abc",
+        "?token=abc&type=",
+        "?token=abc&type=magiclink",
+        "?redirect_to=https%3A%2F%2Fapp.example.com%2F",
+    ] {
+        let res = no_redirects
+            .get(format!("{}/auth/v1/verify{query}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(res.headers()[CONTENT_TYPE], "application/json", "{query}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "validation_failed", "{query}: {body}");
+        assert!(body["msg"].is_string(), "{body}");
+    }
+    // A link of the right shape whose token is bad still lands on the site,
+    // with the error in the fragment.
+    let res = no_redirects
+        .get(format!("{}/auth/v1/verify?token=abc&type=email", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let location = res.headers()["location"].to_str().unwrap();
+    assert!(location.contains("error_code=otp_expired"), "{location}");
+
+    let r = signup(&app, "shape@example.com").await;
+    let token = r.body["access_token"].as_str().unwrap().to_owned();
+    assert_error(
+        &auth(&app, Method::PUT, "/user", Some(&token), None).await,
+        400,
+        "bad_json",
+    );
+    let r = auth(&app, Method::PUT, "/user", Some(&token), Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // jsonb cannot hold U+0000, in a value or a key.
+    for data in [json!({ "a": "x\u{0}y" }), json!({ "a": [{ "b\u{0}": 1 }] })] {
+        let r = auth(
+            &app,
+            Method::PUT,
+            "/user",
+            Some(&token),
+            Some(json!({ "data": data })),
+        )
+        .await;
+        assert_error(&r, 400, "validation_failed");
+        let r = auth(
+            &app,
+            Method::POST,
+            "/signup",
+            None,
+            Some(json!({ "email": "nul@example.com", "password": PASSWORD, "data": data })),
+        )
+        .await;
+        assert_error(&r, 400, "validation_failed");
+    }
+    let me = auth(&app, Method::GET, "/user", Some(&token), None).await;
+    assert_eq!(me.body["user_metadata"], json!({}));
+    // Numbers come back as they went in, even next to f64's limits (jsonb
+    // prints them in full; they are read back exactly).
+    let data = json!({ "max": -1.7976931348623155e308, "tiny": 5e-324, "big": 3.402823466e38 });
+    let r = auth(
+        &app,
+        Method::PUT,
+        "/user",
+        Some(&token),
+        Some(json!({ "data": data })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let me = auth(&app, Method::GET, "/user", Some(&token), None).await;
+    assert_eq!(me.body["user_metadata"], data);
+}
+
 #[tokio::test]
 async fn without_a_signing_key_no_session_is_issued_and_no_account_created() {
     // Production profile without AUTH_KEYS_SECRET: tokens verify, none is issued.

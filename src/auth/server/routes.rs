@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -97,8 +97,12 @@ impl FromRequestParts<AppState> for Origin {
 /// A request body as a JSON object: `application/json` (or no Content-Type),
 /// or `application/x-www-form-urlencoded` (every value a string). Unknown
 /// fields are ignored, as GoTrue does (supabase-js sends
-/// `gotrue_meta_security`, `code_challenge`, ...).
-pub struct AuthBody(Map<String, Value>);
+/// `gotrue_meta_security`, `code_challenge`, ...). An empty body reads as
+/// `{}`; `sent` tells whether there was one.
+pub struct AuthBody {
+    fields: Map<String, Value>,
+    sent: bool,
+}
 
 impl FromRequest<AppState> for AuthBody {
     type Rejection = AuthError;
@@ -136,20 +140,24 @@ impl FromRequest<AppState> for AuthBody {
             _ => AuthError::bad_request("bad_json", "Could not read the request body"),
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(AuthBody(Map::new()));
+            return Ok(AuthBody {
+                fields: Map::new(),
+                sent: false,
+            });
         }
         if form {
             let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
                 .map_err(|_| AuthError::bad_request("bad_json", "Could not parse the form body"))?;
-            return Ok(AuthBody(
-                pairs
+            return Ok(AuthBody {
+                fields: pairs
                     .into_iter()
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect(),
-            ));
+                sent: true,
+            });
         }
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Ok(AuthBody(m)),
+            Ok(Value::Object(fields)) => Ok(AuthBody { fields, sent: true }),
             Ok(_) => Err(AuthError::bad_request(
                 "bad_json",
                 "Could not parse request body as JSON: expected an object",
@@ -165,7 +173,7 @@ impl FromRequest<AppState> for AuthBody {
 impl AuthBody {
     /// A string field (absent or null: None; another type: `bad_json`).
     fn string(&self, name: &str) -> Result<Option<String>, AuthError> {
-        match self.0.get(name) {
+        match self.fields.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(AuthError::bad_request(
@@ -176,7 +184,7 @@ impl AuthBody {
     }
 
     fn value(&self, name: &str) -> Option<Value> {
-        self.0.get(name).cloned()
+        self.fields.get(name).cloned()
     }
 }
 
@@ -212,7 +220,7 @@ struct SignupRequest {
     email: String,
     password: String,
     /// Initial `user_metadata`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
@@ -226,17 +234,64 @@ struct TokenRequest {
     refresh_token: Option<String>,
 }
 
+/// What an emailed token is for: `signup` or `email` (confirmation),
+/// `recovery`, `email_change`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum VerificationType {
+    Signup,
+    Email,
+    Recovery,
+    EmailChange,
+}
+
 /// `POST /verify` body: `type` and `token_hash` (the token of the emailed
 /// link), or `type`, `token` and `email`.
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
 struct VerifyBody {
-    /// `signup` or `email` (confirmation), `recovery`, `email_change`.
     #[serde(rename = "type")]
-    kind: String,
+    kind: VerificationType,
     token_hash: Option<String>,
     token: Option<String>,
     email: Option<String>,
+}
+
+/// `GET /verify` query: the link of an auth email.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct VerifyLinkQuery {
+    /// The emailed token.
+    #[param(min_length = 1)]
+    token: String,
+    #[serde(rename = "type")]
+    #[param(inline)]
+    kind: VerificationType,
+    /// Where to land: under `AUTH_SITE_URL` or in `AUTH_REDIRECT_ALLOW_LIST`
+    /// (else the site).
+    redirect_to: Option<String>,
+}
+
+/// `POST /token` `grant_type`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum GrantType {
+    Password,
+    RefreshToken,
+}
+
+/// `POST /logout` `scope`: this session (the default), all of the user's
+/// sessions, or all but this one.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum LogoutScope {
+    Local,
+    Global,
+    Others,
 }
 
 /// `POST /recover` body.
@@ -253,7 +308,7 @@ struct UserUpdateRequest {
     email: Option<String>,
     password: Option<String>,
     /// Merged into `user_metadata`; a null value removes the key.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
     /// The code `GET /reauthenticate` emailed: needed for a new `email` or
     /// `password` when the session's sign-in is older than
@@ -261,10 +316,10 @@ struct UserUpdateRequest {
     nonce: Option<String>,
 }
 
-/// A GoTrue error.
+/// A GoTrue error (every error of `/auth/v1`, `application/json`).
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
-struct AuthErrorBody {
+pub(crate) struct AuthErrorBody {
     #[schema(example = "invalid_credentials")]
     code: String,
     error_code: String,
@@ -310,8 +365,8 @@ fn can_issue(state: &AppState) -> Result<(), AuthError> {
     params(("redirect_to" = Option<String>, Query, description = "Where the confirmation link lands")),
     responses(
         (status = 200, description = "A session (autoconfirm) or the unconfirmed user", body = SessionBody),
-        (status = 400, body = AuthErrorBody), (status = 422, body = AuthErrorBody),
-        (status = 429, body = AuthErrorBody)))]
+        (status = 400, body = AuthErrorBody), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody),
+        (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn signup(
     State(state): State<AppState>,
     _key: ApiKey,
@@ -345,7 +400,8 @@ async fn signup(
 /// minutes per client IP.
 #[utoipa::path(post, path = "/auth/v1/verify", tag = "auth", request_body = VerifyBody,
     responses((status = 200, body = SessionBody),
-        (status = 400, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
+        (status = 400, body = AuthErrorBody), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody),
+        (status = 403, description = "`otp_expired`", body = AuthErrorBody),
         (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn verify_post(
     State(state): State<AppState>,
@@ -398,27 +454,29 @@ fn verification_kind(kind: Option<&str>) -> Result<TokenKind, AuthError> {
 /// `AUTH_REDIRECT_ALLOW_LIST` (else to `AUTH_SITE_URL`), with the session in
 /// the fragment (`#access_token=..&refresh_token=..&expires_in=..&token_type=bearer&type=..`)
 /// or the error (`#error=..&error_code=otp_expired&error_description=..`).
+/// A request that is no such link (no `token`, no or another `type`) is a
+/// 400 `validation_failed`, as GoTrue answers it.
 #[utoipa::path(get, path = "/auth/v1/verify", tag = "auth",
-    params(("token" = String, Query, description = "The emailed token"),
-        ("type" = String, Query, description = "`signup`, `email`, `recovery` or `email_change`"),
-        ("redirect_to" = Option<String>, Query, description = "Where to land")),
-    responses((status = 303, description = "To the site, the session or the error in the fragment")))]
+    params(VerifyLinkQuery),
+    responses((status = 303, description = "To the site, the session or the error in the fragment"),
+        (status = 400, description = "`validation_failed`: not a verification link", body = AuthErrorBody),
+        (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody)))]
 async fn verify_get(
     State(state): State<AppState>,
     _key: ApiKey,
     origin: Origin,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let redirect = query_param(query.as_deref(), "redirect_to").ok().flatten();
-    let mut target = flows::redirect_target(&state, redirect.as_deref());
-    let kind = query_param(query.as_deref(), "type").ok().flatten();
+    let link = match verify_link_query(query.as_deref()) {
+        Ok(link) => link,
+        Err(e) => return e.into_response(),
+    };
+    let mut target = flows::redirect_target(&state, link.redirect_to.as_deref());
     let outcome = async {
         can_issue(&state)?;
-        let kind_enum = verification_kind(kind.as_deref())?;
-        let token = query_param(query.as_deref(), "token")?.unwrap_or_default();
         let req = VerifyRequest {
-            kind: kind_enum,
-            token: &token,
+            kind: link.kind,
+            token: &link.token,
             email: None,
         };
         flows::verify(&state, req, &origin).await
@@ -440,7 +498,7 @@ async fn verify_get(
                 };
                 fragment.append_pair(key, &value);
             }
-            fragment.append_pair("type", kind.as_deref().unwrap_or_default());
+            fragment.append_pair("type", &link.type_name);
         }
         Err(e) => {
             let error = if e.status.is_server_error() {
@@ -465,6 +523,33 @@ async fn verify_get(
     res
 }
 
+/// The query of `GET /verify`, when it has the shape of an emailed link.
+struct VerifyLink {
+    kind: TokenKind,
+    /// `type` as sent (`signup` or `email` both confirm).
+    type_name: String,
+    token: String,
+    redirect_to: Option<String>,
+}
+
+/// A query without the shape of a link (malformed, no `token`, no or an
+/// unsupported `type`) is refused as GoTrue refuses it: 400
+/// `validation_failed`, not a redirect. Whether the token is good is for
+/// [`flows::verify`], and its failures redirect.
+fn verify_link_query(query: Option<&str>) -> Result<VerifyLink, AuthError> {
+    let type_name = query_param(query, "type")?;
+    let kind = verification_kind(type_name.as_deref())?;
+    let Some(token) = query_param(query, "token")?.filter(|t| !t.is_empty()) else {
+        return Err(AuthError::validation("Verify requires a token"));
+    };
+    Ok(VerifyLink {
+        kind,
+        type_name: type_name.unwrap_or_default(),
+        token,
+        redirect_to: query_param(query, "redirect_to")?,
+    })
+}
+
 /// Sends a password recovery link (`resetPasswordForEmail`): always `{}`,
 /// whether or not the address has an account (an email goes only to an
 /// existing, confirmed one, at most once a minute). At most 30 a minute per
@@ -472,7 +557,8 @@ async fn verify_get(
 #[utoipa::path(post, path = "/auth/v1/recover", tag = "auth", request_body = RecoverBody,
     params(("redirect_to" = Option<String>, Query, description = "Where the recovery link lands")),
     responses((status = 200, description = "`{}`", body = Object),
-        (status = 400, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
+        (status = 400, body = AuthErrorBody), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody),
+        (status = 429, body = AuthErrorBody)))]
 async fn recover(
     State(state): State<AppState>,
     _key: ApiKey,
@@ -489,9 +575,10 @@ async fn recover(
 /// Issues a session: `grant_type=password` (email, password) or
 /// `grant_type=refresh_token` (rotates the refresh token).
 #[utoipa::path(post, path = "/auth/v1/token", tag = "auth", request_body = TokenRequest,
-    params(("grant_type" = String, Query, description = "`password` or `refresh_token`")),
+    params(("grant_type" = inline(GrantType), Query)),
     responses((status = 200, body = SessionBody),
-        (status = 400, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
+        (status = 400, body = AuthErrorBody), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody),
+        (status = 429, body = AuthErrorBody)))]
 async fn token(
     State(state): State<AppState>,
     _key: ApiKey,
@@ -559,6 +646,13 @@ async fn update_user(
 ) -> Result<Json<Value>, AuthError> {
     let caller = sessions::authenticate(&state, &headers).await?;
     let body = body?;
+    if !body.sent {
+        // GoTrue refuses a missing body too; `{}` is the empty update.
+        return Err(AuthError::bad_request(
+            "bad_json",
+            "Could not parse request body as JSON: the body is empty",
+        ));
+    }
     let update = UserUpdate {
         email: body.string("email")?,
         password: body.string("password")?,
@@ -592,8 +686,9 @@ async fn reauthenticate(
 /// Signs out: `scope=local` (this session, the default), `global` (all of
 /// the user's sessions) or `others` (all but this one).
 #[utoipa::path(post, path = "/auth/v1/logout", tag = "auth",
-    params(("scope" = Option<String>, Query, description = "`local` (default), `global` or `others`")),
+    params(("scope" = inline(Option<LogoutScope>), Query)),
     responses((status = 204, description = "Signed out"),
+        (status = 400, description = "`validation_failed`: an unknown scope", body = AuthErrorBody),
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody)))]
 async fn logout(
     State(state): State<AppState>,
@@ -609,7 +704,7 @@ async fn logout(
 
 /// What this server supports, as GoTrue describes it.
 #[utoipa::path(get, path = "/auth/v1/settings", tag = "auth",
-    responses((status = 200, description = "GoTrue settings", body = Object)))]
+    responses((status = 200, description = "GoTrue settings", body = Object), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody)))]
 async fn settings(State(state): State<AppState>, _key: ApiKey) -> Json<Value> {
     let auth = &state.config.auth;
     let mut external = Map::new();
@@ -655,7 +750,7 @@ async fn settings(State(state): State<AppState>, _key: ApiKey) -> Json<Value> {
 
 /// Liveness of the auth server, as GoTrue reports it.
 #[utoipa::path(get, path = "/auth/v1/health", tag = "auth",
-    responses((status = 200, description = "`{version, name, description}`", body = Object)))]
+    responses((status = 200, description = "`{version, name, description}`", body = Object), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody)))]
 async fn health(_key: ApiKey) -> Json<Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
