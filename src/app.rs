@@ -114,7 +114,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
                        isolated per tenant by Postgres Row Level Security. Errors are application/problem+json \
                        (RFC 9457) with a stable `code`; lists are keyset-paginated (`limit`, `cursor` → `next_cursor`)."
     ),
-    components(schemas(Problem, FieldError)),
+    components(schemas(Problem, FieldError, crate::auth::server::routes::AuthErrorBody)),
     tags(
         (name = "organizations"), (name = "members"), (name = "roles"),
         (name = "invitations"), (name = "api-keys"), (name = "audit"), (name = "users"), (name = "reports"),
@@ -162,9 +162,7 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(middleware::from_fn(move |req, next| {
             read_body_first(body_limits, req, next)
         }))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }));
+        .layer(middleware::from_fn(catch_panic));
     // CORS outside the timeout and panic layers, so their problems carry CORS
     // headers too and a browser can read them.
     let router = match cors(&cfg.cors_allowed_origins) {
@@ -268,7 +266,7 @@ struct BodyLimits {
 async fn read_body_first(limits: BodyLimits, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
-    let gotrue = path.starts_with("/auth/v1/");
+    let gotrue = is_gotrue(path);
     let limit = if parts.method == Method::POST
         && path.starts_with("/api/v1/orgs/")
         && path.ends_with("/imports")
@@ -335,9 +333,38 @@ fn body_problem(gotrue: bool, too_large: bool) -> Response {
     }
 }
 
+/// Whether `path` is the auth server's, whose errors are GoTrue's
+/// (`application/json`), not problems.
+fn is_gotrue(path: &str) -> bool {
+    path.starts_with("/auth/v1/")
+}
+
+/// A panic in a handler is a 500 (in the route's error shape).
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt as _;
+    let gotrue = is_gotrue(req.uri().path());
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(res) => res,
+        Err(_) if gotrue => {
+            crate::auth::server::errors::AuthError::internal("handler panicked").into_response()
+        }
+        Err(_) => ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response(),
+    }
+}
+
 async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
+    let gotrue = is_gotrue(req.uri().path());
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
+        Err(_) if gotrue => crate::auth::server::errors::AuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "Processing this request timed out, please retry after a moment.",
+        )
+        .into_response(),
         Err(_) => ApiError::Status {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "timeout",
@@ -379,7 +406,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// Adds the bearer scheme and the error responses every route shares, so the
-/// document lists each status a route can answer with.
+/// document lists each status a route can answer with. `/api/v1` errors are
+/// `application/problem+json` [`Problem`]s; the auth server's (`/auth/v1`)
+/// are GoTrue's `application/json` `AuthErrorBody`.
 fn document_errors(api: &mut OpenApiDoc) {
     let components = api.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -391,23 +420,27 @@ fn document_errors(api: &mut OpenApiDoc) {
                 .build(),
         ),
     );
-    let problem = |desc: &str| {
+    let error = |desc: &str, media: &str, schema: &str| {
         RefOr::T(
             ResponseBuilder::new()
                 .description(desc)
                 .content(
-                    "application/problem+json",
+                    media,
                     ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .schema(Some(Ref::from_schema_name(schema)))
                         .build(),
                 )
                 .build(),
         )
     };
     for (path, item) in api.paths.paths.iter_mut() {
+        let gotrue = is_gotrue(path);
         let has_path_params = path.contains('{');
         let in_org = path.starts_with("/api/v1/orgs/{org_id}");
         let authenticated = path.starts_with("/api/v1/");
+        // Operator routes (`PlatformAdmin`); `POST .../credits/grants` is one
+        // too, and declares its 403.
+        let operator = path.starts_with("/api/v1/admin/");
         for (method, op) in [
             ("get", item.get.as_mut()),
             ("post", item.post.as_mut()),
@@ -416,7 +449,31 @@ fn document_errors(api: &mut OpenApiDoc) {
             ("delete", item.delete.as_mut()),
         ] {
             let Some(op) = op else { continue };
+            let has_body = matches!(method, "post" | "put" | "patch") && op.request_body.is_some();
             let responses = &mut op.responses.responses;
+            if gotrue {
+                let mut add = |status: &str, desc: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(desc, "application/json", "AuthErrorBody"));
+                };
+                add("500", "Unexpected failure (`unexpected_failure`)");
+                add(
+                    "503",
+                    "The request took too long (`request_timeout`); busy (`busy`) or the \
+                     database unavailable or too slow (`unavailable`, `request_timeout`), with \
+                     `Retry-After`; or no signing key (`signing_unavailable`)",
+                );
+                if has_body {
+                    add(
+                        "400",
+                        "Body is not a JSON object or a form (`bad_json`, `validation_failed`)",
+                    );
+                    add("408", "The body did not arrive in time (`request_timeout`)");
+                    add("413", "Body larger than the limit (`request_too_large`)");
+                }
+                continue;
+            }
             // Problems declared on handlers are problem+json too.
             for (status, resp) in responses.iter_mut() {
                 if (status.starts_with('4') || status.starts_with('5'))
@@ -429,10 +486,14 @@ fn document_errors(api: &mut OpenApiDoc) {
             let mut add = |status: &str, desc: &str| {
                 responses
                     .entry(status.to_owned())
-                    .or_insert_with(|| problem(desc));
+                    .or_insert_with(|| error(desc, "application/problem+json", "Problem"));
             };
             add("500", "Internal error; the body carries the request id");
-            add("503", "Timed out or not ready");
+            add(
+                "503",
+                "Timed out (`timeout`), or the database is busy or unavailable (`busy`, \
+                 `unavailable`, with `Retry-After`)",
+            );
             if authenticated {
                 add("401", "Missing or invalid bearer token (`unauthorized`)");
                 add(
@@ -443,6 +504,13 @@ fn document_errors(api: &mut OpenApiDoc) {
                     "bearer",
                     Vec::<String>::new(),
                 )]);
+            }
+            if operator {
+                add(
+                    "403",
+                    "Not a platform administrator: a user's token (`forbidden`; operator routes \
+                     need a `service_role` key)",
+                );
             }
             if has_path_params || in_org {
                 add(
@@ -456,8 +524,9 @@ fn document_errors(api: &mut OpenApiDoc) {
                     "The caller's role lacks the permission this route needs",
                 );
             }
-            if matches!(method, "post" | "put" | "patch") && op.request_body.is_some() {
+            if has_body {
                 add("400", "Body is not valid JSON (`invalid_json`)");
+                add("408", "The body did not arrive in time (`body_timeout`)");
                 add("413", "Body larger than the limit (`payload_too_large`)");
                 add(
                     "415",
@@ -595,4 +664,57 @@ pub(crate) async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every documented error has the shape its route answers with, and the
+    /// statuses every route of a kind can answer are there.
+    #[test]
+    fn errors_are_documented_as_each_route_answers_them() {
+        let (_, api) = super::api();
+        let doc = serde_json::to_value(&api).unwrap();
+        let operator_routes = ["/api/v1/admin/", "/api/v1/orgs/{org_id}/credits/grants"];
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let Some(responses) = op["responses"].as_object() else {
+                    continue;
+                };
+                for (status, res) in responses {
+                    if !(status.starts_with('4') || status.starts_with('5')) {
+                        continue;
+                    }
+                    let content = res["content"].as_object();
+                    let (media, schema) = content
+                        .and_then(|c| c.iter().next())
+                        .unwrap_or_else(|| panic!("{method} {path} {status}: no body"));
+                    assert_eq!(content.unwrap().len(), 1, "{method} {path} {status}");
+                    let (want_media, want_schema) = if super::is_gotrue(path) {
+                        ("application/json", "#/components/schemas/AuthErrorBody")
+                    } else {
+                        ("application/problem+json", "#/components/schemas/Problem")
+                    };
+                    assert_eq!(media, want_media, "{method} {path} {status}");
+                    assert_eq!(
+                        schema["schema"]["$ref"],
+                        Value::from(want_schema),
+                        "{method} {path} {status}"
+                    );
+                }
+                if operator_routes.iter().any(|r| path.starts_with(r)) {
+                    assert!(responses.contains_key("403"), "{method} {path}: no 403");
+                }
+                if op.get("requestBody").is_some() {
+                    for status in ["400", "408", "413"] {
+                        assert!(
+                            responses.contains_key(status),
+                            "{method} {path}: no {status}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -206,6 +206,8 @@ async fn release_hold(
         ("Idempotency-Key" = String, Header, description = "Unique per operation")),
     request_body = CreateGrant,
     responses((status = 201, body = Granted),
+        (status = 403, description = "Not a platform administrator: a user's token \
+            (`forbidden`; this route needs a `service_role` key)", body = Problem),
         (status = 404, body = Problem),
         (status = 409, description = "`idempotency_key_in_use`", body = Problem),
         (status = 422, description = "`idempotency_key_reused`, or invalid fields", body = Problem)))]
