@@ -25,8 +25,21 @@ use crate::config::Config;
 use crate::core::error::{ApiError, FieldError, Problem};
 use crate::core::telemetry;
 
+/// What every handler can reach. Cloned for each route and middleware a
+/// request passes through, so it is one `Arc`: a clone is one increment,
+/// whatever the state holds (fields read through `Deref`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub pool: PgPool,
     pub cache: crate::core::cache::Cache,
     pub verifier: Arc<Verifier>,
@@ -43,8 +56,8 @@ pub struct AppState {
     /// Sessions ended before their access tokens expire (refused on `/api/v1`).
     pub ended_sessions: crate::auth::ended_sessions::EndedSessions,
     /// Stops the background task that keeps `ended_sessions` current when
-    /// the last clone of the state is dropped.
-    _follow: Arc<tokio::sync::watch::Sender<bool>>,
+    /// the state is dropped.
+    _follow: tokio::sync::watch::Sender<bool>,
     /// The payment provider `PAYMENT_PROVIDER` names (Stripe or manual).
     pub payments: Arc<dyn crate::billing::payments::PaymentProvider>,
     /// Group commit of concurrent spends per org.
@@ -87,7 +100,7 @@ impl AppState {
         let payments = crate::billing::payments::provider_from_config(&config.billing)?;
         let config = Arc::new(config);
         let jobs = crate::jobs::worker::Services::new(pool.clone(), config.clone())?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(AppStateInner {
             pool,
             cache,
             verifier: Arc::new(verifier),
@@ -99,8 +112,8 @@ impl AppState {
             payments,
             spends: Default::default(),
             ended_sessions,
-            _follow: Arc::new(follow),
-        })
+            _follow: follow,
+        })))
     }
 }
 
@@ -264,6 +277,10 @@ struct BodyLimits {
 /// limit; auth-server routes get GoTrue's error shape, others problem+json.
 /// The extractors then apply their own limits and parse from memory.
 async fn read_body_first(limits: BodyLimits, req: Request, next: Next) -> Response {
+    // Nothing to wait for (most GETs): straight on.
+    if axum::body::HttpBody::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let gotrue = is_gotrue(path);
@@ -359,12 +376,15 @@ async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
     let gotrue = is_gotrue(req.uri().path());
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
-        Err(_) if gotrue => crate::auth::server::errors::AuthError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request_timeout",
-            "Processing this request timed out, please retry after a moment.",
-        )
-        .into_response(),
+        Err(_) if gotrue => {
+            let mut e = crate::auth::server::errors::AuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "Processing this request timed out, please retry after a moment.",
+            );
+            e.retry_after = Some(crate::core::error::RETRY_AFTER_SECS);
+            e.into_response()
+        }
         Err(_) => ApiError::Status {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "timeout",

@@ -159,7 +159,7 @@ async fn metrics(
         return Err(metrics_disabled("metrics are served on METRICS_ADDR"));
     }
     metrics_allowed(&state.jobs, &headers, state.config.metrics_open)?;
-    Ok(render_metrics(state.jobs).await.into_response())
+    Ok(render_metrics(state.jobs.clone()).await.into_response())
 }
 
 fn metrics_disabled(why: &str) -> ApiError {
