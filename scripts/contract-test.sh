@@ -40,6 +40,8 @@ if ! cmp -s "$REQUIREMENTS" "$VENV/contract-requirements.txt" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
   cp "$REQUIREMENTS" "$VENV/contract-requirements.txt"
 fi
+# Absolute: schemathesis runs from the work directory.
+VENV=$(realpath "$VENV")
 
 # The debug binary as `cargo test` builds it (dev-dependencies' features
 # unified): a no-op right after `cargo test`, where `cargo build` would
