@@ -20,7 +20,7 @@ SECRET="bench-secret-bench-secret-bench-secret-0123456789"
 ADMIN_URL="postgres://postgres@127.0.0.1:5432"
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet
+[ -n "${TENANTRY_BIN:-}" ] || cargo build --release --quiet
 
 psql "$ADMIN_URL/postgres" -qc "drop database if exists $DB with (force)" >/dev/null
 
@@ -63,7 +63,14 @@ echo "org $ORG has $COUNT members"
 
 # Warm up, then measure.
 wrk -t2 -c64 -d3s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/orgs/$ORG/members?limit=50" >/dev/null
+# The server's CPU time (user + system, in clock ticks) around the run.
+cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+CPU_BEFORE=$(cpu)
 wrk -t2 -c64 -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" \
-  "http://127.0.0.1:$PORT/api/v1/orgs/$ORG/members?limit=50"
+  "http://127.0.0.1:$PORT/api/v1/orgs/$ORG/members?limit=50" | tee /tmp/tenantry-bench-wrk.txt
+CPU_AFTER=$(cpu)
+REQUESTS=$(awk '/requests in/ {print $1}' /tmp/tenantry-bench-wrk.txt)
+TICKS=$(getconf CLK_TCK)
+echo "server CPU per request: $(python3 -c "print(round(($CPU_AFTER - $CPU_BEFORE) / $TICKS / $REQUESTS * 1e6, 1))") µs"
 echo "server peak RSS: $(grep VmHWM /proc/$SERVER/status | awk '{print $2, $3}')"
 echo "server RSS now:  $(grep VmRSS /proc/$SERVER/status | awk '{print $2, $3}')"
