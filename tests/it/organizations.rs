@@ -1,8 +1,7 @@
 //! Business rules of organizations, members, roles, invitations and the audit
 //! log, end to end over HTTP.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::HashSet;
 

@@ -1,7 +1,6 @@
 //! Migrations are reversible, and `migrate` leaves the app role as the
 //! tenancy rules need it.
-mod common;
-use common::*;
+use crate::common::*;
 
 use sqlx::{Connection, PgConnection};
 use tenantry::core::db;

@@ -9,8 +9,7 @@
 //! * Cells expected to succeed on a mutating route get a fixture of their own,
 //!   so one cell's change cannot decide another's outcome.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

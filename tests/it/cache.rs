@@ -1,8 +1,7 @@
 //! The tenant read cache (Redis): it serves repeated reads without Postgres,
 //! every committed change makes the org's cached reads unreachable at once,
 //! authorization is never served stale, and without Redis everything still works.
-mod common;
-use common::*;
+use crate::common::*;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};

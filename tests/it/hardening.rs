@@ -5,10 +5,9 @@
 //! stranger cannot turn against the owner, trusted proxies, and verification
 //! from the account row.
 
-mod common;
-use common::gotrue::*;
-use common::smtp::{Received, SmtpSink};
-use common::*;
+use crate::common::gotrue::*;
+use crate::common::smtp::{Received, SmtpSink};
+use crate::common::*;
 
 use std::time::Duration;
 

@@ -2,8 +2,7 @@
 //! through the same RBAC and RLS as members, revocation, expiry, the audit
 //! log, and the routes that need a user.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -7,10 +7,9 @@
 //! mirrored without undoing newer state; and the end of a superseded
 //! period's credits.
 
-mod common;
-use common::billing::*;
-use common::stripe::{FakeStripe, Gate, Recorded, event};
-use common::*;
+use crate::common::billing::*;
+use crate::common::stripe::{FakeStripe, Gate, Recorded, event};
+use crate::common::*;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -1,12 +1,10 @@
 //! The email layer against a real SMTP server (the test sink): what arrives,
 //! and how failures are classified for the job layer's retries.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::smtp::SmtpSink;
 use chrono::{TimeZone, Utc};
-use common::smtp::SmtpSink;
 use tenantry::mail::{Mailer, Template};
 
 const FROM: &str = "Tenantry <no-reply@tenantry.test>";

@@ -2,12 +2,12 @@
 //! idempotent writes, draw-down order, expiry, point-in-time balances,
 //! holds, overage and the reconcile check.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{TestApp, TestUser, service_key};
 use chrono::{DateTime, Utc};
-use common::{TestApp, TestUser, service_key};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;

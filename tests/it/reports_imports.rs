@@ -2,8 +2,7 @@
 //! store) and member imports (an uploaded CSV whose lines become
 //! invitations), end to end over HTTP with the worker running in process.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{HashMap, HashSet};
 

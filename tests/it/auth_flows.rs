@@ -2,10 +2,9 @@
 //! confirmation links (`/verify`), password recovery (`/recover`) and email
 //! change, as `@supabase/supabase-js` drives them.
 
-mod common;
-use common::gotrue::*;
-use common::smtp::SmtpSink;
-use common::*;
+use crate::common::gotrue::*;
+use crate::common::smtp::SmtpSink;
+use crate::common::*;
 
 use std::time::Duration;
 

@@ -2,12 +2,10 @@
 //! operator routes, cron ticks with several workers, the invitation email
 //! over real SMTP, metrics. (Killed and stopped processes: `jobs_process.rs`.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::smtp::SmtpSink;
-use common::*;
+use crate::common::smtp::SmtpSink;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tenantry::jobs::tasks::probe::Probe;

@@ -5,11 +5,10 @@
 //! never 500, never a hang), nothing acknowledged is lost, and the server
 //! recovers by itself.
 
-mod common;
-use common::cluster::{PgCluster, RedisServer};
-use common::gotrue::*;
-use common::smtp::SmtpSink;
-use common::*;
+use crate::common::cluster::{PgCluster, RedisServer};
+use crate::common::gotrue::*;
+use crate::common::smtp::SmtpSink;
+use crate::common::*;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,6 @@
 //! The binary as an operator runs it: configuration errors are one clear
 //! line, `serve` answers and stops cleanly on SIGTERM.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,8 +3,7 @@
 //! (no `WHERE org_id`) keeps orgs apart for raw SQL run as the app role, and
 //! that the HTTP API answers 404 for another org's resources.
 
-mod common;
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};

@@ -1,8 +1,7 @@
 //! Billing over real HTTP and Postgres: the plan catalog and its
 //! administration by platform admins (API and CLI).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::process::Command;
 

@@ -1,10 +1,9 @@
 //! The GoTrue-compatible auth server under `/auth/v1`, over real HTTP against
 //! real Postgres and Redis: the calls `@supabase/supabase-js` makes.
 
-mod common;
-use common::gotrue::*;
-use common::smtp::SmtpSink;
-use common::*;
+use crate::common::gotrue::*;
+use crate::common::smtp::SmtpSink;
+use crate::common::*;
 
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! seat limits (also under concurrency), entitlements, and the period
 //! rollover granting each period's credits once.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};

@@ -6,12 +6,11 @@
 //! write nothing, while the same user's valid token keeps working, so each
 //! rejection is due to the attack and not to the setup.
 //!
-//! The keys under `tests/fixtures/` are TEST-ONLY keys generated with openssl
-//! for this suite (see `tests/fixtures/README.md`); they are public and must
+//! The keys under `tests/it/fixtures/` are TEST-ONLY keys generated with openssl
+//! for this suite (see `tests/it/fixtures/README.md`); they are public and must
 //! never be used for anything real.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

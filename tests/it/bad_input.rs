@@ -5,8 +5,7 @@
 //! reports every case that misbehaved at once (so one broken route does not
 //! hide the others).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

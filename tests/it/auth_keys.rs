@@ -1,8 +1,7 @@
 //! Tenantry's own signing keys against a real Postgres: the JWKS, tokens
 //! signed by the key ring through the verifier, rotation without downtime,
 //! pruning, concurrent first starts, and the `admin keys` commands.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::process::Command;
 

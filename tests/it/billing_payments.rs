@@ -4,11 +4,10 @@
 //! provider's invoices, and the invoice list's tenant wall. Plan changes of
 //! Stripe-managed subscriptions are in `billing_stripe_plans.rs`.
 
-mod common;
-use common::billing::*;
-use common::smtp::SmtpSink;
-use common::stripe::{FakeStripe, event, sign, signature_header};
-use common::*;
+use crate::common::billing::*;
+use crate::common::smtp::SmtpSink;
+use crate::common::stripe::{FakeStripe, event, sign, signature_header};
+use crate::common::*;
 
 use std::time::Duration;
 

@@ -5,8 +5,7 @@
 //! owner; only an owner makes or unmakes owners; nobody grants permissions they
 //! do not hold; an invitation works once.
 
-mod common;
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use std::future::Future;

@@ -3,8 +3,7 @@
 //! `/auth/v1` served by the real router. Needs Node 20 or newer on PATH; the
 //! npm packages are installed from the lockfile on first run (`npm ci`).
 //! A machine without Node fails this test: it is never skipped.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
