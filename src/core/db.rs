@@ -461,7 +461,7 @@ impl UserTx {
         let mut tx = pool.begin().await?;
         sqlx::query("select app.enter_user($1, $2)")
             .bind(user_id)
-            .bind(invite_token_hash.map(hex))
+            .bind(invite_token_hash.map(hex::encode))
             .execute(&mut *tx)
             .await?;
         Ok(UserTx { tx, user_id })
@@ -478,10 +478,6 @@ impl UserTx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

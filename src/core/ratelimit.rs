@@ -389,12 +389,10 @@ fn bucket_key(prefix: &str, key: &str) -> String {
     if key.len() <= MAX_RAW_KEY_BYTES && !key.starts_with('#') {
         return format!("{prefix}:rl:{key}");
     }
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = format!("{prefix}:rl:#");
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!(
+        "{prefix}:rl:#{}",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
 }
 
 #[cfg(test)]

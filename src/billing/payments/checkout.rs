@@ -174,7 +174,7 @@ pub async fn start_checkout(
                 )
                 .as_bytes(),
             );
-            format!("tenantry-checkout-{}", hex(&digest[..16]))
+            format!("tenantry-checkout-{}", hex::encode(&digest[..16]))
         }
         None => format!("tenantry-checkout-{}", Uuid::new_v4().simple()),
     };
@@ -223,7 +223,7 @@ async fn create_customer(
         org_id,
         name,
         email,
-        idempotency_key: format!("tenantry-customer-{org_id}-{}", hex(&digest[..8])),
+        idempotency_key: format!("tenantry-customer-{org_id}-{}", hex::encode(&digest[..8])),
     };
     let customer_id = state.payments.create_customer(&req).await?;
     let (mut tx, _) = TenantTx::enter(&state.pool, org_id, user_id).await?;
@@ -328,8 +328,4 @@ pub async fn active_packs(conn: &mut PgConnection) -> Result<Vec<CreditPack>, sq
     )
     .fetch_all(conn)
     .await
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
