@@ -12,6 +12,7 @@
 //! Each process caches the keys and reloads them every 30 s, and at once
 //! (at most once a second) when a token names a `kid` it does not know.
 
+use crate::core::db::{SystemScope, system_tx};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -495,13 +496,9 @@ pub fn api_key(config: &Config, role: &str) -> anyhow::Result<String> {
 
 /// A transaction that may see the keys (`app.auth_keys = on`), as the app role.
 async fn begin(pool: &PgPool) -> anyhow::Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await.context("cannot reach Postgres")?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.auth_keys', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
+    system_tx(pool, SystemScope::SigningKeys)
+        .await
+        .context("cannot reach Postgres")
 }
 
 /// [`begin`], holding the lock that serialises every change to the keys.

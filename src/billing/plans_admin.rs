@@ -7,6 +7,7 @@
 //! catalog, kept by the orgs on it). Its currency cannot change while orgs
 //! subscribe to it.
 
+use crate::core::db::{SystemScope, system_tx};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -19,14 +20,7 @@ const MAX_FEATURES: usize = 64;
 
 /// A transaction as the plan administrator (the app role, no tenant).
 async fn admin_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.org_id', '', true),
-                set_config('app.plan_admin', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
+    system_tx(pool, SystemScope::PlanAdmin).await
 }
 
 /// Every plan, active or not, in catalog order.

@@ -29,7 +29,7 @@ use super::repo;
 use crate::auth::rbac::Actor;
 use crate::billing::payments::{PriceChange, SubscriptionUpdate};
 use crate::config::PaymentProviderKind;
-use crate::core::db::TenantTx;
+use crate::core::db::{SystemScope, TenantTx, system_tx};
 use crate::core::error::ApiError;
 
 /// Priority of plan-period grants: spent before purchases (priority 0).
@@ -764,7 +764,7 @@ pub async fn release_provider_change(
     change: &ProviderChange,
 ) -> Result<(), ApiError> {
     let org_id = change.before.org_id;
-    let (mut tx, _) = TenantTx::enter(pool, org_id, Uuid::nil()).await?;
+    let mut tx = TenantTx::enter_as_system(pool, org_id, SystemScope::Billing).await?;
     repo::release_provider_change(tx.conn(), org_id, change.lease).await?;
     tx.commit().await?;
     Ok(())
@@ -803,12 +803,7 @@ pub async fn rollover_due(
     let mut after: Option<Uuid> = None;
     loop {
         let ids = {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "select set_config('role', 'tenantry_app', true), set_config('app.org_id', '', true)",
-            )
-            .execute(&mut *tx)
-            .await?;
+            let mut tx = system_tx(pool, SystemScope::Billing).await?;
             let ids = repo::due_orgs(&mut tx, after, ROLLOVER_BATCH).await?;
             tx.commit().await?;
             ids
@@ -841,7 +836,7 @@ pub async fn rollover_org(
     org_id: Uuid,
     provider: PaymentProviderKind,
 ) -> Result<Rolled, ApiError> {
-    let (mut tx, _) = TenantTx::enter(pool, org_id, Uuid::nil()).await?;
+    let mut tx = TenantTx::enter_as_system(pool, org_id, SystemScope::Billing).await?;
     if !repo::try_lock_org(tx.conn(), org_id).await? {
         return Ok(Rolled::Busy);
     }

@@ -319,6 +319,22 @@ impl TenantTx {
         ))
     }
 
+    /// Begins a transaction in `org_id` as the system (scheduled work, the
+    /// worker, payment webhooks): the org's context with no user and no
+    /// membership. `scope` adds its flag, if it has one, in the same
+    /// transaction.
+    pub(crate) async fn enter_as_system(
+        pool: &PgPool,
+        org_id: Uuid,
+        scope: SystemScope,
+    ) -> Result<TenantTx, sqlx::Error> {
+        let (mut tx, _) = Self::enter(pool, org_id, Uuid::nil()).await?;
+        if let Some(sql) = scope.flag_sql() {
+            sqlx::query(sql).execute(tx.conn()).await?;
+        }
+        Ok(tx)
+    }
+
     /// Begins a transaction in `org_id` as the API key whose SHA-256 is
     /// `secret_hash`: switches to the app role, sets the org context with no
     /// user, and reads the key (live only: not revoked, not expired, its role
@@ -433,16 +449,91 @@ impl TenantTx {
     }
 }
 
-/// A transaction of the auth server: the app role, with the auth tables
-/// (`app.auth_*`, visible only where `app.auth = on`) in view and no tenant.
-pub async fn auth_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+/// What a transaction of the system's own (no user's request behind it)
+/// may see. Each scope is the app role (RLS in force) with no org context,
+/// plus at most one flag that the policies of its tables read: the only
+/// way in for work outside an org (see [`system_tx`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemScope {
+    /// The job engine's own tables (outbox writes, cron ticks, probes,
+    /// clean-up) and the due lists of scheduled work (credit grants).
+    Jobs,
+    /// The outbox relay: reads and deletes outbox rows (`app.job_relay`).
+    JobRelay,
+    /// The auth server's tables, `app.auth_*` (`app.auth`).
+    Auth,
+    /// The signing-key ring (`app.auth_keys`).
+    SigningKeys,
+    /// The payment provider's webhooks: events and the customer-to-org map
+    /// (`app.webhooks`).
+    Webhooks,
+    /// The plan catalog as a platform operator changes it (`app.plan_admin`).
+    PlanAdmin,
+    /// A platform operator's change inside one org (credit grants, manual
+    /// invoices): no flag.
+    Operator,
+    /// The subscription bookkeeping: the rollover's due list across orgs
+    /// (the org context explicitly empty), and inside one org its rollover
+    /// and plan-change leases.
+    Billing,
+}
+
+impl SystemScope {
+    /// The one statement that enters the scope.
+    fn enter_sql(self) -> &'static str {
+        match self {
+            SystemScope::Jobs => "select set_config('role', 'tenantry_app', true)",
+            SystemScope::JobRelay => {
+                "select set_config('role', 'tenantry_app', true),
+                        set_config('app.job_relay', 'on', true)"
+            }
+            SystemScope::Auth => {
+                "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)"
+            }
+            SystemScope::SigningKeys => {
+                "select set_config('role', 'tenantry_app', true),
+                        set_config('app.auth_keys', 'on', true)"
+            }
+            SystemScope::Webhooks => {
+                "select set_config('role', 'tenantry_app', true),
+                        set_config('app.webhooks', 'on', true)"
+            }
+            SystemScope::PlanAdmin => {
+                "select set_config('role', 'tenantry_app', true), set_config('app.org_id', '', true),
+                        set_config('app.plan_admin', 'on', true)"
+            }
+            SystemScope::Operator | SystemScope::Billing => {
+                "select set_config('role', 'tenantry_app', true), set_config('app.org_id', '', true)"
+            }
+        }
+    }
+
+    /// The flag this scope turns on inside an org's transaction (webhooks
+    /// that update one org's billing mirror), if any.
+    fn flag_sql(self) -> Option<&'static str> {
+        match self {
+            SystemScope::Webhooks => Some("select set_config('app.webhooks', 'on', true)"),
+            _ => None,
+        }
+    }
+}
+
+/// A transaction of the system's own in `scope`: the app role, so RLS
+/// holds, and nothing in view beyond what the scope names. Every system
+/// transaction outside an org begins here; inside one org it is
+/// [`TenantTx::enter_as_system`].
+pub async fn system_tx(
+    pool: &PgPool,
+    scope: SystemScope,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.auth', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(scope.enter_sql()).execute(&mut *tx).await?;
     Ok(tx)
+}
+
+/// A transaction of the auth server: [`SystemScope::Auth`].
+pub async fn auth_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    system_tx(pool, SystemScope::Auth).await
 }
 
 /// A transaction as one user with no org context: their profile, and their

@@ -1,6 +1,7 @@
 //! Operator actions on the job system, shared by `tenantry admin jobs` and
 //! the platform-admin API routes.
 
+use crate::core::db::{SystemScope, system_tx};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -78,10 +79,7 @@ pub async fn probe(
         .map(|_| super::envelope_for(&job, &super::Options::default()))
         .collect::<Result<Vec<_>, _>>()?;
     let ids = envelopes.iter().map(|e| e.id).collect();
-    let mut tx = services.pool.begin().await?;
-    sqlx::query("select set_config('role', 'tenantry_app', true)")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = system_tx(&services.pool, SystemScope::Jobs).await?;
     for chunk in envelopes.chunks(1000) {
         super::insert_outbox(&mut tx, chunk).await?;
     }
@@ -91,10 +89,7 @@ pub async fn probe(
 
 /// How many probes labelled `label` ran (each counted once).
 pub async fn probes_done(pool: &sqlx::PgPool, label: &str) -> anyhow::Result<i64> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select set_config('role', 'tenantry_app', true)")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = system_tx(pool, SystemScope::Jobs).await?;
     let (n,): (i64,) = sqlx::query_as("select count(*) from app.job_probes where label = $1")
         .bind(label)
         .fetch_one(&mut *tx)
@@ -134,10 +129,7 @@ pub async fn bench(
         let envelopes = (0..n)
             .map(|_| super::envelope_for(&super::tasks::probe::Noop {}, &super::Options::default()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut tx = services.pool.begin().await?;
-        sqlx::query("select set_config('role', 'tenantry_app', true)")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = system_tx(&services.pool, SystemScope::Jobs).await?;
         super::insert_outbox(&mut tx, &envelopes).await?;
         tx.commit().await?;
         let t = super::now_ms();

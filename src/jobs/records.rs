@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Envelope;
-use crate::core::db::TenantTx;
+use crate::core::db::{SystemScope, TenantTx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
@@ -169,7 +169,7 @@ async fn list(
 /// A transaction in the org of a recorded job, as no user (RLS confines it
 /// to the org; there is no membership to read).
 pub(crate) async fn org_tx(pool: &PgPool, org_id: Uuid) -> Result<TenantTx, sqlx::Error> {
-    Ok(TenantTx::enter(pool, org_id, Uuid::nil()).await?.0)
+    TenantTx::enter_as_system(pool, org_id, SystemScope::Jobs).await
 }
 
 async fn update(

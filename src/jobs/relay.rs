@@ -8,6 +8,7 @@
 //! Redis accepted it. A relay that dies between the two leaves the rows in
 //! place; the next push of the same ids is a no-op in the broker.
 
+use crate::core::db::{SystemScope, system_tx};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -88,12 +89,7 @@ pub async fn run(pool: PgPool, broker: Broker, shutdown: Shutdown) {
 
 /// Moves up to [`BATCH`] rows; returns how many.
 pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> anyhow::Result<usize> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.job_relay', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = system_tx(pool, SystemScope::JobRelay).await?;
     let rows: Vec<(Uuid, String, Option<chrono::DateTime<chrono::Utc>>, String)> = sqlx::query_as(
         "select id, queue, run_at, envelope from app.job_outbox
          order by seq limit $1 for update skip locked",
@@ -134,12 +130,7 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker) -> anyhow::Result<usize
 
 /// Rows waiting in the outbox (for metrics and `admin jobs stats`).
 pub async fn outbox_depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.job_relay', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = system_tx(pool, SystemScope::JobRelay).await?;
     let (n,): (i64,) = sqlx::query_as("select count(*) from app.job_outbox")
         .fetch_one(&mut *tx)
         .await?;

@@ -8,6 +8,7 @@
 //! neither a Redis outage nor a crash between claim and enqueue loses or
 //! doubles a tick.
 
+use crate::core::db::{SystemScope, system_tx};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -135,10 +136,7 @@ pub async fn fire(
     tick: DateTime<Utc>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let envelope = (s.make)(tick)?;
-    let mut tx = pool.begin().await?;
-    sqlx::query("select set_config('role', 'tenantry_app', true)")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = system_tx(pool, SystemScope::Jobs).await?;
     let claimed = sqlx::query(
         "insert into app.cron_ticks (name, tick, job_id) values ($1, $2, $3)
          on conflict do nothing",

@@ -966,3 +966,46 @@ async fn a_user_context_reads_its_own_rows_but_writes_nothing() {
         1
     );
 }
+
+/// The source files under `dir`, recursively.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Switching to the app role and entering an org with no user are the
+/// tenant wall's own moves: only `core/db.rs` (`TenantTx`, `UserTx`,
+/// `system_tx` and its scopes) makes them; everything else goes through it.
+#[test]
+fn only_the_db_module_switches_roles_or_enters_an_org_as_nobody() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    assert!(files.len() > 50, "the sources were not found");
+    let mut found = Vec::new();
+    for file in files {
+        if file.ends_with("src/core/db.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let compact: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            if compact.contains("set_config('role'")
+                || (compact.contains("TenantTx::enter(") && compact.contains("nil()"))
+            {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "outside src/core/db.rs:\n{}",
+        found.join("\n")
+    );
+}

@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::rbac::OrgCall;
 use crate::auth::{OrgContext, perm};
-use crate::core::db::TenantTx;
+use crate::core::db::{SystemScope, TenantTx};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery, path_uuid};
 use crate::core::pagination::{Page, PageQuery};
@@ -218,7 +218,7 @@ async fn grant_credits(
     IdempotencyKey(key): IdempotencyKey,
     ValidJson(input): ValidJson<CreateGrant>,
 ) -> Result<Outcome, ApiError> {
-    let (mut tx, _) = TenantTx::enter(&state.pool, parts.0, Uuid::nil()).await?;
+    let mut tx = TenantTx::enter_as_system(&state.pool, parts.0, SystemScope::Operator).await?;
     let exists: bool =
         sqlx::query_scalar("select exists (select 1 from organizations where id = $1)")
             .bind(parts.0)

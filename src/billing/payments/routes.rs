@@ -18,7 +18,7 @@ use super::{CheckoutSession, CreditPack, PortalSession};
 use crate::app::AppState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::{OrgContext, perm};
-use crate::core::db::TenantTx;
+use crate::core::db::{SystemScope, TenantTx};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
@@ -126,7 +126,7 @@ async fn mark_invoice_paid(
     ids: IdPath<2>,
 ) -> Result<Json<Invoice>, ApiError> {
     let [org_id, invoice_id] = ids.0;
-    let (mut tx, _) = TenantTx::enter(&state.pool, org_id, uuid::Uuid::nil()).await?;
+    let mut tx = TenantTx::enter_as_system(&state.pool, org_id, SystemScope::Operator).await?;
     let exists: bool =
         sqlx::query_scalar("select exists (select 1 from organizations where id = $1)")
             .bind(org_id)

@@ -21,7 +21,7 @@ use super::invoices::{ProviderInvoice, upsert_provider_invoice};
 use super::signature::{self, SignatureError};
 use crate::app::AppState;
 use crate::config::PaymentProviderKind;
-use crate::core::db::TenantTx;
+use crate::core::db::{SystemScope, TenantTx, system_tx};
 use crate::core::error::ApiError;
 use crate::jobs::tasks::email::SendEmail;
 use crate::mail::templates::Template;
@@ -117,24 +117,16 @@ pub async fn receive(
     };
     let mut tx = match org_hint {
         Some(org_id) => {
-            let mut tx = TenantTx::enter(&state.pool, org_id, Uuid::nil()).await?.0;
+            let mut tx =
+                TenantTx::enter_as_system(&state.pool, org_id, SystemScope::Webhooks).await?;
             // Its writes reference the org after locking the subscription:
             // wait for a request holding the org lock first.
             crate::billing::repo::key_share_org(tx.conn(), org_id).await?;
             WebhookTx::Tenant(tx)
         }
-        None => {
-            let mut tx = state.pool.begin().await?;
-            sqlx::query("select set_config('role', 'tenantry_app', true)")
-                .execute(&mut *tx)
-                .await?;
-            WebhookTx::Plain(tx)
-        }
+        None => WebhookTx::Plain(system_tx(&state.pool, SystemScope::Webhooks).await?),
     };
     let conn = tx.conn();
-    sqlx::query("select set_config('app.webhooks', 'on', true)")
-        .execute(&mut *conn)
-        .await?;
     let org_id = match org_hint {
         Some(org_id) => {
             let exists: bool =
@@ -236,12 +228,7 @@ fn unix(v: &Value) -> Option<DateTime<Utc>> {
 
 /// The org of a Stripe customer, read across orgs by the webhook handler.
 async fn org_of_customer(state: &AppState, customer: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    let mut tx = state.pool.begin().await?;
-    sqlx::query(
-        "select set_config('role', 'tenantry_app', true), set_config('app.webhooks', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = system_tx(&state.pool, SystemScope::Webhooks).await?;
     let org: Option<Uuid> = sqlx::query_scalar(
         "select org_id from app.billing_customer_orgs where provider = 'stripe' and customer_id = $1",
     )

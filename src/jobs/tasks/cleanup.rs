@@ -1,6 +1,7 @@
 //! Daily housekeeping: old cron claims, probe runs, finished import files and
 //! week-old idempotency keys.
 
+use crate::core::db::{SystemScope, system_tx};
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::{Job, JobContext, JobError};
@@ -12,10 +13,7 @@ impl Job for Cleanup {
     const KIND: &'static str = "jobs.cleanup";
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut tx = ctx.pool().begin().await?;
-        sqlx::query("select set_config('role', 'tenantry_app', true)")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = system_tx(ctx.pool(), SystemScope::Jobs).await?;
         let ticks =
             sqlx::query("delete from app.cron_ticks where tick < now() - interval '7 days'")
                 .execute(&mut *tx)

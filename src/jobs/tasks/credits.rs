@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::core::db::TenantTx;
+use crate::core::db::{SystemScope, TenantTx, system_tx};
 use crate::jobs::{Job, JobContext, JobError};
 
 /// Orgs looked up per query.
@@ -36,10 +36,7 @@ pub async fn sweep(pool: &PgPool) -> Result<usize, sqlx::Error> {
     let mut booked = 0;
     let mut failed: Vec<Uuid> = Vec::new();
     while booked + failed.len() < MAX_PER_RUN {
-        let mut tx = pool.begin().await?;
-        sqlx::query("select set_config('role', 'tenantry_app', true)")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = system_tx(pool, SystemScope::Jobs).await?;
         let due: Vec<Uuid> = sqlx::query_scalar("select app.credit_due_orgs($1)")
             .bind(BATCH + failed.len() as i32)
             .fetch_one(&mut *tx)
@@ -63,7 +60,7 @@ pub async fn sweep(pool: &PgPool) -> Result<usize, sqlx::Error> {
 }
 
 async fn book(pool: &PgPool, org_id: Uuid) -> Result<(), sqlx::Error> {
-    let (mut tx, _) = TenantTx::enter(pool, org_id, Uuid::nil()).await?;
+    let mut tx = TenantTx::enter_as_system(pool, org_id, SystemScope::Jobs).await?;
     sqlx::query("select app.credit_refresh()")
         .execute(tx.conn())
         .await?;

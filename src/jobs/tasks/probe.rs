@@ -7,6 +7,7 @@
 //! fail its first attempts on purpose to exercise leases and retries.
 //! `Noop` does nothing; it measures the pipeline's own cost.
 
+use crate::core::db::{SystemScope, system_tx};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -49,10 +50,7 @@ impl Job for Probe {
                 self.fail_attempts
             )));
         }
-        let mut tx = ctx.pool().begin().await?;
-        sqlx::query("select set_config('role', 'tenantry_app', true)")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = system_tx(ctx.pool(), SystemScope::Jobs).await?;
         sqlx::query(
             "insert into app.job_probes (job_id, label) values ($1, $2)
              on conflict (job_id) do update set runs = app.job_probes.runs + 1",
