@@ -290,33 +290,6 @@ pub async fn grant_credits(
         .await
 }
 
-/// Appends an audit row of the org in context; a system actor (a job,
-/// `Uuid::nil()`) is recorded as no actor.
-pub async fn insert_audit(
-    conn: &mut PgConnection,
-    org_id: Uuid,
-    actor_id: Uuid,
-    action: &str,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "insert into audit_log (id, org_id, actor_id, action, target_type, target_id, before, after, request_id)
-         values ($1, $2, $3, $4, 'subscription', $5, $6, $7, $8)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(org_id)
-    .bind((!actor_id.is_nil()).then_some(actor_id))
-    .bind(action)
-    .bind(org_id.to_string())
-    .bind(before)
-    .bind(after)
-    .bind(crate::core::telemetry::current_request_id())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Whether a change of the org's subscription is being made at the payment
 /// provider (its lease has not run out).
 pub async fn provider_change_in_flight(

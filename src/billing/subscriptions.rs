@@ -127,14 +127,16 @@ async fn audit(
     before: Option<&Subscription>,
     after: Option<&Subscription>,
 ) -> Result<(), ApiError> {
-    let (org_id, actor) = (tx.org_id(), tx.user_id());
-    repo::insert_audit(
-        tx.conn(),
-        org_id,
-        actor,
-        action,
-        before.map(|s| json!(s)),
-        after.map(|s| json!(s)),
+    let target_id = Some(tx.org_id().to_string());
+    crate::core::audit::record(
+        tx,
+        crate::core::audit::Entry {
+            action,
+            target_type: "subscription",
+            target_id,
+            before: before.map(|s| json!(s)),
+            after: after.map(|s| json!(s)),
+        },
     )
     .await?;
     Ok(())

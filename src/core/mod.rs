@@ -1,6 +1,7 @@
-//! Shared machinery: errors, database access and the tenant wall, pagination,
+//! Shared machinery: the audit-log writer, errors, database access and the tenant wall, pagination,
 //! request extraction and telemetry.
 
+pub mod audit;
 pub mod cache;
 pub mod client_ip;
 pub mod db;

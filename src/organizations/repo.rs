@@ -531,36 +531,6 @@ pub async fn mark_invitation_accepted(
     Ok(())
 }
 
-/// One audit-log row to append.
-pub struct AuditRecord<'a> {
-    pub org_id: Uuid,
-    pub actor_id: Uuid,
-    pub action: &'a str,
-    pub target_type: &'a str,
-    pub target_id: Option<String>,
-    pub before: Option<serde_json::Value>,
-    pub after: Option<serde_json::Value>,
-}
-
-pub async fn insert_audit(conn: &mut PgConnection, r: AuditRecord<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        "insert into audit_log (id, org_id, actor_id, action, target_type, target_id, before, after, request_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(r.org_id)
-    .bind(r.actor_id)
-    .bind(r.action)
-    .bind(r.target_type)
-    .bind(r.target_id)
-    .bind(r.before)
-    .bind(r.after)
-    .bind(crate::core::telemetry::current_request_id())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 pub async fn list_audit(
     conn: &mut PgConnection,
     org_id: Uuid,

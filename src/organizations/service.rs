@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::model::*;
-use super::repo::{self, AuditRecord};
+use super::repo;
 use crate::auth::AuthUser;
 use crate::auth::rbac::{Actor, OWNER, OWNER_ONLY, PermSet, Permission, builtin_permissions};
+use crate::core::audit;
 use crate::core::db::{TenantTx, UserTx};
 use crate::core::error::{ApiError, FieldError, is_foreign_key_violation, is_unique_violation};
 use crate::core::pagination::{Page, PageQuery};
@@ -37,13 +38,9 @@ async fn audit(
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
 ) -> Result<(), ApiError> {
-    let org_id = tx.org_id();
-    let actor_id = tx.user_id();
-    repo::insert_audit(
-        tx.conn(),
-        AuditRecord {
-            org_id,
-            actor_id,
+    audit::record(
+        tx,
+        audit::Entry {
             action,
             target_type,
             target_id,

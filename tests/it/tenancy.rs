@@ -1009,3 +1009,20 @@ fn only_the_db_module_switches_roles_or_enters_an_org_as_nobody() {
         found.join("\n")
     );
 }
+
+/// Every audit row is written by `core/audit.rs` (one SQL, one actor rule).
+#[test]
+fn the_audit_log_has_one_writer() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let writers: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap().to_lowercase();
+            text.contains("insert into audit_log")
+        })
+        .map(|f| f.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    assert_eq!(writers, ["src/core/audit.rs"]);
+}

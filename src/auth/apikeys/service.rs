@@ -11,11 +11,12 @@ use uuid::Uuid;
 use super::model::*;
 use super::repo;
 use crate::auth::rbac::{Actor, OWNER, PermSet};
+use crate::core::audit;
 use crate::core::db::TenantTx;
 use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields, RoleName};
-use crate::organizations::repo::{self as org_repo, AuditRecord};
+use crate::organizations::repo as org_repo;
 
 /// Most live (unrevoked, unexpired) keys one org may hold.
 pub const MAX_LIVE_KEYS: i64 = 100;
@@ -27,13 +28,9 @@ async fn audit(
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
 ) -> Result<(), ApiError> {
-    let org_id = tx.org_id();
-    let actor_id = tx.user_id();
-    org_repo::insert_audit(
-        tx.conn(),
-        AuditRecord {
-            org_id,
-            actor_id,
+    audit::record(
+        tx,
+        audit::Entry {
             action,
             target_type: "api_key",
             target_id: Some(key_id.to_string()),

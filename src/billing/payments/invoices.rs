@@ -237,17 +237,22 @@ pub async fn mark_paid(
     .bind(org_id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "insert into audit_log (id, org_id, actor_id, action, target_type, target_id, before, after, request_id)
-         values ($1, $2, null, 'invoice.paid', 'invoice', $3, $4, $5, $6)",
+    crate::core::audit::write(
+        conn,
+        org_id,
+        None,
+        crate::core::audit::Entry {
+            action: "invoice.paid",
+            target_type: "invoice",
+            target_id: Some(invoice_id.to_string()),
+            before: Some(serde_json::json!({
+                "status": current.status, "amount_paid_minor": current.amount_paid_minor
+            })),
+            after: Some(serde_json::json!({
+                "status": paid.status, "amount_paid_minor": paid.amount_paid_minor
+            })),
+        },
     )
-    .bind(Uuid::now_v7())
-    .bind(org_id)
-    .bind(invoice_id.to_string())
-    .bind(serde_json::json!({"status": current.status, "amount_paid_minor": current.amount_paid_minor}))
-    .bind(serde_json::json!({"status": paid.status, "amount_paid_minor": paid.amount_paid_minor}))
-    .bind(crate::core::telemetry::current_request_id())
-    .execute(&mut *conn)
     .await?;
     Ok(paid)
 }
