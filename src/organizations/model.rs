@@ -14,16 +14,6 @@ pub struct Organization {
     pub updated_at: DateTime<Utc>,
 }
 
-/// An organization with the caller's role in it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct MyOrganization {
-    pub id: Uuid,
-    pub name: String,
-    pub slug: String,
-    pub role: String,
-    pub joined_at: DateTime<Utc>,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganization {

@@ -2,7 +2,7 @@
 //! first sight, and the organizations they belong to.
 
 pub mod model;
-pub mod repo;
+mod repo;
 pub mod routes;
 pub mod service;
 

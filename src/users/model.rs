@@ -31,3 +31,13 @@ pub struct UpdateMe {
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
+
+/// An organization with the caller's role in it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct MyOrganization {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub role: String,
+    pub joined_at: DateTime<Utc>,
+}

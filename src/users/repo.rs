@@ -3,8 +3,7 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::model::User;
-use crate::organizations::model::MyOrganization;
+use super::model::{MyOrganization, User};
 
 /// Inserts the user on first sight and keeps the email in step with the token;
 /// writes nothing when nothing changed.
@@ -22,6 +21,25 @@ pub async fn upsert(conn: &mut PgConnection, id: Uuid, email: Option<&str>) -> s
     .await?;
     // `xmax <> 0`: the row was updated rather than inserted.
     Ok(changed == Some(true))
+}
+
+/// A new account's profile (the auth server's sign-up).
+pub async fn insert(conn: &mut PgConnection, id: Uuid, email: &str) -> sqlx::Result<()> {
+    sqlx::query("insert into users (id, email) values ($1, $2)")
+        .bind(id)
+        .bind(email)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_email(conn: &mut PgConnection, id: Uuid, email: &str) -> sqlx::Result<()> {
+    sqlx::query("update users set email = $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(email)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<User>> {

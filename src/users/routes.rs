@@ -5,6 +5,7 @@ use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::model::MyOrganization;
 use super::model::{UpdateMe, User};
 use super::service;
 use crate::app::AppState;
@@ -14,7 +15,6 @@ use crate::core::db::UserTx;
 use crate::core::error::ApiError;
 use crate::core::extract::{ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
-use crate::organizations::model::MyOrganization;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -1,13 +1,12 @@
 //! Business rules of the users domain.
 
-use super::model::{UpdateMe, User};
+use super::model::{MyOrganization, UpdateMe, User};
 use super::repo;
 use crate::auth::AuthUser;
 use crate::core::db::UserTx;
 use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields};
-use crate::organizations::model::MyOrganization;
 use uuid::Uuid;
 
 /// Makes sure the token's user exists (id = `sub`, email from the claim).
@@ -91,4 +90,26 @@ pub async fn my_organizations(
 pub async fn my_org_ids(tx: &mut UserTx) -> Result<Vec<Uuid>, ApiError> {
     let id = tx.user_id();
     Ok(repo::org_ids(tx.conn(), id).await?)
+}
+
+/// The profile of an account the auth server creates, in its transaction
+/// (acting as the new user).
+pub async fn create_for_account(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    email: &str,
+) -> sqlx::Result<()> {
+    repo::insert(conn, id, email).await
+}
+
+/// Moves the profile to the account's newly confirmed address, in the auth
+/// server's transaction (acting as the user). Returns the orgs whose member
+/// lists show the address, to refresh.
+pub async fn change_email(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    email: &str,
+) -> sqlx::Result<Vec<Uuid>> {
+    repo::set_email(&mut *conn, id, email).await?;
+    repo::org_ids(conn, id).await
 }

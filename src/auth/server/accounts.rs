@@ -300,11 +300,7 @@ pub async fn signup(
 
     let user_id = Uuid::new_v4();
     act_as(&mut tx, user_id).await?;
-    sqlx::query("insert into users (id, email) values ($1, $2)")
-        .bind(user_id)
-        .bind(&email)
-        .execute(&mut *tx)
-        .await?;
+    crate::users::service::create_for_account(&mut tx, user_id, &email).await?;
     let inserted = sqlx::query_as::<_, Account>(sqlx::AssertSqlSafe(format!(
         "insert into app.auth_accounts (user_id, email, encrypted_password, user_metadata,
                                         email_confirmed_at)
@@ -741,13 +737,8 @@ pub async fn update_user(
     }
     if let Some(email) = &switch_email {
         act_as(&mut tx, caller.user_id).await?;
-        sqlx::query("update users set email = $2, updated_at = now() where id = $1")
-            .bind(caller.user_id)
-            .bind(email)
-            .execute(&mut *tx)
-            .await?;
         // The member lists of the user's orgs show the email: refresh them.
-        stale_orgs = crate::users::repo::org_ids(&mut tx, caller.user_id).await?;
+        stale_orgs = crate::users::service::change_email(&mut tx, caller.user_id, email).await?;
     }
     let updated = sqlx::query_as::<_, Account>(sqlx::AssertSqlSafe(format!(
         "update app.auth_accounts set

@@ -297,12 +297,7 @@ pub async fn verify(
                 return Err(email_exists());
             }
             accounts::act_as(&mut tx, user_id).await?;
-            sqlx::query("update users set email = $2, updated_at = now() where id = $1")
-                .bind(user_id)
-                .bind(&new_email)
-                .execute(&mut *tx)
-                .await?;
-            stale_orgs = crate::users::repo::org_ids(&mut tx, user_id).await?;
+            stale_orgs = crate::users::service::change_email(&mut tx, user_id, &new_email).await?;
             let updated = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "update app.auth_accounts set
                     email = $2, email_change = null, email_change_sent_at = null,
