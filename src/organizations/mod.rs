@@ -2,7 +2,7 @@
 //! custom roles, invitations, ownership, and the audit log of every change.
 
 pub mod model;
-pub mod repo;
+mod repo;
 pub mod routes;
 pub mod service;
 

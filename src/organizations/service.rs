@@ -369,6 +369,12 @@ fn parse_permissions(field: &str, names: &[String]) -> Result<PermSet, FieldErro
     Ok(set.into_iter().collect())
 }
 
+/// The org's role named `name` (built-in or custom), if there is one.
+pub async fn find_role(tx: &mut TenantTx, name: &str) -> Result<Option<Role>, ApiError> {
+    let org_id = tx.org_id();
+    Ok(repo::get_role(tx.conn(), org_id, name).await?)
+}
+
 pub async fn list_roles(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<Role>, ApiError> {
     let limit = q.limit()?;
     let after: Option<String> = q.after()?;

@@ -16,7 +16,7 @@ use crate::core::db::TenantTx;
 use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields, RoleName};
-use crate::organizations::repo as org_repo;
+use crate::organizations::service as orgs;
 
 /// Most live (unrevoked, unexpired) keys one org may hold.
 pub const MAX_LIVE_KEYS: i64 = 100;
@@ -60,15 +60,13 @@ pub async fn create(
     f.finish()?;
     let (name, role) = (name.expect("checked"), role.expect("checked"));
     let org_id = tx.org_id();
-    let stored = org_repo::get_role(tx.conn(), org_id, role.as_str())
-        .await?
-        .ok_or_else(|| {
-            ApiError::field(
-                "role",
-                "unknown_role",
-                format!("this organization has no role {:?}", role.as_str()),
-            )
-        })?;
+    let stored = orgs::find_role(tx, role.as_str()).await?.ok_or_else(|| {
+        ApiError::field(
+            "role",
+            "unknown_role",
+            format!("this organization has no role {:?}", role.as_str()),
+        )
+    })?;
     if role.as_str() == OWNER {
         return Err(ApiError::forbidden("an API key cannot have the owner role"));
     }
