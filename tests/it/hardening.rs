@@ -712,16 +712,23 @@ async fn slow_headers_lose_their_connection() {
 
 // ------------------------------------------------------------------ 5. throttling
 
-#[tokio::test]
-async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out() {
-    let app = app_with(
+/// A server that takes the client address from `X-Forwarded-For` (the
+/// tests' requests come through 127.0.0.1, a trusted proxy), with the per-IP
+/// limit lifted so that only the per-address limits are in play.
+async fn app_behind_trusted_proxy() -> TestApp {
+    app_with(
         &[
             ("TRUSTED_PROXIES", "127.0.0.1/32"),
             ("AUTH_IP_LIMIT_PER_MIN", "100000"),
         ],
         5,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out() {
+    let app = app_behind_trusted_proxy().await;
     let email = "owner@example.com";
     assert_session(&signup_with(&app, email, PASSWORD, json!({})).await, email);
     let attacker = "203.0.113.66";
@@ -766,14 +773,7 @@ async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out() {
 
 #[tokio::test]
 async fn guessing_spread_over_many_clients_meets_the_per_address_ceiling() {
-    let app = app_with(
-        &[
-            ("TRUSTED_PROXIES", "127.0.0.1/32"),
-            ("AUTH_IP_LIMIT_PER_MIN", "100000"),
-        ],
-        5,
-    )
-    .await;
+    let app = app_behind_trusted_proxy().await;
     let email = "target@example.com";
     assert_session(&signup_with(&app, email, PASSWORD, json!({})).await, email);
     // 100 failures from 20 clients, 5 each (under each client's own limit).
