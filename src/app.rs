@@ -127,7 +127,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
                        isolated per tenant by Postgres Row Level Security. Errors are application/problem+json \
                        (RFC 9457) with a stable `code`; lists are keyset-paginated (`limit`, `cursor` → `next_cursor`)."
     ),
-    components(schemas(Problem, FieldError, crate::auth::server::routes::AuthErrorBody)),
+    components(schemas(Problem, FieldError, crate::identity::routes::AuthErrorBody)),
     tags(
         (name = "organizations"), (name = "members"), (name = "roles"),
         (name = "invitations"), (name = "api-keys"), (name = "audit"), (name = "users"), (name = "reports"),
@@ -192,11 +192,11 @@ pub fn api() -> (axum::Router<AppState>, OpenApiDoc) {
         .routes(routes!(readyz))
         .merge(crate::users::router())
         .merge(crate::organizations::router())
-        .merge(crate::auth::apikeys::router())
+        .merge(crate::apikeys::router())
         .merge(crate::jobs::routes::router())
         .merge(crate::billing::router())
         .merge(crate::reports::router().merge(crate::imports::router()))
-        .merge(crate::auth::server::router())
+        .merge(crate::identity::router())
         .split_for_parts();
     document_errors(&mut api);
     (router, api)
@@ -307,7 +307,7 @@ async fn read_body_first(limits: BodyLimits, req: Request, next: Next) -> Respon
         Err(_) => {
             let detail = "the request body did not arrive in time";
             if gotrue {
-                crate::auth::server::errors::AuthError::new(
+                crate::identity::errors::AuthError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",
                     detail,
@@ -327,7 +327,7 @@ async fn read_body_first(limits: BodyLimits, req: Request, next: Next) -> Respon
 
 /// 413 for a body past the limit, or 400 for one that broke off.
 fn body_problem(gotrue: bool, too_large: bool) -> Response {
-    use crate::auth::server::errors::AuthError;
+    use crate::identity::errors::AuthError;
     match (gotrue, too_large) {
         (true, true) => AuthError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -366,7 +366,7 @@ async fn catch_panic(req: Request, next: Next) -> Response {
     {
         Ok(res) => res,
         Err(_) if gotrue => {
-            crate::auth::server::errors::AuthError::internal("handler panicked").into_response()
+            crate::identity::errors::AuthError::internal("handler panicked").into_response()
         }
         Err(_) => ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response(),
     }
@@ -377,7 +377,7 @@ async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
         Err(_) if gotrue => {
-            let mut e = crate::auth::server::errors::AuthError::new(
+            let mut e = crate::identity::errors::AuthError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "request_timeout",
                 "Processing this request timed out, please retry after a moment.",

@@ -3,14 +3,13 @@
 //! (roles, permissions as types, and the org context that opens a tenant
 //! transaction only for an authorised caller).
 
-pub mod apikeys;
+pub mod api_key;
 pub mod ended_sessions;
 pub mod jwt;
 pub mod keys;
 pub mod password;
 pub mod principal;
 pub mod rbac;
-pub mod server;
 
 pub use principal::AuthUser;
 pub use rbac::{OrgContext, PermSet, Permission, perm};

@@ -30,7 +30,7 @@ impl FromRequestParts<AppState> for AuthUser {
             return Ok(user.clone());
         }
         let token = bearer_token(parts)?;
-        if crate::auth::apikeys::is_api_key(token) {
+        if crate::auth::api_key::is_api_key(token) {
             return Err(ApiError::Unauthorized(
                 "API keys only work on organization routes; this route needs a user's access token"
                     .into(),

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::auth::apikeys::{self, KEY_DENIED, PresentedKey};
+use crate::auth::api_key::{self, KEY_DENIED, PresentedKey};
 use crate::core::db::{MembershipRow, TenantTx};
 use crate::core::error::ApiError;
 use crate::core::extract::path_uuid;
@@ -215,9 +215,9 @@ enum Credential {
 /// `invalid_api_key`); anything else must be a user's access token.
 async fn credential(parts: &mut Parts, state: &AppState) -> Result<Credential, ApiError> {
     if let Ok(token) = crate::auth::principal::bearer_token(parts)
-        && apikeys::is_api_key(token)
+        && api_key::is_api_key(token)
     {
-        return apikeys::parse(token)
+        return api_key::parse(token)
             .map(Credential::ApiKey)
             .ok_or_else(invalid_api_key);
     }

@@ -119,7 +119,7 @@ async fn a_key_works_in_its_org_until_revoked_and_is_audited() {
         .fetch_one(&app.db.admin)
         .await
         .unwrap();
-    assert_eq!(stored, tenantry::auth::apikeys::hash(&key).to_vec());
+    assert_eq!(stored, tenantry::auth::api_key::hash(&key).to_vec());
 
     // Revoked: 401 at once; revoking again is a no-op; unknown ids are 404.
     let key_path = format!("/api/v1/orgs/{org}/api-keys/{id}");
@@ -352,7 +352,7 @@ async fn expired_unknown_and_malformed_keys_are_401() {
     assert_eq!(body["code"], "invalid_api_key");
 
     // Garbage, a well-formed unknown key, and a tampered one.
-    let (unknown, _, _) = tenantry::auth::apikeys::generate(org);
+    let (unknown, _, _) = tenantry::auth::api_key::generate(org);
     let mut tampered = key.clone();
     tampered.replace_range(20..21, if &key[20..21] == "A" { "B" } else { "A" });
     for bad in ["tnt_xxx", "tnt_", unknown.as_str(), tampered.as_str()] {
@@ -407,7 +407,7 @@ async fn keys_are_walled_in_their_org_and_refused_on_user_routes() {
 
     // In the database: a key's context sees its own org's rows only, and
     // another org's key does not open it.
-    let hash_a = tenantry::auth::apikeys::hash(&key_a);
+    let hash_a = tenantry::auth::api_key::hash(&key_a);
     let mut tx = app.db.app.begin().await.unwrap();
     let found: Vec<(Uuid,)> = sqlx::query_as("select key_id from app.enter_api_key($1, $2)")
         .bind(org_b)

@@ -1,4 +1,5 @@
-//! Org-scoped API keys for machines (scripts, integrations).
+//! The API key as a credential: its format, parsing and hash. Keys are
+//! managed (created, listed, revoked) in [`crate::apikeys`].
 //!
 //! A key is `tnt_<secret>_<org>`: `tnt_`, 43 base64url characters encoding 32
 //! random bytes, `_`, and the org id as 32 lowercase hex digits (80 characters
@@ -11,13 +12,6 @@
 //! ([`crate::auth::OrgContext`]), minus [`KEY_DENIED`]: the actions that are
 //! attributed to a user (an invitation names its inviter, a report or import
 //! job runs as the user who started it) and minting more keys.
-
-pub mod model;
-pub mod repo;
-pub mod routes;
-pub mod service;
-
-pub use routes::router;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -81,7 +81,7 @@ pub async fn create(
             format!("an organization may hold at most {MAX_LIVE_KEYS} live API keys"),
         ));
     }
-    let (key, prefix, hash) = super::generate(org_id);
+    let (key, prefix, hash) = crate::auth::api_key::generate(org_id);
     let created_by = Some(tx.user_id()).filter(|id| !id.is_nil());
     let row = repo::insert(
         tx.conn(),
