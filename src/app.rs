@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,14 +20,19 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
+use crate::auth::AuthState;
 use crate::auth::jwt::Verifier;
 use crate::config::Config;
 use crate::core::error::{ApiError, FieldError, Problem};
 use crate::core::telemetry;
+use crate::identity::IdentityState;
 
-/// What every handler can reach. Cloned for each route and middleware a
-/// request passes through, so it is one `Arc`: a clone is one increment,
-/// whatever the state holds (fields read through `Deref`).
+/// The process's state, assembled here and nowhere else. Routers and
+/// extractors below the root never see it: each asks for the small
+/// sub-states it needs (`PgPool`, `Cache`, [`AuthState`], [`IdentityState`],
+/// ...), which axum takes from here through the `FromRef` impls below.
+/// Cloned for each route and middleware a request passes through, so it is
+/// one `Arc`.
 #[derive(Clone)]
 pub struct AppState(Arc<AppStateInner>);
 
@@ -48,14 +53,13 @@ pub struct AppStateInner {
     pub jobs: crate::jobs::worker::Services,
     /// The keys that sign Tenantry's own access tokens.
     pub keys: crate::auth::keys::KeyRing,
-    /// Password hashing for the auth server (argon2id on a bounded pool).
-    pub hasher: crate::auth::password::Hasher,
-    /// Brute-force limits of the auth server (Redis; in this process's
-    /// memory while Redis is down).
-    pub limiter: crate::core::ratelimit::RateLimiter,
-    /// Sessions ended before their access tokens expire (refused on `/api/v1`).
-    pub ended_sessions: crate::auth::ended_sessions::EndedSessions,
-    /// Stops the background task that keeps `ended_sessions` current when
+    /// What the auth extractors need.
+    pub auth: AuthState,
+    /// The GoTrue-compatible server's state.
+    pub identity: IdentityState,
+    /// Invitation links and their lifetime.
+    pub invites: Arc<crate::organizations::service::InviteSettings>,
+    /// Stops the background task that keeps the ended sessions current when
     /// the state is dropped.
     _follow: tokio::sync::watch::Sender<bool>,
     /// The payment provider `PAYMENT_PROVIDER` names (Stripe or manual).
@@ -70,10 +74,10 @@ impl AppState {
     /// `verifier` accept tokens they signed.
     pub async fn new(pool: PgPool, config: Config, verifier: Verifier) -> anyhow::Result<AppState> {
         let keys = crate::auth::keys::KeyRing::load(&pool, &config).await?;
-        let verifier = match verifier.keyring() {
+        let verifier = Arc::new(match verifier.keyring() {
             Some(_) => verifier,
             None => verifier.with_keyring(keys.clone()),
-        };
+        });
         let cache = crate::core::cache::Cache::new(
             &config.redis_url,
             &config.cache_prefix,
@@ -98,22 +102,72 @@ impl AppState {
         let (follow, following) = tokio::sync::watch::channel(false);
         tokio::spawn(ended_sessions.clone().follow(following));
         let payments = crate::billing::payments::provider_from_config(&config.billing)?;
+        let invites = Arc::new(crate::organizations::service::InviteSettings::from_config(
+            &config,
+        ));
         let config = Arc::new(config);
         let jobs = crate::jobs::worker::Services::new(pool.clone(), config.clone())?;
+        let auth = AuthState::new(
+            verifier.clone(),
+            ended_sessions.clone(),
+            pool.clone(),
+            cache.clone(),
+            config.jwt.require_email_verified,
+        );
+        let identity = IdentityState::new(crate::identity::state::Inner {
+            pool: pool.clone(),
+            cache: cache.clone(),
+            config: config.clone(),
+            keys: keys.clone(),
+            verifier: verifier.clone(),
+            hasher,
+            limiter,
+            ended_sessions,
+        });
         Ok(AppState(Arc::new(AppStateInner {
             pool,
             cache,
-            verifier: Arc::new(verifier),
+            verifier,
             config,
             jobs,
             keys,
-            hasher,
-            limiter,
+            auth,
+            identity,
+            invites,
             payments,
             spends: Default::default(),
-            ended_sessions,
             _follow: follow,
         })))
+    }
+}
+
+impl FromRef<AppState> for PgPool {
+    fn from_ref(s: &AppState) -> PgPool {
+        s.pool.clone()
+    }
+}
+
+impl FromRef<AppState> for crate::core::cache::Cache {
+    fn from_ref(s: &AppState) -> Self {
+        s.cache.clone()
+    }
+}
+
+impl FromRef<AppState> for AuthState {
+    fn from_ref(s: &AppState) -> Self {
+        s.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for IdentityState {
+    fn from_ref(s: &AppState) -> Self {
+        s.identity.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<crate::organizations::service::InviteSettings> {
+    fn from_ref(s: &AppState) -> Self {
+        s.invites.clone()
     }
 }
 

@@ -1,19 +1,23 @@
 //! HTTP layer of API keys: `apikeys:manage` on every route.
 
 use axum::Json;
+use axum::extract::FromRef;
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::*;
 use super::service;
-use crate::app::AppState;
-use crate::auth::{OrgContext, perm};
+use crate::auth::{AuthState, OrgContext, perm};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(revoke_api_key))

@@ -19,7 +19,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::rbac::Permission;
+use crate::auth::permissions::Permission;
 
 /// Every API key starts with this.
 pub const KEY_PREFIX: &str = "tnt_";

@@ -8,8 +8,11 @@ pub mod ended_sessions;
 pub mod jwt;
 pub mod keys;
 pub mod password;
+pub mod permissions;
 pub mod principal;
 pub mod rbac;
+pub mod state;
 
 pub use principal::AuthUser;
 pub use rbac::{OrgContext, PermSet, Permission, perm};
+pub use state::AuthState;

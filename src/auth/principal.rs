@@ -1,10 +1,10 @@
 //! Who is calling: a verified bearer token of a signed-in user.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::{header, request::Parts};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use super::AuthState;
 use crate::core::error::ApiError;
 
 /// A user authenticated by an access token with `role: authenticated`.
@@ -22,10 +22,25 @@ pub struct AuthUser {
     pub own: bool,
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    AuthState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        AuthUser::authenticate(parts, &AuthState::from_ref(state)).await
+    }
+}
+
+impl AuthUser {
+    /// The signed-in user of a request (once per request: the result is kept
+    /// in the request's extensions).
+    pub(crate) async fn authenticate(
+        parts: &mut Parts,
+        state: &AuthState,
+    ) -> Result<AuthUser, ApiError> {
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(user.clone());
         }
@@ -74,8 +89,7 @@ impl FromRequestParts<AppState> for AuthUser {
         }
         let user = AuthUser {
             id,
-            email_verified: !claims.own
-                && claims.email_verified(state.config.jwt.require_email_verified),
+            email_verified: !claims.own && claims.email_verified(state.require_email_verified),
             own: claims.own,
             email: claims
                 .email
@@ -92,10 +106,15 @@ impl FromRequestParts<AppState> for AuthUser {
 #[derive(Debug, Clone)]
 pub struct PlatformAdmin;
 
-impl FromRequestParts<AppState> for PlatformAdmin {
+impl<S> FromRequestParts<S> for PlatformAdmin
+where
+    S: Send + Sync,
+    AuthState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let state = AuthState::from_ref(state);
         let token = bearer_token(parts)?;
         match state.verifier.verify_service(token) {
             Ok(_) => Ok(PlatformAdmin),

@@ -61,7 +61,7 @@ pub struct Cache {
     /// Milliseconds since `started` until which Redis is considered down.
     down_until: Arc<AtomicU64>,
     started: Instant,
-    prefix: String,
+    prefix: Arc<str>,
     ttl_secs: u64,
     read: Arc<redis::Script>,
 }
@@ -83,7 +83,7 @@ impl Cache {
             conn: Some(conn),
             down_until: Default::default(),
             started: Instant::now(),
-            prefix: prefix.to_owned(),
+            prefix: prefix.into(),
             ttl_secs: ttl.as_secs().max(1),
             read: Arc::new(redis::Script::new(READ_SCRIPT)),
         })

@@ -3,19 +3,20 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::errors::AuthError;
-use super::flows::{self, TokenKind};
+use super::limits::{limit, per_ip};
+use super::links::{self, TokenKind};
 use super::sessions::{self, Caller, Origin, begin};
-use crate::app::AppState;
+use super::state::IdentityState;
+use super::store::{Account, COLUMNS, act_as, by_email, by_id, parse_email};
 use crate::auth::ended_sessions::{Ending, end_sessions};
 use crate::auth::password::{self, PasswordError};
 use crate::core::ratelimit::{Decision, Quota};
-use crate::core::validate::Email;
 use crate::jobs::tasks::email::SendEmail;
 use crate::mail::templates::Template;
 
@@ -35,119 +36,6 @@ pub const SENSITIVE_CHANGES_PER_USER: Quota = Quota::new(5, Duration::from_secs(
 /// Least time between two confirmation (or email change) emails to one address.
 pub(super) const CONFIRMATION_RESEND_SECS: i64 = 60;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Account {
-    pub user_id: Uuid,
-    pub email: String,
-    pub encrypted_password: Option<String>,
-    pub email_confirmed_at: Option<DateTime<Utc>>,
-    pub confirmation_sent_at: Option<DateTime<Utc>>,
-    pub app_metadata: Value,
-    pub user_metadata: Value,
-    pub banned_until: Option<DateTime<Utc>>,
-    pub last_sign_in_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub recovery_sent_at: Option<DateTime<Utc>>,
-    /// The address a pending (unconfirmed) email change switches to.
-    pub email_change: Option<String>,
-    pub email_change_sent_at: Option<DateTime<Utc>>,
-}
-
-pub(super) const COLUMNS: &str = "user_id, email, encrypted_password, email_confirmed_at, \
-     confirmation_sent_at, app_metadata, user_metadata, banned_until, last_sign_in_at, \
-     created_at, updated_at, recovery_sent_at, email_change, email_change_sent_at";
-
-impl Account {
-    pub fn is_banned(&self) -> bool {
-        self.banned_until.is_some_and(|t| t > Utc::now())
-    }
-
-    /// The GoTrue user object (`new_email`, `email_change_sent_at` and
-    /// `recovery_sent_at` only when set, as GoTrue omits them).
-    pub fn user_json(&self) -> Value {
-        let mut user = json!({
-            "id": self.user_id,
-            "aud": "authenticated",
-            "role": "authenticated",
-            "email": self.email,
-            "email_confirmed_at": self.email_confirmed_at,
-            "phone": "",
-            "confirmation_sent_at": self.confirmation_sent_at,
-            "confirmed_at": self.email_confirmed_at,
-            "last_sign_in_at": self.last_sign_in_at,
-            "app_metadata": self.app_metadata,
-            "user_metadata": self.user_metadata,
-            "identities": [],
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "is_anonymous": false,
-        });
-        if let Some(e) = &self.email_change {
-            user["new_email"] = json!(e);
-        }
-        if let Some(t) = self.email_change_sent_at {
-            user["email_change_sent_at"] = json!(t);
-        }
-        if let Some(t) = self.recovery_sent_at {
-            user["recovery_sent_at"] = json!(t);
-        }
-        user
-    }
-}
-
-pub async fn by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Account>, AuthError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from app.auth_accounts where user_id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?)
-}
-
-pub(super) async fn by_email(
-    conn: &mut PgConnection,
-    email: &str,
-) -> Result<Option<Account>, AuthError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from app.auth_accounts where email = $1"
-    )))
-    .bind(email)
-    .fetch_optional(conn)
-    .await?)
-}
-
-/// The user's confirmed email address (`None`: no account, or not confirmed).
-pub async fn confirmed_email(
-    pool: &sqlx::PgPool,
-    user_id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    let mut tx = crate::core::db::auth_tx(pool).await?;
-    let email = sqlx::query_scalar(
-        "select email from app.auth_accounts where user_id = $1 and email_confirmed_at is not null",
-    )
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.rollback().await?;
-    Ok(email)
-}
-
-/// Makes `user_id` the user of the transaction, for the `users` row (RLS).
-pub(super) async fn act_as(conn: &mut PgConnection, user_id: Uuid) -> Result<(), AuthError> {
-    sqlx::query("select set_config('app.user_id', $1, true)")
-        .bind(user_id.to_string())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub(super) fn parse_email(raw: &str) -> Result<String, AuthError> {
-    Email::parse("email", raw)
-        .map(|e| e.as_str().to_owned())
-        .map_err(|_| AuthError::validation("Unable to validate email address: invalid format"))
-}
-
 fn check_new_password(password: &str) -> Result<(), AuthError> {
     match password::check_policy(password) {
         Ok(()) => Ok(()),
@@ -166,7 +54,7 @@ fn check_new_password(password: &str) -> Result<(), AuthError> {
     }
 }
 
-async fn hash(state: &AppState, password: &str) -> Result<String, AuthError> {
+async fn hash(state: &IdentityState, password: &str) -> Result<String, AuthError> {
     state.hasher.hash(password).await.map_err(hashing_failed)
 }
 
@@ -211,7 +99,7 @@ fn storable_metadata(data: Map<String, Value>) -> Result<Map<String, Value>, Aut
 
 /// `POST /signup`.
 pub async fn signup(
-    state: &AppState,
+    state: &IdentityState,
     email: &str,
     password: &str,
     data: Option<Value>,
@@ -365,14 +253,14 @@ fn obfuscated_user(email: &str, metadata: Value) -> Value {
 /// A confirmation token (hashed, 24 h) and its email (a link to
 /// `GET /verify`), in the transaction.
 async fn send_confirmation(
-    state: &AppState,
+    state: &IdentityState,
     conn: &mut PgConnection,
     account: &Account,
     redirect_to: Option<&str>,
 ) -> Result<Account, AuthError> {
     let token =
-        flows::issue_token(&mut *conn, account.user_id, TokenKind::Confirmation, None).await?;
-    let url = flows::verify_link(state, &token, "signup", redirect_to)?;
+        links::issue_token(&mut *conn, account.user_id, TokenKind::Confirmation, None).await?;
+    let url = links::verify_link(state, &token, "signup", redirect_to)?;
     crate::jobs::enqueue(
         &mut *conn,
         &SendEmail {
@@ -403,15 +291,8 @@ pub(super) async fn mark_signed_in(
     .await?)
 }
 
-pub(super) async fn limit(state: &AppState, key: &str, quota: Quota) -> Result<(), AuthError> {
-    match state.limiter.check(key, quota).await {
-        Decision::Allowed { .. } => Ok(()),
-        Decision::Limited { retry_after } => Err(AuthError::rate_limited(retry_after)),
-    }
-}
-
 /// As [`limit`], for limits on emails sent (`over_email_send_rate_limit`).
-async fn limit_sends(state: &AppState, key: &str, quota: Quota) -> Result<(), AuthError> {
+async fn limit_sends(state: &IdentityState, key: &str, quota: Quota) -> Result<(), AuthError> {
     match state.limiter.check(key, quota).await {
         Decision::Allowed { .. } => Ok(()),
         Decision::Limited { retry_after } => {
@@ -429,7 +310,7 @@ async fn limit_sends(state: &AppState, key: &str, quota: Quota) -> Result<(), Au
 
 /// `POST /token?grant_type=password`.
 pub async fn password_grant(
-    state: &AppState,
+    state: &IdentityState,
     email: &str,
     password: &str,
     origin: &Origin,
@@ -479,7 +360,7 @@ pub async fn password_grant(
 
 /// The sign-in itself, once the limits allow it.
 async fn check_password(
-    state: &AppState,
+    state: &IdentityState,
     email: &str,
     password: &str,
     origin: &Origin,
@@ -564,7 +445,7 @@ async fn check_password(
 }
 
 /// `GET /user`.
-pub async fn get_user(state: &AppState, caller: Caller) -> Result<Value, AuthError> {
+pub async fn get_user(state: &IdentityState, caller: Caller) -> Result<Value, AuthError> {
     let mut tx = begin(&state.pool).await?;
     let account = by_id(&mut tx, caller.user_id)
         .await?
@@ -595,7 +476,7 @@ pub struct UserUpdate {
 /// `reauthentication_not_valid`). A stolen access token alone cannot take
 /// the account over.
 pub async fn update_user(
-    state: &AppState,
+    state: &IdentityState,
     caller: Caller,
     update: UserUpdate,
     redirect_to: Option<&str>,
@@ -672,9 +553,9 @@ pub async fn update_user(
     // The nonce is used up here, in the change's transaction: a wrong, used
     // or expired one changes nothing.
     if let Some(nonce) = &nonce
-        && !flows::use_reauthentication_nonce(&mut tx, caller.user_id, nonce).await?
+        && !links::use_reauthentication_nonce(&mut tx, caller.user_id, nonce).await?
     {
-        return Err(flows::nonce_not_valid());
+        return Err(links::nonce_not_valid());
     }
     let mut stale_orgs = Vec::new();
     let mut metadata = match account.user_metadata.clone() {
@@ -716,9 +597,9 @@ pub async fn update_user(
                 }
             }
             let token =
-                flows::issue_token(&mut tx, caller.user_id, TokenKind::EmailChange, Some(email))
+                links::issue_token(&mut tx, caller.user_id, TokenKind::EmailChange, Some(email))
                     .await?;
-            let url = flows::verify_link(state, &token, "email_change", redirect_to)?;
+            let url = links::verify_link(state, &token, "email_change", redirect_to)?;
             crate::jobs::enqueue(
                 &mut tx,
                 &SendEmail {
@@ -780,7 +661,7 @@ pub async fn update_user(
             state.keys.access_token_ttl(),
         )
         .await?;
-        flows::void_tokens(&mut tx, caller.user_id, TokenKind::Recovery).await?;
+        links::void_tokens(&mut tx, caller.user_id, TokenKind::Recovery).await?;
     }
     tx.commit().await?;
     state.ended_sessions.announce(&ended).await;
@@ -792,7 +673,7 @@ pub async fn update_user(
 /// within the window of the session's sign-in; else the nonce to use up (in
 /// the change's transaction), or 400 `reauthentication_needed` without one.
 fn reauthentication_needed(
-    state: &AppState,
+    state: &IdentityState,
     caller: &Caller,
     nonce: Option<&str>,
 ) -> Result<Option<String>, AuthError> {
@@ -808,11 +689,6 @@ fn reauthentication_needed(
             "Password update requires reauthentication",
         )),
     }
-}
-
-/// The per-client-IP quota of sign-up, sign-in, verify and recover.
-pub fn per_ip(state: &AppState) -> Quota {
-    Quota::per_minute(state.config.auth.ip_limit_per_min)
 }
 
 /// A Go-style duration as GoTrue's admin API takes it (`"24h"`, `"90m"`,
@@ -860,7 +736,7 @@ pub fn parse_ban_duration(s: &str) -> Option<Option<chrono::Duration>> {
 /// and, within seconds on every replica, by `/api/v1`),
 /// or lifts the ban with `"none"`.
 pub async fn set_ban(
-    state: &AppState,
+    state: &IdentityState,
     user_id: Uuid,
     ban: Option<chrono::Duration>,
 ) -> Result<Value, AuthError> {

@@ -7,11 +7,20 @@
 //!
 //! Its tables (`app.auth_*`) are visible only to transactions that set
 //! `app.auth = on` ([`sessions::begin`]); tenant code never sees them.
+//!
+//! Inside, imports run one way: `routes` → `accounts`, `flows` (what the
+//! endpoints do) → `sessions`, `links`, `limits` → `store` (the account
+//! rows), `errors`, `state`.
 
 pub mod accounts;
 pub mod errors;
 pub mod flows;
+pub mod limits;
+pub mod links;
 pub mod routes;
 pub mod sessions;
+pub mod state;
+pub mod store;
 
 pub use routes::router;
+pub use state::IdentityState;

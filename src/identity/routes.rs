@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawQuery, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRef, FromRequest, FromRequestParts, RawQuery, Request, State,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -17,11 +19,17 @@ use utoipa_axum::routes;
 
 use super::accounts::{self, UserUpdate};
 use super::errors::{AuthError, api_version_header};
-use super::flows::{self, TokenKind, VerifyRequest};
+use super::flows::{self, VerifyRequest};
+use super::limits;
+use super::links::{self, TokenKind};
 use super::sessions::{self, Origin};
-use crate::app::AppState;
+use super::state::IdentityState;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    IdentityState: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(jwks))
         .routes(routes!(signup))
@@ -44,10 +52,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// are accepted (GoTrue itself does not check it; Supabase's gateway does).
 pub struct ApiKey;
 
-impl FromRequestParts<AppState> for ApiKey {
+impl<S> FromRequestParts<S> for ApiKey
+where
+    S: Send + Sync,
+    IdentityState: FromRef<S>,
+{
     type Rejection = AuthError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AuthError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
+        let state = IdentityState::from_ref(state);
         let Some(value) = parts.headers.get("apikey") else {
             return Ok(ApiKey);
         };
@@ -67,13 +80,15 @@ impl FromRequestParts<AppState> for ApiKey {
     }
 }
 
-impl FromRequestParts<AppState> for Origin {
+impl<S> FromRequestParts<S> for Origin
+where
+    S: Send + Sync,
+    IdentityState: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = IdentityState::from_ref(state);
         Ok(Origin {
             // The peer, or what trusted proxies say of the client: other
             // forwarding headers are the client's to forge.
@@ -104,10 +119,13 @@ pub struct AuthBody {
     sent: bool,
 }
 
-impl FromRequest<AppState> for AuthBody {
+impl<S> FromRequest<S> for AuthBody
+where
+    S: Send + Sync,
+{
     type Rejection = AuthError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, AuthError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, AuthError> {
         let mime = req.headers().get(header::CONTENT_TYPE).map(|v| {
             v.to_str()
                 .unwrap_or("")
@@ -202,13 +220,13 @@ fn redirect_to(query: Option<&str>, body: &AuthBody) -> Result<Option<String>, A
 }
 
 async fn limit_ip(
-    state: &AppState,
+    state: &IdentityState,
     what: &str,
     origin: &Origin,
     quota: crate::core::ratelimit::Quota,
 ) -> Result<(), AuthError> {
     let ip = origin.limit_key();
-    accounts::limit(state, &format!("auth:{what}:ip:{ip}"), quota).await
+    limits::limit(state, &format!("auth:{what}:ip:{ip}"), quota).await
 }
 
 // ------------------------------------------------------------------ documentation types
@@ -346,7 +364,7 @@ struct SessionBody {
 /// Sessions need a signing key: without `AUTH_KEYS_SECRET` (outside `dev`)
 /// this server verifies tokens but issues none — a clear 503, before any
 /// account is created.
-fn can_issue(state: &AppState) -> Result<(), AuthError> {
+fn can_issue(state: &IdentityState) -> Result<(), AuthError> {
     if state.keys.can_sign() {
         return Ok(());
     }
@@ -368,7 +386,7 @@ fn can_issue(state: &AppState) -> Result<(), AuthError> {
         (status = 400, body = AuthErrorBody), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody),
         (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn signup(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     origin: Origin,
     RawQuery(query): RawQuery,
@@ -377,7 +395,7 @@ async fn signup(
     if state.config.auth.autoconfirm {
         can_issue(&state)?;
     }
-    limit_ip(&state, "signup", &origin, accounts::per_ip(&state)).await?;
+    limit_ip(&state, "signup", &origin, limits::per_ip(&state)).await?;
     let email = body.string("email")?.unwrap_or_default();
     let password = body.string("password")?.unwrap_or_default();
     let redirect = redirect_to(query.as_deref(), &body)?;
@@ -404,7 +422,7 @@ async fn signup(
         (status = 403, description = "`otp_expired`", body = AuthErrorBody),
         (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn verify_post(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     origin: Origin,
     body: AuthBody,
@@ -462,7 +480,7 @@ fn verification_kind(kind: Option<&str>) -> Result<TokenKind, AuthError> {
         (status = 400, description = "`validation_failed`: not a verification link", body = AuthErrorBody),
         (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody)))]
 async fn verify_get(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     origin: Origin,
     RawQuery(query): RawQuery,
@@ -471,7 +489,7 @@ async fn verify_get(
         Ok(link) => link,
         Err(e) => return e.into_response(),
     };
-    let mut target = flows::redirect_target(&state, link.redirect_to.as_deref());
+    let mut target = links::redirect_target(&state, link.redirect_to.as_deref());
     let outcome = async {
         can_issue(&state)?;
         let req = VerifyRequest {
@@ -560,7 +578,7 @@ fn verify_link_query(query: Option<&str>) -> Result<VerifyLink, AuthError> {
         (status = 400, body = AuthErrorBody), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody),
         (status = 429, body = AuthErrorBody)))]
 async fn recover(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     origin: Origin,
     RawQuery(query): RawQuery,
@@ -580,7 +598,7 @@ async fn recover(
         (status = 400, body = AuthErrorBody), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody),
         (status = 429, body = AuthErrorBody)))]
 async fn token(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     origin: Origin,
     RawQuery(query): RawQuery,
@@ -615,7 +633,7 @@ async fn token(
     responses((status = 200, description = "The GoTrue user object", body = Object),
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody)))]
 async fn get_user(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AuthError> {
@@ -638,7 +656,7 @@ async fn get_user(
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
         (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn update_user(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -674,7 +692,7 @@ async fn update_user(
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
         (status = 422, body = AuthErrorBody), (status = 429, body = AuthErrorBody)))]
 async fn reauthenticate(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AuthError> {
@@ -691,7 +709,7 @@ async fn reauthenticate(
         (status = 400, description = "`validation_failed`: an unknown scope", body = AuthErrorBody),
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody)))]
 async fn logout(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     _key: ApiKey,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -705,7 +723,7 @@ async fn logout(
 /// What this server supports, as GoTrue describes it.
 #[utoipa::path(get, path = "/auth/v1/settings", tag = "auth",
     responses((status = 200, description = "GoTrue settings", body = Object), (status = 401, description = "`invalid_api_key`: the `apikey` header is not a key of this server", body = AuthErrorBody)))]
-async fn settings(State(state): State<AppState>, _key: ApiKey) -> Json<Value> {
+async fn settings(State(state): State<IdentityState>, _key: ApiKey) -> Json<Value> {
     let auth = &state.config.auth;
     let mut external = Map::new();
     for provider in [
@@ -793,7 +811,7 @@ struct Jwk {
 #[utoipa::path(get, path = "/auth/v1/.well-known/jwks.json", tag = "auth",
     responses((status = 200, body = Jwks,
         headers(("cache-control" = String, description = "public, max-age=300")))))]
-async fn jwks(State(state): State<AppState>) -> Response {
+async fn jwks(State(state): State<IdentityState>) -> Response {
     state.keys.refresh_if_stale().await;
     let mut res = Json(state.keys.jwks()).into_response();
     res.headers_mut().insert(
@@ -814,7 +832,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
         (status = 401, body = AuthErrorBody), (status = 403, body = AuthErrorBody),
         (status = 404, body = AuthErrorBody), (status = 400, body = AuthErrorBody)))]
 async fn admin_update_user(
-    State(state): State<AppState>,
+    State(state): State<IdentityState>,
     headers: HeaderMap,
     axum::extract::Path(user_id): axum::extract::Path<String>,
     body: AuthBody,

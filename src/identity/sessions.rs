@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::accounts::{self, Account};
 use super::errors::AuthError;
-use crate::app::AppState;
+use super::state::IdentityState;
+use super::store::{self, Account};
 use crate::auth::ended_sessions::{Ending, end_sessions, record_ended};
 
 /// A transaction of the auth server: the app role, with the auth tables visible.
@@ -47,7 +47,7 @@ pub fn sha256(data: &[u8]) -> Vec<u8> {
 }
 
 /// The key refresh tokens are derived with.
-fn refresh_key(state: &AppState) -> Result<[u8; 32], AuthError> {
+fn refresh_key(state: &IdentityState) -> Result<[u8; 32], AuthError> {
     let secret = state.config.auth.keys_secret.as_ref().ok_or_else(|| {
         AuthError::internal("AUTH_KEYS_SECRET is not set: this server cannot issue sessions")
     })?;
@@ -109,7 +109,7 @@ impl Origin {
 
 /// Starts a session for `account` and returns the session response.
 pub async fn start(
-    state: &AppState,
+    state: &IdentityState,
     conn: &mut PgConnection,
     account: &Account,
     origin: &Origin,
@@ -140,7 +140,7 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// The session response: a fresh access token, the refresh token and the user.
 pub fn response(
-    state: &AppState,
+    state: &IdentityState,
     account: &Account,
     session_id: Uuid,
     session_started: DateTime<Utc>,
@@ -186,7 +186,7 @@ struct TokenRow {
 }
 
 /// `grant_type=refresh_token`.
-pub async fn refresh(state: &AppState, token: &str) -> Result<Value, AuthError> {
+pub async fn refresh(state: &IdentityState, token: &str) -> Result<Value, AuthError> {
     let not_found = || {
         AuthError::bad_request(
             "refresh_token_not_found",
@@ -221,7 +221,7 @@ pub async fn refresh(state: &AppState, token: &str) -> Result<Value, AuthError> 
             "Invalid Refresh Token: Session Expired (Revoked by Newer Login)",
         ));
     }
-    let account = accounts::by_id(&mut tx, row.user_id)
+    let account = store::by_id(&mut tx, row.user_id)
         .await?
         .ok_or_else(not_found)?;
     if account.is_banned() {
@@ -323,7 +323,7 @@ pub struct Caller {
 /// `no_authorization` without one, 403 `bad_jwt` when it does not verify,
 /// 403 `user_not_found` / `session_not_found` when they are gone.
 pub async fn authenticate(
-    state: &AppState,
+    state: &IdentityState,
     headers: &axum::http::HeaderMap,
 ) -> Result<Caller, AuthError> {
     let token = headers
@@ -398,7 +398,7 @@ pub async fn authenticate(
 
 /// `POST /logout?scope=`: ends sessions (their refresh tokens go with
 /// them, and their access tokens stop working on `/api/v1` too).
-pub async fn logout(state: &AppState, caller: Caller, scope: &str) -> Result<(), AuthError> {
+pub async fn logout(state: &IdentityState, caller: Caller, scope: &str) -> Result<(), AuthError> {
     let ending = match scope {
         "local" => Ending::One(caller.session_id),
         "global" => Ending::All,

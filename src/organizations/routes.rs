@@ -2,23 +2,33 @@
 //! the result. Each org route names its permission in its `OrgContext` type.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
+use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::*;
 use super::service;
-use crate::app::AppState;
 use crate::auth::rbac::OrgView;
-use crate::auth::{AuthUser, OrgContext, perm};
+use crate::auth::{AuthState, AuthUser, OrgContext, perm};
+use crate::core::cache::Cache;
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::RoleName;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+    PgPool: FromRef<S>,
+    Cache: FromRef<S>,
+    Arc<service::InviteSettings>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(create_org))
         .routes(routes!(get_org, update_org, delete_org))
@@ -41,15 +51,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 409, description = "`slug_taken`", body = Problem),
     ))]
 async fn create_org(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
+    State(cache): State<Cache>,
     user: AuthUser,
     ValidJson(input): ValidJson<CreateOrganization>,
 ) -> Result<(StatusCode, Json<Organization>), ApiError> {
-    let mut utx = crate::core::db::UserTx::enter(&state.pool, user.id, None).await?;
+    let mut utx = crate::core::db::UserTx::enter(&pool, user.id, None).await?;
     let stale = crate::users::service::provision(&mut utx, &user).await?;
     let (tx, org) = service::create_org(utx, input).await?;
     tx.commit().await?;
-    state.cache.invalidate_orgs(&stale).await;
+    cache.invalidate_orgs(&stale).await;
     Ok((StatusCode::CREATED, Json(org)))
 }
 
@@ -249,18 +260,12 @@ async fn list_invitations(
     responses((status = 201, body = CreatedInvitation),
         (status = 409, description = "`already_member`, `invitation_exists`", body = Problem)))]
 async fn create_invitation(
-    State(state): State<AppState>,
+    State(settings): State<Arc<service::InviteSettings>>,
     mut ctx: OrgContext<perm::InvitationsManage>,
     ValidJson(input): ValidJson<CreateInvitation>,
 ) -> Result<(StatusCode, Json<CreatedInvitation>), ApiError> {
     let actor = ctx.lock().await?;
-    let inv = service::create_invitation(
-        &mut ctx.tx,
-        &actor,
-        &service::InviteSettings::from_config(&state.config),
-        input,
-    )
-    .await?;
+    let inv = service::create_invitation(&mut ctx.tx, &actor, &settings, input).await?;
     ctx.commit_changes().await?;
     Ok((StatusCode::CREATED, Json(inv)))
 }
@@ -287,13 +292,14 @@ async fn revoke_invitation(
         (status = 409, description = "`invitation_used`, `already_member`", body = Problem),
         (status = 410, description = "`invitation_expired`", body = Problem)))]
 async fn accept_invitation(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
+    State(cache): State<Cache>,
     user: AuthUser,
     ValidJson(input): ValidJson<AcceptInvitation>,
 ) -> Result<Json<AcceptedInvitation>, ApiError> {
-    let (accepted, mut stale) = service::accept_invitation(&state.pool, &user, input).await?;
+    let (accepted, mut stale) = service::accept_invitation(&pool, &user, input).await?;
     stale.push(accepted.organization.id);
-    state.cache.invalidate_orgs(&stale).await;
+    cache.invalidate_orgs(&stale).await;
     Ok(Json(accepted))
 }
 

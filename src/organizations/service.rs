@@ -702,7 +702,7 @@ pub async fn accept_invitation(
     // Tenantry's own users: the account row says which address is
     // confirmed (a token's claims are not evidence). Others: the token.
     let verified_email = if user.own {
-        crate::identity::accounts::confirmed_email(pool, user.id).await?
+        crate::identity::store::confirmed_email(pool, user.id).await?
     } else {
         user.email.clone().filter(|_| user.email_verified)
     };
