@@ -76,12 +76,12 @@ pub async fn probe(
         fail_attempts,
     };
     let envelopes = (0..count)
-        .map(|_| super::envelope_for(&job, &super::Options::default()))
+        .map(|_| super::outbox::envelope_for(&job, &super::outbox::Options::default()))
         .collect::<Result<Vec<_>, _>>()?;
     let ids = envelopes.iter().map(|e| e.id).collect();
     let mut tx = system_tx(&services.pool, SystemScope::Jobs).await?;
     for chunk in envelopes.chunks(1000) {
-        super::insert_outbox(&mut tx, chunk).await?;
+        super::outbox::insert_outbox(&mut tx, chunk).await?;
     }
     tx.commit().await?;
     Ok(ids)
@@ -127,12 +127,17 @@ pub async fn bench(
     while left > 0 {
         let n = left.min(batch);
         let envelopes = (0..n)
-            .map(|_| super::envelope_for(&super::tasks::probe::Noop {}, &super::Options::default()))
+            .map(|_| {
+                super::outbox::envelope_for(
+                    &super::tasks::probe::Noop {},
+                    &super::outbox::Options::default(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = system_tx(&services.pool, SystemScope::Jobs).await?;
-        super::insert_outbox(&mut tx, &envelopes).await?;
+        super::outbox::insert_outbox(&mut tx, &envelopes).await?;
         tx.commit().await?;
-        let t = super::now_ms();
+        let t = super::outbox::now_ms();
         committed_at.extend(envelopes.iter().map(|e| (e.id, t)));
         left -= n;
         // Paced: hold the offered load at `rate` jobs per second.

@@ -16,8 +16,9 @@ use croner::Cron;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::job::Job;
+use super::outbox::{Envelope, Options, envelope_for, insert_outbox};
 use super::worker::Shutdown;
-use super::{Envelope, Job, Options};
 
 /// A periodic job: a name, a cron expression (with seconds) and the job.
 pub struct Schedule {
@@ -36,7 +37,7 @@ impl Schedule {
         Schedule {
             name: name.to_owned(),
             cron,
-            make: Box::new(move |tick| super::envelope_for(&job(tick), &Options::default())),
+            make: Box::new(move |tick| envelope_for(&job(tick), &Options::default())),
         }
     }
 }
@@ -152,7 +153,7 @@ pub async fn fire(
         return Ok(None);
     }
     let id = envelope.id;
-    super::insert_outbox(&mut tx, &[envelope]).await?;
+    insert_outbox(&mut tx, &[envelope]).await?;
     tx.commit().await?;
     Ok(Some(id))
 }

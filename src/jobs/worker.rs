@@ -11,7 +11,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::broker::{Broker, Delivery};
-use super::{Envelope, Job, JobError, RetryPolicy, metrics, records};
+use super::job::{Job, JobError, RetryPolicy};
+use super::outbox::{Envelope, now_ms};
+use super::{metrics, records};
 use crate::config::Config;
 
 /// What jobs need: the database, the broker, email and file storage.
@@ -320,7 +322,7 @@ async fn run_one(
     delivery: Delivery,
     ack: &mpsc::Sender<(Uuid, u32, i64)>,
 ) {
-    let started = super::now_ms();
+    let started = now_ms();
     let kind = kind_of(&delivery).to_owned();
     let span = tracing::info_span!(
         "job",
@@ -346,7 +348,7 @@ async fn run_one(
             metrics::observe_start_latency(&kind, (started - since).max(0) as f64 / 1000.0);
         }
         let result = execute(&services, registry, &delivery).await;
-        let secs = (super::now_ms() - started) as f64 / 1000.0;
+        let secs = (now_ms() - started) as f64 / 1000.0;
         metrics::observe_run_time(&kind, secs);
         match result {
             Ok(()) => {
