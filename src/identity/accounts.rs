@@ -16,7 +16,7 @@ use crate::auth::ended_sessions::{Ending, end_sessions};
 use crate::auth::password::{self, PasswordError};
 use crate::core::ratelimit::{Decision, Quota};
 use crate::core::validate::Email;
-use crate::jobs::tasks::email::SendEmail;
+use crate::mail::SendEmail;
 use crate::mail::templates::Template;
 
 /// Failed sign-ins per (address, client): past it that client waits, while

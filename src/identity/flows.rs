@@ -23,7 +23,7 @@ use super::errors::AuthError;
 use super::sessions::{self, Origin, begin, sha256};
 use crate::app::AppState;
 use crate::core::ratelimit::Quota;
-use crate::jobs::tasks::email::SendEmail;
+use crate::mail::SendEmail;
 use crate::mail::templates::Template;
 
 /// `/verify` guesses per client IP. The limiter cannot refund, so every

@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
+use sqlx::PgPool;
+use uuid::Uuid;
 
-pub use super::worker::JobContext;
+use crate::core::error::ApiError;
 
 /// A kind of job: its payload type, queue, retry policy and handler.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -15,11 +17,42 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The queue it runs on; each queue has its own concurrency.
     const QUEUE: &'static str = "default";
 
+    /// What the handler needs besides the database (a mailer, a file
+    /// store, settings): given once, when the kind is registered with the
+    /// worker. Enqueuing a job needs none of it.
+    type Deps: Clone + Send + Sync + 'static;
+
     fn policy() -> RetryPolicy {
         RetryPolicy::default()
     }
 
-    fn run(self, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+    fn run(
+        self,
+        deps: &Self::Deps,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+/// One delivery of a job, as its handler sees it.
+#[derive(Clone)]
+pub struct JobContext {
+    pub pool: PgPool,
+    pub id: Uuid,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub request_id: Option<String>,
+    pub org_id: Option<Uuid>,
+}
+
+impl JobContext {
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether this is the last attempt the job gets.
+    pub fn last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
 }
 
 /// How often and how long a job kind is tried.
@@ -95,11 +128,27 @@ impl JobError {
                 "job_failed",
                 "the job failed and cannot succeed; an operator can see why".to_owned(),
             ),
-            JobError::Retry(e) if super::worker::is_outage(e) => (
+            JobError::Retry(e) if is_outage(e) => (
                 "unavailable",
                 format!("a service the job needs was unavailable; {outcome}"),
             ),
             JobError::Retry(_) => ("internal_error", format!("the job failed; {outcome}")),
+        }
+    }
+
+    /// A service error seen by a job: what no retry can fix (the requester
+    /// left, lost a permission, or the input is invalid) is permanent.
+    pub fn from_service(e: ApiError) -> JobError {
+        match e {
+            ApiError::Internal(e) => JobError::Retry(e),
+            ApiError::Status { status, .. } if status.is_server_error() => {
+                JobError::Retry(anyhow::anyhow!("{status}: the database is busy"))
+            }
+            // The service's own answer, written for clients.
+            other => JobError::Refused {
+                code: other.code(),
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -120,4 +169,19 @@ impl From<redis::RedisError> for JobError {
     fn from(e: redis::RedisError) -> Self {
         JobError::Retry(e.into())
     }
+}
+
+/// Whether an error is an outage of the database or the broker rather than
+/// the job's own failure: such attempts are retried without being counted.
+pub(crate) fn is_outage(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(db) = cause.downcast_ref::<sqlx::Error>() {
+            return crate::core::error::DbTrouble::of(db)
+                == Some(crate::core::error::DbTrouble::Unavailable);
+        }
+        if let Some(r) = cause.downcast_ref::<redis::RedisError>() {
+            return r.is_io_error() || r.is_connection_dropped() || r.is_timeout();
+        }
+        false
+    })
 }

@@ -18,36 +18,27 @@
 //!   transaction that enqueues its job.
 //!
 //! Delivery is at least once: handlers are written to be idempotent.
+//!
+//! This is the engine only: it knows no domain. Each domain owns its job
+//! kinds (a [`Job`] with the dependencies its handler needs, given when the
+//! kind is registered); [`crate::background`] registers them and names the
+//! cron schedules. The engine's own kinds are the [`probe`]s and the
+//! [`cleanup`] of its tables.
 
 pub mod admin;
 pub mod broker;
+pub mod cleanup;
+pub mod engine;
 pub mod job;
 pub mod metrics;
 pub mod outbox;
+pub mod probe;
 pub mod records;
 pub mod relay;
 pub mod routes;
 pub mod scheduler;
-pub mod tasks;
 pub mod worker;
 
+pub use engine::Engine;
 pub use job::{Job, JobContext, JobError, RetryPolicy};
 pub use outbox::{Envelope, Options, enqueue, enqueue_with, envelope_for, insert_outbox};
-
-/// Runs the relay, the worker and the scheduler until `shutdown`; returns
-/// once running jobs finished (or the grace period ended).
-pub async fn run_background(services: worker::Services, shutdown: worker::Shutdown) {
-    let relay = tokio::spawn(relay::run(
-        services.pool.clone(),
-        services.broker.clone(),
-        shutdown.clone(),
-    ));
-    let scheduler = tokio::spawn(scheduler::run(
-        services.pool.clone(),
-        scheduler::schedules(&services.config),
-        shutdown.clone(),
-    ));
-    worker::run(services, worker::registry(), shutdown).await;
-    let _ = relay.await;
-    let _ = scheduler.await;
-}

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod model;
 pub mod routes;
+pub mod sweep;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};

@@ -4,15 +4,16 @@
 use crate::core::db::{SystemScope, system_tx};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{Job, JobContext, JobError};
+use super::job::{Job, JobContext, JobError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cleanup {}
 
 impl Job for Cleanup {
     const KIND: &'static str = "jobs.cleanup";
+    type Deps = ();
 
-    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+    async fn run(self, _: &(), ctx: JobContext) -> Result<(), JobError> {
         let mut tx = system_tx(ctx.pool(), SystemScope::Jobs).await?;
         let ticks =
             sqlx::query("delete from app.cron_ticks where tick < now() - interval '7 days'")
