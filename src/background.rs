@@ -12,6 +12,7 @@ use croner::Cron;
 use object_store::ObjectStore;
 use sqlx::PgPool;
 
+use crate::billing::credits::prune::IdempotencyPrune;
 use crate::billing::credits::sweep::CreditsSweep;
 use crate::billing::rollover::Rollover;
 use crate::config::Config;
@@ -68,6 +69,7 @@ pub fn registry(bg: &Background) -> Registry {
         .register::<Noop>(())
         .register::<Cleanup>(())
         .register::<CreditsSweep>(())
+        .register::<IdempotencyPrune>(())
         .register::<BuildReport>(bg.report_store.clone())
         .register::<ImportMembers>(InviteSettings::from_config(&bg.config))
         .register::<Rollover>(bg.config.billing.provider)
@@ -80,6 +82,11 @@ pub fn schedules(config: &Config) -> Vec<Schedule> {
             "jobs.cleanup",
             "0 17 3 * * *".parse().expect("valid cron"),
             |_| Cleanup {},
+        ),
+        Schedule::new(
+            "billing.idempotency_prune",
+            "0 17 3 * * *".parse().expect("valid cron"),
+            |_| IdempotencyPrune {},
         ),
         Schedule::new(
             "billing.credits_sweep",
@@ -163,6 +170,21 @@ mod tests {
         let first = next_tick(&cleanup.cron, after).unwrap();
         let second = next_tick(&cleanup.cron, first).unwrap();
         assert_eq!(first, Utc.with_ymd_and_hms(2026, 1, 2, 3, 17, 0).unwrap());
+        assert_eq!(second - first, chrono::Duration::days(1));
+    }
+
+    #[test]
+    fn idempotency_keys_are_pruned_daily() {
+        let config =
+            crate::config::Config::from_lookup(crate::config::Profile::Dev, |_| None).unwrap();
+        let s = schedules(&config);
+        let prune = s
+            .iter()
+            .find(|s| s.name == "billing.idempotency_prune")
+            .unwrap();
+        let after = Utc.with_ymd_and_hms(2026, 1, 1, 4, 0, 0).unwrap();
+        let first = next_tick(&prune.cron, after).unwrap();
+        let second = next_tick(&prune.cron, first).unwrap();
         assert_eq!(second - first, chrono::Duration::days(1));
     }
 

@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod model;
+pub mod prune;
 pub mod routes;
 pub mod sweep;
 
