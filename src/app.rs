@@ -49,8 +49,8 @@ pub struct AppStateInner {
     pub cache: crate::core::cache::Cache,
     pub verifier: Arc<Verifier>,
     pub config: Arc<Config>,
-    /// Broker, mailer and report store (shared with in-process workers).
-    pub jobs: crate::jobs::worker::Services,
+    /// The job engine, mailer and report store (shared with in-process workers).
+    pub jobs: crate::background::Background,
     /// The keys that sign Tenantry's own access tokens.
     pub keys: crate::auth::keys::KeyRing,
     /// What the auth extractors need.
@@ -106,7 +106,7 @@ impl AppState {
             &config,
         ));
         let config = Arc::new(config);
-        let jobs = crate::jobs::worker::Services::new(pool.clone(), config.clone())?;
+        let jobs = crate::background::Background::new(pool.clone(), config.clone())?;
         let auth = AuthState::new(
             verifier.clone(),
             ended_sessions.clone(),
@@ -632,14 +632,12 @@ pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let metrics_addr = config.metrics_addr;
     let state = AppState::new(pool.clone(), config, verifier).await?;
     let (stop, stopped) = crate::jobs::worker::Shutdown::new();
-    let background = with_worker.then(|| {
-        tokio::spawn(crate::jobs::run_background(
-            state.jobs.clone(),
-            stopped.clone(),
-        ))
-    });
+    let background = with_worker
+        .then(|| tokio::spawn(crate::background::run(state.jobs.clone(), stopped.clone())));
     if let Some(addr) = metrics_addr {
-        spawn_metrics_listener(addr, state.jobs.clone(), limits, stopped.clone()).await?;
+        let token = state.config.jobs.metrics_token.clone();
+        let engine = state.jobs.engine.clone();
+        spawn_metrics_listener(addr, engine, token, limits, stopped.clone()).await?;
     }
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -670,7 +668,8 @@ pub fn server_limits(config: &Config) -> crate::core::http_server::ServerLimits 
 /// `METRICS_TOKEN` is set.
 async fn spawn_metrics_listener(
     addr: std::net::SocketAddr,
-    jobs: crate::jobs::worker::Services,
+    engine: crate::jobs::Engine,
+    token: Option<String>,
     limits: crate::core::http_server::ServerLimits,
     stopped: crate::jobs::worker::Shutdown,
 ) -> anyhow::Result<()> {
@@ -681,10 +680,11 @@ async fn spawn_metrics_listener(
         .route(
             "/metrics",
             axum::routing::get(move |headers: axum::http::HeaderMap| {
-                let jobs = jobs.clone();
+                let engine = engine.clone();
+                let token = token.clone();
                 async move {
-                    crate::jobs::routes::metrics_allowed(&jobs, &headers, true)?;
-                    Ok::<_, ApiError>(crate::jobs::routes::render_metrics(jobs).await)
+                    crate::jobs::routes::metrics_allowed(token.as_deref(), &headers, true)?;
+                    Ok::<_, ApiError>(crate::jobs::routes::render_metrics(engine).await)
                 }
             }),
         );
@@ -708,16 +708,18 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
     .await?;
     let metrics_addr = config.jobs.worker_metrics_addr;
     let limits = server_limits(&config);
-    let services = crate::jobs::worker::Services::new(pool.clone(), Arc::new(config))?;
+    let token = config.jobs.metrics_token.clone();
+    let background = crate::background::Background::new(pool.clone(), Arc::new(config))?;
     let (stop, stopped) = crate::jobs::worker::Shutdown::new();
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
     if let Some(addr) = metrics_addr {
-        spawn_metrics_listener(addr, services.clone(), limits, stopped.clone()).await?;
+        let engine = background.engine.clone();
+        spawn_metrics_listener(addr, engine, token, limits, stopped.clone()).await?;
     }
-    crate::jobs::run_background(services, stopped).await;
+    crate::background::run(background, stopped).await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())

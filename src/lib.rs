@@ -5,6 +5,7 @@
 pub mod apikeys;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod billing;
 pub mod config;
 pub mod core;

@@ -256,27 +256,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
     use tenantry::jobs::admin;
     let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
-    let services = tenantry::jobs::worker::Services::new(pool, std::sync::Arc::new(config))?;
+    let engine = tenantry::background::engine(pool, &config)?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     match action {
-        JobsAction::Stats => print(&admin::stats(&services).await?),
+        JobsAction::Stats => print(&admin::stats(&engine).await?),
         JobsAction::Dead { limit } => {
-            for job in admin::dead(&services.broker, limit.clamp(1, 10_000), None).await? {
+            for job in admin::dead(&engine.broker, limit.clamp(1, 10_000), None).await? {
                 print(&job);
             }
         }
-        JobsAction::Show { id } => match services.broker.dead_job(id).await? {
+        JobsAction::Show { id } => match engine.broker.dead_job(id).await? {
             Some(job) => print(&job),
             None => anyhow::bail!("no dead job {id}"),
         },
         JobsAction::Retry { id } => {
-            if !admin::retry(&services, id).await? {
+            if !admin::retry(&engine, id).await? {
                 anyhow::bail!("no dead job {id}");
             }
             println!("requeued {id}");
         }
         JobsAction::Discard { id } => {
-            if !admin::discard(&services, id).await? {
+            if !admin::discard(&engine, id).await? {
                 anyhow::bail!("no dead job {id}");
             }
             println!("discarded {id}");
@@ -288,13 +288,13 @@ async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
             wait_secs,
         } => {
             let label = format!("admin:{}", uuid::Uuid::now_v7());
-            let ids = admin::probe(&services, count, &label, sleep_ms, fail_attempts).await?;
+            let ids = admin::probe(&engine, count, &label, sleep_ms, fail_attempts).await?;
             println!("enqueued {} probe jobs ({label})", ids.len());
             if wait_secs > 0 {
                 let start = std::time::Instant::now();
                 let deadline = start + std::time::Duration::from_secs(wait_secs);
                 loop {
-                    let done = admin::probes_done(&services.pool, &label).await?;
+                    let done = admin::probes_done(&engine.pool, &label).await?;
                     if done >= count as i64 {
                         println!("all {count} ran in {:.2} s", start.elapsed().as_secs_f64());
                         break;
@@ -308,7 +308,7 @@ async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
         }
         JobsAction::Bench { count, batch, rate } => {
             let rate = rate.filter(|r| *r > 0.0);
-            let report = admin::bench(&services, count, batch.max(1), rate).await?;
+            let report = admin::bench(&engine, count, batch.max(1), rate).await?;
             print(&report);
         }
     }

@@ -5,6 +5,7 @@ pub mod model;
 pub mod payments;
 pub mod plans_admin;
 pub mod repo;
+pub mod rollover;
 pub mod routes;
 pub mod subscriptions;
 

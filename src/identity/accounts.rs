@@ -17,7 +17,7 @@ use super::store::{Account, COLUMNS, act_as, by_email, by_id, parse_email};
 use crate::auth::ended_sessions::{Ending, end_sessions};
 use crate::auth::password::{self, PasswordError};
 use crate::core::ratelimit::{Decision, Quota};
-use crate::jobs::tasks::email::SendEmail;
+use crate::mail::SendEmail;
 use crate::mail::templates::Template;
 
 /// Failed sign-ins per (address, client): past it that client waits, while

@@ -24,7 +24,7 @@ use super::sessions::{self, Origin, begin, sha256};
 use super::state::IdentityState;
 use super::store::{self, Account, COLUMNS};
 use crate::core::ratelimit::Quota;
-use crate::jobs::tasks::email::SendEmail;
+use crate::mail::SendEmail;
 use crate::mail::templates::Template;
 
 /// `/verify` guesses per client IP. The limiter cannot refund, so every

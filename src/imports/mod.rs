@@ -2,6 +2,9 @@
 //! and processed by a background job that invites each address and records
 //! one result per line.
 
+pub mod file;
+pub mod job;
+mod repo;
 pub mod routes;
 pub mod service;
 

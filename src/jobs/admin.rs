@@ -7,7 +7,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::broker::{Broker, DeadJob, QueueStats};
-use super::worker::Services;
+use super::engine::Engine;
+use super::outbox::{Options, envelope_for, insert_outbox, now_ms};
+use super::probe::{Noop, Probe};
 
 /// Broker counts plus the outbox.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -18,10 +20,10 @@ pub struct JobStats {
     pub outbox: i64,
 }
 
-pub async fn stats(services: &Services) -> anyhow::Result<JobStats> {
+pub async fn stats(engine: &Engine) -> anyhow::Result<JobStats> {
     Ok(JobStats {
-        broker: services.broker.stats().await?,
-        outbox: super::relay::outbox_depth(&services.pool).await?,
+        broker: engine.broker.stats().await?,
+        outbox: super::relay::outbox_depth(&engine.pool).await?,
     })
 }
 
@@ -35,13 +37,13 @@ pub async fn dead(
 
 /// Puts a dead job back on its queue (attempts reset) and its tenant record,
 /// if any, back to `queued`. `false`: no such dead job.
-pub async fn retry(services: &Services, id: Uuid) -> anyhow::Result<bool> {
-    let job = services.broker.dead_job(id).await?;
-    if !services.broker.revive(id).await? {
+pub async fn retry(engine: &Engine, id: Uuid) -> anyhow::Result<bool> {
+    let job = engine.broker.dead_job(id).await?;
+    if !engine.broker.revive(id).await? {
         return Ok(false);
     }
     if let Some(org) = job.and_then(|j| j.org_id)
-        && let Err(e) = super::records::mark_requeued(&services.pool, org, id).await
+        && let Err(e) = super::records::mark_requeued(&engine.pool, org, id).await
     {
         // The job is requeued; its record catches up when the job runs.
         tracing::warn!(job = %id, error = %e, "cannot mark the job record queued");
@@ -51,37 +53,37 @@ pub async fn retry(services: &Services, id: Uuid) -> anyhow::Result<bool> {
 
 /// Deletes a dead job for good; its tenant record, if any, becomes
 /// `failed` (and an import's upload is deleted). `false`: no such dead job.
-pub async fn discard(services: &Services, id: Uuid) -> anyhow::Result<bool> {
-    let job = services.broker.dead_job(id).await?;
-    if !services.broker.discard(id).await? {
+pub async fn discard(engine: &Engine, id: Uuid) -> anyhow::Result<bool> {
+    let job = engine.broker.dead_job(id).await?;
+    if !engine.broker.discard(id).await? {
         return Ok(false);
     }
     if let Some(org) = job.and_then(|j| j.org_id) {
-        super::records::mark_discarded(&services.pool, org, id).await?;
+        super::records::mark_discarded(&engine.pool, org, id).await?;
     }
     Ok(true)
 }
 
 /// Enqueues `count` probe jobs in one transaction; returns their ids.
 pub async fn probe(
-    services: &Services,
+    engine: &Engine,
     count: usize,
     label: &str,
     sleep_ms: u64,
     fail_attempts: u32,
 ) -> anyhow::Result<Vec<Uuid>> {
-    let job = super::tasks::probe::Probe {
+    let job = Probe {
         label: label.to_owned(),
         sleep_ms,
         fail_attempts,
     };
     let envelopes = (0..count)
-        .map(|_| super::envelope_for(&job, &super::Options::default()))
+        .map(|_| envelope_for(&job, &Options::default()))
         .collect::<Result<Vec<_>, _>>()?;
     let ids = envelopes.iter().map(|e| e.id).collect();
-    let mut tx = system_tx(&services.pool, SystemScope::Jobs).await?;
+    let mut tx = system_tx(&engine.pool, SystemScope::Jobs).await?;
     for chunk in envelopes.chunks(1000) {
-        super::insert_outbox(&mut tx, chunk).await?;
+        insert_outbox(&mut tx, chunk).await?;
     }
     tx.commit().await?;
     Ok(ids)
@@ -116,7 +118,7 @@ pub struct BenchReport {
 /// each transaction's commit to the job's start (the broker's done markers
 /// keep start times).
 pub async fn bench(
-    services: &Services,
+    engine: &Engine,
     count: usize,
     batch: usize,
     rate: Option<f64>,
@@ -127,12 +129,12 @@ pub async fn bench(
     while left > 0 {
         let n = left.min(batch);
         let envelopes = (0..n)
-            .map(|_| super::envelope_for(&super::tasks::probe::Noop {}, &super::Options::default()))
+            .map(|_| envelope_for(&Noop {}, &Options::default()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut tx = system_tx(&services.pool, SystemScope::Jobs).await?;
-        super::insert_outbox(&mut tx, &envelopes).await?;
+        let mut tx = system_tx(&engine.pool, SystemScope::Jobs).await?;
+        insert_outbox(&mut tx, &envelopes).await?;
         tx.commit().await?;
-        let t = super::now_ms();
+        let t = now_ms();
         committed_at.extend(envelopes.iter().map(|e| (e.id, t)));
         left -= n;
         // Paced: hold the offered load at `rate` jobs per second.
@@ -150,7 +152,7 @@ pub async fn bench(
         let mut still = Vec::new();
         for chunk in pending.chunks(1000) {
             let chunk_ids: Vec<Uuid> = chunk.iter().map(|i| ids[*i]).collect();
-            let starts = services.broker.done_at(&chunk_ids).await?;
+            let starts = engine.broker.done_at(&chunk_ids).await?;
             for (i, s) in chunk.iter().zip(starts) {
                 match s {
                     Some(start) => latencies.push((start - committed_at[*i].1).max(0) as f64),

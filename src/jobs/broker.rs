@@ -22,7 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Script};
 use uuid::Uuid;
 
-use super::Envelope;
+use super::outbox::Envelope;
 
 /// Every script reads the time from Redis (`TIME`), so the clocks of worker
 /// machines never decide when a lease has expired or a job is due.

@@ -13,7 +13,8 @@ use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::Envelope;
+use super::job::Job;
+use super::outbox::{Envelope, Options, enqueue_with};
 use crate::core::db::{SystemScope, TenantTx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, sqlx::Type)]
@@ -73,7 +74,7 @@ pub struct PublicError<'a> {
 /// Starts a tenant job in the caller's transaction: its record (`queued`,
 /// created by the caller) and the job itself, with the same id. Both exist
 /// if and only if the transaction commits.
-pub async fn start<J: super::Job>(
+pub async fn start<J: Job>(
     tx: &mut TenantTx,
     kind: &str,
     params: &serde_json::Value,
@@ -82,12 +83,12 @@ pub async fn start<J: super::Job>(
     let (org_id, user_id) = (tx.org_id(), tx.user_id());
     let id = Uuid::now_v7();
     let record = create(tx.conn(), id, org_id, kind, params, user_id).await?;
-    let opts = super::Options {
+    let opts = Options {
         id: Some(id),
         record_org: Some(org_id),
         ..Default::default()
     };
-    super::enqueue_with(tx.conn(), job, opts).await?;
+    enqueue_with(tx.conn(), job, opts).await?;
     Ok(record)
 }
 

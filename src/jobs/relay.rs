@@ -16,8 +16,9 @@ use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
 use super::broker::Broker;
+use super::metrics;
+use super::outbox::Envelope;
 use super::worker::Shutdown;
-use super::{Envelope, metrics};
 
 /// Rows moved per transaction.
 pub const BATCH: i64 = 500;

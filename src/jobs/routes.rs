@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::admin::{self, JobStats};
 use super::broker::DeadJob;
+use super::engine::Engine;
 use crate::app::AppState;
 use crate::auth::principal::PlatformAdmin;
 use crate::core::error::{ApiError, Problem};
@@ -44,7 +45,7 @@ async fn job_stats(
     _: PlatformAdmin,
     State(state): State<AppState>,
 ) -> Result<Json<JobStats>, ApiError> {
-    admin::stats(&state.jobs)
+    admin::stats(&state.jobs.engine)
         .await
         .map(Json)
         .map_err(unavailable)
@@ -74,7 +75,7 @@ async fn list_dead(
     };
     let limit = page.limit()?;
     let before: Option<i64> = page.after()?;
-    let rows = admin::dead(&state.jobs.broker, limit as usize + 1, before)
+    let rows = admin::dead(&state.jobs.engine.broker, limit as usize + 1, before)
         .await
         .map_err(unavailable)?;
     Ok(Json(Page::from_rows(rows, limit, |j| {
@@ -94,6 +95,7 @@ async fn get_dead(
     let [id] = path.0;
     state
         .jobs
+        .engine
         .broker
         .dead_job(id)
         .await
@@ -118,7 +120,10 @@ async fn retry_dead(
     path: IdPath<1>,
 ) -> Result<Json<Requeued>, ApiError> {
     let [id] = path.0;
-    if admin::retry(&state.jobs, id).await.map_err(unavailable)? {
+    if admin::retry(&state.jobs.engine, id)
+        .await
+        .map_err(unavailable)?
+    {
         Ok(Json(Requeued { id, requeued: true }))
     } else {
         Err(ApiError::NotFound("dead job"))
@@ -135,7 +140,10 @@ async fn discard_dead(
     path: IdPath<1>,
 ) -> Result<StatusCode, ApiError> {
     let [id] = path.0;
-    if admin::discard(&state.jobs, id).await.map_err(unavailable)? {
+    if admin::discard(&state.jobs.engine, id)
+        .await
+        .map_err(unavailable)?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("dead job"))
@@ -158,8 +166,14 @@ async fn metrics(
     if state.config.metrics_addr.is_some() {
         return Err(metrics_disabled("metrics are served on METRICS_ADDR"));
     }
-    metrics_allowed(&state.jobs, &headers, state.config.metrics_open)?;
-    Ok(render_metrics(state.jobs.clone()).await.into_response())
+    metrics_allowed(
+        state.config.jobs.metrics_token.as_deref(),
+        &headers,
+        state.config.metrics_open,
+    )?;
+    Ok(render_metrics(state.jobs.engine.clone())
+        .await
+        .into_response())
 }
 
 fn metrics_disabled(why: &str) -> ApiError {
@@ -170,15 +184,15 @@ fn metrics_disabled(why: &str) -> ApiError {
     }
 }
 
-/// With `METRICS_TOKEN` set, the scraper must present it as a bearer token.
-/// Without it, metrics are served only where `open_without_token` (under
-/// `dev`, and on a separate metrics listener).
+/// With `token` (`METRICS_TOKEN`) set, the scraper must present it as a
+/// bearer token. Without it, metrics are served only where
+/// `open_without_token` (under `dev`, and on a separate metrics listener).
 pub fn metrics_allowed(
-    services: &super::worker::Services,
+    token: Option<&str>,
     headers: &axum::http::HeaderMap,
     open_without_token: bool,
 ) -> Result<(), ApiError> {
-    let Some(expected) = &services.config.jobs.metrics_token else {
+    let Some(expected) = token else {
         if open_without_token {
             return Ok(());
         }
@@ -209,8 +223,8 @@ pub fn metrics_allowed(
 
 /// The Prometheus text of this process, with queue depths when Redis and
 /// Postgres answer within a second.
-pub async fn render_metrics(services: super::worker::Services) -> impl IntoResponse {
-    let depths = tokio::time::timeout(std::time::Duration::from_secs(1), admin::stats(&services))
+pub async fn render_metrics(engine: Engine) -> impl IntoResponse {
+    let depths = tokio::time::timeout(std::time::Duration::from_secs(1), admin::stats(&engine))
         .await
         .ok()
         .and_then(Result::ok);

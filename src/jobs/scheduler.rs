@@ -16,8 +16,9 @@ use croner::Cron;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::job::Job;
+use super::outbox::{Envelope, Options, envelope_for, insert_outbox};
 use super::worker::Shutdown;
-use super::{Envelope, Job, Options};
 
 /// A periodic job: a name, a cron expression (with seconds) and the job.
 pub struct Schedule {
@@ -36,42 +37,9 @@ impl Schedule {
         Schedule {
             name: name.to_owned(),
             cron,
-            make: Box::new(move |tick| super::envelope_for(&job(tick), &Options::default())),
+            make: Box::new(move |tick| envelope_for(&job(tick), &Options::default())),
         }
     }
-}
-
-/// The schedules Tenantry runs.
-pub fn schedules(config: &crate::config::Config) -> Vec<Schedule> {
-    let mut out = vec![
-        Schedule::new(
-            "jobs.cleanup",
-            "0 17 3 * * *".parse().expect("valid cron"),
-            |_| super::tasks::cleanup::Cleanup {},
-        ),
-        Schedule::new(
-            "billing.credits_sweep",
-            "30 * * * * *".parse().expect("valid cron"),
-            |_| super::tasks::credits::CreditsSweep {},
-        ),
-        Schedule::new(
-            "billing.rollover",
-            "0 * * * * *".parse().expect("valid cron"),
-            |_| super::tasks::billing::Rollover {},
-        ),
-    ];
-    if let Some(expr) = &config.jobs.cron_probe
-        && let Ok(cron) = expr.parse::<Cron>()
-    {
-        out.push(Schedule::new("jobs.probe", cron, |tick| {
-            super::tasks::probe::Probe {
-                label: format!("cron:{}", tick.to_rfc3339()),
-                sleep_ms: 0,
-                fail_attempts: 0,
-            }
-        }));
-    }
-    out
 }
 
 pub async fn run(pool: PgPool, schedules: Vec<Schedule>, shutdown: Shutdown) {
@@ -124,7 +92,7 @@ pub async fn run(pool: PgPool, schedules: Vec<Schedule>, shutdown: Shutdown) {
 
 /// The next tick after `after`, in whole seconds: every worker computes the
 /// same instant for the same tick, whatever its clock's sub-second part.
-fn next_tick(cron: &Cron, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub fn next_tick(cron: &Cron, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let t = cron.find_next_occurrence(&after, false).ok()?;
     chrono::DurationRound::duration_trunc(t, chrono::TimeDelta::seconds(1)).ok()
 }
@@ -152,7 +120,7 @@ pub async fn fire(
         return Ok(None);
     }
     let id = envelope.id;
-    super::insert_outbox(&mut tx, &[envelope]).await?;
+    insert_outbox(&mut tx, &[envelope]).await?;
     tx.commit().await?;
     Ok(Some(id))
 }
@@ -169,35 +137,5 @@ mod tests {
             + chrono::Duration::milliseconds(123);
         let t = next_tick(&cron, after).unwrap();
         assert_eq!(t, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 1).unwrap());
-    }
-
-    #[test]
-    fn cleanup_runs_daily_at_03_17() {
-        let config =
-            crate::config::Config::from_lookup(crate::config::Profile::Dev, |_| None).unwrap();
-        let s = schedules(&config);
-        assert!(
-            s.iter().all(|s| s.name != "jobs.probe"),
-            "no probe schedule unless CRON_PROBE is set"
-        );
-        let cleanup = s.iter().find(|s| s.name == "jobs.cleanup").unwrap();
-        let after = Utc.with_ymd_and_hms(2026, 1, 1, 4, 0, 0).unwrap();
-        let first = next_tick(&cleanup.cron, after).unwrap();
-        let second = next_tick(&cleanup.cron, first).unwrap();
-        assert_eq!(first, Utc.with_ymd_and_hms(2026, 1, 2, 3, 17, 0).unwrap());
-        assert_eq!(second - first, chrono::Duration::days(1));
-    }
-
-    #[test]
-    fn billing_rollover_runs_every_minute() {
-        let config =
-            crate::config::Config::from_lookup(crate::config::Profile::Dev, |_| None).unwrap();
-        let s = schedules(&config);
-        let rollover = s.iter().find(|s| s.name == "billing.rollover").unwrap();
-        let after = Utc.with_ymd_and_hms(2026, 1, 1, 4, 0, 30).unwrap();
-        let first = next_tick(&rollover.cron, after).unwrap();
-        assert_eq!(first, Utc.with_ymd_and_hms(2026, 1, 1, 4, 1, 0).unwrap());
-        let second = next_tick(&rollover.cron, first).unwrap();
-        assert_eq!(second - first, chrono::Duration::minutes(1));
     }
 }

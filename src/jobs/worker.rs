@@ -5,63 +5,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::broker::{Broker, Delivery};
-use super::{Envelope, Job, JobError, RetryPolicy, metrics, records};
-use crate::config::Config;
+use super::engine::Engine;
+use super::job::{Job, JobContext, JobError, RetryPolicy, is_outage};
+use super::outbox::{Envelope, now_ms};
+use super::{metrics, records};
 
-/// What jobs need: the database, the broker, email and file storage.
-#[derive(Clone)]
-pub struct Services {
-    pub pool: PgPool,
-    pub broker: Broker,
-    pub mailer: crate::mail::Mailer,
-    pub store: Arc<dyn object_store::ObjectStore>,
-    pub config: Arc<Config>,
+/// The worker's own settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Jobs each queue runs at once; a queue not named runs one at a time.
+    pub concurrency: HashMap<&'static str, usize>,
+    /// A running job's lease (renewed every third of it).
+    pub lease: Duration,
+    /// After shutdown, how long running jobs may take to finish.
+    pub shutdown_grace: Duration,
 }
 
-impl Services {
-    pub fn new(pool: PgPool, config: Arc<Config>) -> anyhow::Result<Services> {
-        let broker = Broker::new(&config.redis_url, &config.jobs.prefix)?;
-        let mailer = crate::mail::Mailer::new(
-            config.jobs.smtp_url.as_deref(),
-            &config.jobs.mail_from,
-            config.create_database,
-        )?;
-        let store = super::tasks::report::open_store(&config.jobs.reports_store)?;
-        Ok(Services {
-            pool,
-            broker,
-            mailer,
-            store,
-            config,
-        })
-    }
-}
-
-/// One delivery of a job, as its handler sees it.
-#[derive(Clone)]
-pub struct JobContext {
-    pub services: Services,
-    pub id: Uuid,
-    pub attempt: u32,
-    pub max_attempts: u32,
-    pub request_id: Option<String>,
-    pub org_id: Option<Uuid>,
-}
-
-impl JobContext {
-    pub fn pool(&self) -> &PgPool {
-        &self.services.pool
-    }
-
-    /// Whether this is the last attempt the job gets.
-    pub fn last_attempt(&self) -> bool {
-        self.attempt >= self.max_attempts
+impl Settings {
+    fn concurrency_of(&self, queue: &str) -> usize {
+        self.concurrency.get(queue).copied().unwrap_or(1)
     }
 }
 
@@ -69,15 +36,17 @@ type Handler = Arc<
     dyn Fn(JobContext, serde_json::Value) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync,
 >;
 
-/// The job kinds a worker can run.
+/// The job kinds a worker can run, each with its handler's dependencies.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<&'static str, (Handler, RetryPolicy, &'static str)>,
 }
 
 impl Registry {
-    pub fn register<J: Job>(mut self) -> Self {
-        let handler: Handler = Arc::new(|ctx, payload| {
+    /// Adds the kind `J`; its handler runs with `deps`.
+    pub fn register<J: Job>(mut self, deps: J::Deps) -> Self {
+        let handler: Handler = Arc::new(move |ctx, payload| {
+            let deps = deps.clone();
             Box::pin(async move {
                 let job: J = serde_json::from_value(payload).map_err(|e| {
                     JobError::Permanent(format!(
@@ -85,7 +54,7 @@ impl Registry {
                         J::KIND
                     ))
                 })?;
-                job.run(ctx).await
+                job.run(&deps, ctx).await
             })
         });
         self.handlers
@@ -133,25 +102,24 @@ type Running = Arc<Mutex<HashMap<Uuid, u32>>>;
 const FETCH_BATCH: usize = 64;
 
 /// Runs the worker until `shutdown`, then lets running jobs finish within
-/// the configured grace period.
-pub async fn run(services: Services, registry: Registry, shutdown: Shutdown) {
+/// the grace period of `settings`.
+pub async fn run(engine: Engine, registry: Registry, settings: Settings, shutdown: Shutdown) {
     let running: Running = Default::default();
     let (ack_tx, ack_rx) = mpsc::channel::<(Uuid, u32, i64)>(4096);
-    let acker = tokio::spawn(acker(services.broker.clone(), ack_rx));
+    let acker = tokio::spawn(acker(engine.broker.clone(), ack_rx));
     let renewer = tokio::spawn(renewer(
-        services.broker.clone(),
+        engine.broker.clone(),
         running.clone(),
-        services.config.jobs.lease,
+        settings.lease,
     ));
     let registry = Arc::new(registry);
     let mut loops = Vec::new();
     for queue in registry.queues() {
-        let concurrency = services.config.jobs.concurrency_of(queue);
         loops.push(tokio::spawn(queue_loop(
-            services.clone(),
+            engine.clone(),
             registry.clone(),
+            settings.clone(),
             queue,
-            concurrency,
             shutdown.clone(),
             running.clone(),
             ack_tx.clone(),
@@ -159,9 +127,6 @@ pub async fn run(services: Services, registry: Registry, shutdown: Shutdown) {
     }
     drop(ack_tx);
     tracing::info!(queues = ?registry.queues(), "worker started");
-    if services.config.jobs.smtp_url.is_none() && !services.config.create_database {
-        tracing::warn!("SMTP_URL is unset: emails are written to the log, not sent");
-    }
     for l in loops {
         let _ = l.await;
     }
@@ -173,16 +138,16 @@ pub async fn run(services: Services, registry: Registry, shutdown: Shutdown) {
 }
 
 async fn queue_loop(
-    services: Services,
+    engine: Engine,
     registry: Arc<Registry>,
+    settings: Settings,
     queue: &'static str,
-    concurrency: usize,
     shutdown: Shutdown,
     running: Running,
     ack: mpsc::Sender<(Uuid, u32, i64)>,
 ) {
-    let sem = Arc::new(Semaphore::new(concurrency));
-    let lease = services.config.jobs.lease;
+    let sem = Arc::new(Semaphore::new(settings.concurrency_of(queue)));
+    let lease = settings.lease;
     let mut tasks = tokio::task::JoinSet::new();
     let mut waiter = None;
     let mut error_backoff = Duration::from_millis(200);
@@ -203,7 +168,7 @@ async fn queue_loop(
                 Err(_) => break,
             }
         }
-        let fetched = match services.broker.fetch(queue, permits.len(), lease).await {
+        let fetched = match engine.broker.fetch(queue, permits.len(), lease).await {
             Ok(f) => {
                 error_backoff = Duration::from_millis(200);
                 f
@@ -229,7 +194,7 @@ async fn queue_loop(
                     message: "the worker running it stopped on its last attempt; the job gave up",
                 };
                 if let Err(e) =
-                    records::finish_failed(&services.pool, env, lost.attempt, true, err).await
+                    records::finish_failed(&engine.pool, env, lost.attempt, true, err).await
                 {
                     tracing::warn!(job = %lost.id, error = %e, "cannot update the job record");
                 }
@@ -242,14 +207,14 @@ async fn queue_loop(
                 .unwrap_or(Duration::from_secs(1))
                 .clamp(Duration::from_millis(5), Duration::from_secs(1));
             if waiter.is_none() {
-                waiter = services.broker.blocking_connection().await.ok();
+                waiter = engine.broker.blocking_connection().await.ok();
             }
             match waiter.as_mut() {
                 Some(conn) => {
                     // The blocking call has no response timeout of its own: a
                     // connection dropped silently must not stall the queue.
                     let r = tokio::select! {
-                        r = tokio::time::timeout(wait + Duration::from_secs(2), services.broker.wait(conn, queue, wait)) => r,
+                        r = tokio::time::timeout(wait + Duration::from_secs(2), engine.broker.wait(conn, queue, wait)) => r,
                         _ = shutdown.wait() => break,
                     };
                     if !matches!(r, Ok(Ok(()))) {
@@ -274,13 +239,13 @@ async fn queue_loop(
                 .lock()
                 .unwrap()
                 .insert(delivery.id, delivery.attempt);
-            let services = services.clone();
+            let engine = engine.clone();
             let registry = registry.clone();
             let running = running.clone();
             let ack = ack.clone();
             tasks.spawn(async move {
                 let (id, attempt) = (delivery.id, delivery.attempt);
-                run_one(services, &registry, delivery, &ack).await;
+                run_one(engine, &registry, delivery, &ack).await;
                 // Only this attempt's entry: a newer delivery of the same job
                 // in this process keeps its own.
                 let mut running = running.lock().unwrap();
@@ -293,7 +258,7 @@ async fn queue_loop(
     }
     // Let this queue's running jobs finish, at most the grace period; then
     // stop them (their leases expire and they run again elsewhere).
-    let grace = services.config.jobs.shutdown_grace;
+    let grace = settings.shutdown_grace;
     let drained =
         tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -315,12 +280,12 @@ fn kind_of(d: &Delivery) -> &str {
 }
 
 async fn run_one(
-    services: Services,
+    engine: Engine,
     registry: &Registry,
     delivery: Delivery,
     ack: &mpsc::Sender<(Uuid, u32, i64)>,
 ) {
-    let started = super::now_ms();
+    let started = now_ms();
     let kind = kind_of(&delivery).to_owned();
     let span = tracing::info_span!(
         "job",
@@ -345,8 +310,8 @@ async fn run_one(
                 .max(env.enqueued_at_ms);
             metrics::observe_start_latency(&kind, (started - since).max(0) as f64 / 1000.0);
         }
-        let result = execute(&services, registry, &delivery).await;
-        let secs = (super::now_ms() - started) as f64 / 1000.0;
+        let result = execute(&engine, registry, &delivery).await;
+        let secs = (now_ms() - started) as f64 / 1000.0;
         metrics::observe_run_time(&kind, secs);
         match result {
             Ok(()) => {
@@ -360,14 +325,14 @@ async fn run_one(
                     tracing::warn!("acker stopped; the job will run again when its lease expires");
                 }
             }
-            Err(err) => fail(&services, registry, &delivery, &kind, err).await,
+            Err(err) => fail(&engine, registry, &delivery, &kind, err).await,
         }
     }
     .instrument(span)
     .await
 }
 
-async fn execute(services: &Services, registry: &Registry, d: &Delivery) -> Result<(), JobError> {
+async fn execute(engine: &Engine, registry: &Registry, d: &Delivery) -> Result<(), JobError> {
     let env: &Envelope = d
         .envelope
         .as_ref()
@@ -379,12 +344,12 @@ async fn execute(services: &Services, registry: &Registry, d: &Delivery) -> Resu
         )));
     };
     if env.recorded
-        && let Err(e) = records::mark_running(&services.pool, env, d.attempt).await
+        && let Err(e) = records::mark_running(&engine.pool, env, d.attempt).await
     {
         return Err(JobError::Retry(e.into()));
     }
     let ctx = JobContext {
-        services: services.clone(),
+        pool: engine.pool.clone(),
         id: env.id,
         attempt: d.attempt,
         max_attempts: env.max_attempts,
@@ -409,7 +374,7 @@ async fn execute(services: &Services, registry: &Registry, d: &Delivery) -> Resu
     }
 }
 
-async fn fail(services: &Services, registry: &Registry, d: &Delivery, kind: &str, err: JobError) {
+async fn fail(engine: &Engine, registry: &Registry, d: &Delivery, kind: &str, err: JobError) {
     let max = d.envelope.as_ref().map(|e| e.max_attempts).unwrap_or(1);
     // An outage of Postgres or Redis is retried without using up attempts,
     // so a database restart does not send every queued job to the dead letters.
@@ -426,7 +391,7 @@ async fn fail(services: &Services, registry: &Registry, d: &Delivery, kind: &str
             .unwrap_or_default()
             .delay_after(d.attempt)
     });
-    match services
+    match engine
         .broker
         .fail(d.id, d.attempt, retry_in, &message, !outage)
         .await
@@ -456,9 +421,9 @@ async fn fail(services: &Services, registry: &Registry, d: &Delivery, kind: &str
             message: &public_message,
         };
         let r = if dead {
-            records::finish_failed(&services.pool, env, d.attempt, !permanent, public).await
+            records::finish_failed(&engine.pool, env, d.attempt, !permanent, public).await
         } else {
-            records::mark_retrying(&services.pool, env, d.attempt, public).await
+            records::mark_retrying(&engine.pool, env, d.attempt, public).await
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot update the job record");
@@ -472,21 +437,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Whether an error is an outage of the database or the broker rather than
-/// the job's own failure: such attempts are retried without being counted.
-pub(crate) fn is_outage(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        if let Some(db) = cause.downcast_ref::<sqlx::Error>() {
-            return crate::core::error::DbTrouble::of(db)
-                == Some(crate::core::error::DbTrouble::Unavailable);
-        }
-        if let Some(r) = cause.downcast_ref::<redis::RedisError>() {
-            return r.is_io_error() || r.is_connection_dropped() || r.is_timeout();
-        }
-        false
-    })
 }
 
 /// Acknowledges finished jobs in batches (one script call for many).
@@ -525,9 +475,4 @@ async fn renewer(broker: Broker, running: Running, lease: Duration) {
             tracing::warn!(error = %e, "cannot renew job leases");
         }
     }
-}
-
-/// Every job kind Tenantry runs.
-pub fn registry() -> Registry {
-    super::tasks::register(Registry::default())
 }

@@ -9,6 +9,9 @@
 //! fail again however often it is tried (an invalid recipient, a 5xx answer),
 //! a [`MailError::Transient`] is worth a retry (the server unreachable, a
 //! timeout, a 4xx answer).
+//!
+//! Emails go out through the [`SendEmail`] job (`email.send`), enqueued in
+//! the transaction that decides to send them.
 
 pub mod templates;
 
@@ -20,6 +23,9 @@ use anyhow::{anyhow, bail};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
 
 pub use templates::{Rendered, Template};
 
@@ -192,6 +198,42 @@ fn classify(e: &lettre::transport::smtp::Error) -> MailError {
         MailError::Permanent(msg)
     } else {
         MailError::Transient(msg)
+    }
+}
+
+/// Product name shown in emails.
+pub const PRODUCT: &str = "Tenantry";
+
+/// The `email.send` job: sends one email with the [`Mailer`] it was
+/// registered with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendEmail {
+    pub to: String,
+    #[serde(flatten)]
+    pub template: Template,
+}
+
+impl Job for SendEmail {
+    const KIND: &'static str = "email.send";
+    const QUEUE: &'static str = "email";
+    type Deps = Mailer;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 8,
+            backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(900),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    async fn run(self, mailer: &Mailer, _: JobContext) -> Result<(), JobError> {
+        let rendered = self.template.render(PRODUCT);
+        match mailer.send(&self.to, &rendered).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_permanent() => Err(JobError::Permanent(e.to_string())),
+            Err(e) => Err(JobError::Retry(anyhow::anyhow!(e.to_string()))),
+        }
     }
 }
 

@@ -627,7 +627,7 @@ pub async fn create_invitation(
     let inviter = repo::user_label(tx.conn(), user_id).await?;
     crate::jobs::enqueue(
         tx.conn(),
-        &crate::jobs::tasks::email::SendEmail {
+        &crate::mail::SendEmail {
             to: inv.email.clone(),
             template: crate::mail::templates::Template::Invitation {
                 org_name: org.name,

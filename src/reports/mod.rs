@@ -2,6 +2,7 @@
 //! background job builds it into the object store; members with
 //! `reports:read` follow its progress and download it.
 
+pub mod build;
 pub mod routes;
 pub mod service;
 

@@ -89,7 +89,7 @@ async fn download_report(
     // report needs audit:read), now as when it was started.
     if let Some(p) = record.params["kind"]
         .as_str()
-        .and_then(crate::jobs::tasks::report::ReportKind::parse)
+        .and_then(super::build::ReportKind::parse)
         .and_then(|k| k.extra_permission())
         && !ctx.perms.contains(p)
     {
@@ -98,7 +98,7 @@ async fn download_report(
             detail: format!("downloading this report needs {}", p.as_str()),
         });
     }
-    let dl = service::open_download(state.jobs.store.as_ref(), ctx.org_id, &record).await?;
+    let dl = service::open_download(state.jobs.report_store.as_ref(), ctx.org_id, &record).await?;
     let header_value = |v: String| {
         HeaderValue::from_str(&v).map_err(|e| ApiError::Internal(anyhow::Error::new(e)))
     };

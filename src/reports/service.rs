@@ -9,13 +9,13 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::build::{self, BuildReport, ReportKind};
 use crate::auth::rbac::PermSet;
 use crate::core::db::TenantTx;
 use crate::core::error::{ApiError, FieldError};
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::Fields;
 use crate::jobs::records::{self, JobRecord, JobState};
-use crate::jobs::tasks::report::{self, BuildReport, ReportKind};
 
 /// The `kind` of every report record.
 pub const RECORD_KIND: &str = "report";
@@ -119,14 +119,14 @@ pub async fn open_download(
     let path = result
         .and_then(|r| r["path"].as_str())
         .map(object_store::path::Path::from)
-        .unwrap_or_else(|| report::object_path(org_id, record.id));
+        .unwrap_or_else(|| build::object_path(org_id, record.id));
     // The stored path is the job's own; never follow one outside the org.
     if !path.as_ref().starts_with(&format!("reports/{org_id}/")) {
         return Err(ApiError::NotFound("report"));
     }
     let content_type = result
         .and_then(|r| r["content_type"].as_str())
-        .unwrap_or(report::CONTENT_TYPE)
+        .unwrap_or(build::CONTENT_TYPE)
         .to_owned();
     let kind = record.params["kind"].as_str().unwrap_or("report");
     let got = match store.get(&path).await {

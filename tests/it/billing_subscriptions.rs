@@ -901,18 +901,19 @@ async fn an_import_beyond_the_seats_reports_those_lines_as_errors() {
     let record: Value = res.json().await.unwrap();
     let id: Uuid = record["id"].as_str().unwrap().parse().unwrap();
     let ctx = tenantry::jobs::JobContext {
-        services: app.state.jobs.clone(),
+        pool: app.state.pool.clone(),
         id,
         attempt: 1,
         max_attempts: 5,
         request_id: None,
         org_id: Some(org),
     };
-    tenantry::jobs::tasks::import::ImportMembers {
+    let settings = tenantry::organizations::service::InviteSettings::from_config(&app.state.config);
+    tenantry::imports::job::ImportMembers {
         org_id: org,
         requested_by: ann.id,
     }
-    .run(ctx)
+    .run(&settings, ctx)
     .await
     .unwrap();
     let (s, body) = app
@@ -983,7 +984,7 @@ async fn the_monthly_grant_fires_once_however_many_rollovers_run() {
             .execute(&mut *tx)
             .await
             .unwrap();
-        tenantry::jobs::enqueue(&mut tx, &tenantry::jobs::tasks::billing::Rollover {})
+        tenantry::jobs::enqueue(&mut tx, &tenantry::billing::rollover::Rollover {})
             .await
             .unwrap();
         tx.commit().await.unwrap();

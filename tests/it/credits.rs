@@ -411,7 +411,7 @@ async fn expired_remainders_are_booked_and_past_balances_are_exact() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let swept = tenantry::jobs::tasks::credits::sweep(&app.db.app)
+    let swept = tenantry::billing::credits::sweep::sweep(&app.db.app)
         .await
         .unwrap();
     assert_eq!(swept, 1, "only the idle org had something due");

@@ -8,7 +8,7 @@ use crate::common::smtp::SmtpSink;
 use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use tenantry::jobs::tasks::probe::Probe;
+use tenantry::jobs::probe::Probe;
 use tenantry::jobs::{self, Options};
 use uuid::Uuid;
 
@@ -61,7 +61,9 @@ async fn a_job_exists_if_and_only_if_its_transaction_commits() {
     assert_eq!(probe_runs(&app, committed).await, Some(1), "runs: {runs}");
     assert_eq!(probe_runs(&app, rolled_back).await, None);
     assert_eq!(outbox_len(&app).await, 0, "the relay empties the outbox");
-    let stats = tenantry::jobs::admin::stats(&app.state.jobs).await.unwrap();
+    let stats = tenantry::jobs::admin::stats(&app.state.jobs.engine)
+        .await
+        .unwrap();
     assert_eq!(
         (stats.broker.running, stats.broker.dead, stats.outbox),
         (0, 0, 0)
@@ -175,7 +177,7 @@ async fn failures_are_retried_with_backoff_then_dead_and_operators_can_retry_or_
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "no longer dead once requeued");
     let again = eventually(30, "the retried job to die again", || async {
-        tenantry::jobs::admin::dead(&app.state.jobs.broker, 10, None)
+        tenantry::jobs::admin::dead(&app.state.jobs.engine.broker, 10, None)
             .await
             .unwrap()
             .into_iter()
@@ -233,7 +235,7 @@ async fn an_undecodable_payload_goes_to_the_dead_letters_with_the_reason() {
     .await;
 
     let dead = eventually(20, "three dead jobs", || async {
-        let d = tenantry::jobs::admin::dead(&app.state.jobs.broker, 10, None)
+        let d = tenantry::jobs::admin::dead(&app.state.jobs.engine.broker, 10, None)
             .await
             .unwrap();
         (d.len() == 3).then_some(d)
@@ -326,10 +328,10 @@ async fn a_cron_schedule_fires_once_per_tick_with_three_workers() {
             .connect(&app.db.app_url)
             .await
             .unwrap();
-        let services =
-            tenantry::jobs::worker::Services::new(pool, app.state.config.clone()).unwrap();
+        let background =
+            tenantry::background::Background::new(pool, app.state.config.clone()).unwrap();
         let (stop, stopped) = tenantry::jobs::worker::Shutdown::new();
-        let task = tokio::spawn(tenantry::jobs::run_background(services, stopped));
+        let task = tokio::spawn(tenantry::background::run(background, stopped));
         workers.push((stop, task));
     }
     tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -436,7 +438,7 @@ async fn a_rejected_recipient_is_dead_at_once_and_a_down_smtp_server_is_retried(
         .await;
     assert_eq!(s, StatusCode::CREATED, "{inv}");
     let dead = eventually(20, "the email job in the dead letters", || async {
-        tenantry::jobs::admin::dead(&app.state.jobs.broker, 10, None)
+        tenantry::jobs::admin::dead(&app.state.jobs.engine.broker, 10, None)
             .await
             .unwrap()
             .pop()
@@ -506,13 +508,17 @@ async fn a_stopping_worker_lets_running_jobs_finish() {
     tx.commit().await.unwrap();
     // Wait until it runs, then stop: the stop waits for it to finish.
     eventually(20, "the slow job to start", || async {
-        let s = tenantry::jobs::admin::stats(&app.state.jobs).await.unwrap();
+        let s = tenantry::jobs::admin::stats(&app.state.jobs.engine)
+            .await
+            .unwrap();
         (s.broker.running == 1).then_some(())
     })
     .await;
     worker.stop().await;
     assert_eq!(probe_runs(&app, id).await, Some(1));
-    let s = tenantry::jobs::admin::stats(&app.state.jobs).await.unwrap();
+    let s = tenantry::jobs::admin::stats(&app.state.jobs.engine)
+        .await
+        .unwrap();
     assert_eq!(
         s.broker.running, 0,
         "acknowledged before the worker stopped"
@@ -547,7 +553,7 @@ async fn metrics_need_the_metrics_token_when_one_is_set() {
 #[tokio::test]
 async fn a_late_result_of_an_attempt_that_lost_its_lease_changes_nothing() {
     let app = TestApp::spawn().await;
-    let broker = &app.state.jobs.broker;
+    let broker = &app.state.jobs.engine.broker;
     let id = Uuid::now_v7();
     let env = tenantry::jobs::envelope_for(
         &probe("lease"),

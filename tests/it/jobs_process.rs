@@ -59,7 +59,7 @@ async fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
 
 /// Enqueues `n` probe jobs with `label` in one transaction.
 async fn enqueue_probes(db: &TestDb, n: usize, label: &str, sleep_ms: u64) -> Vec<Uuid> {
-    let job = tenantry::jobs::tasks::probe::Probe {
+    let job = tenantry::jobs::probe::Probe {
         label: label.into(),
         sleep_ms,
         fail_attempts: 0,
@@ -92,9 +92,8 @@ async fn broker_counts(db: &TestDb, redis_url: &str, prefix: &str) -> (u64, u64,
         &db.app_url,
         &[("REDIS_URL", redis_url), ("JOBS_PREFIX", prefix)],
     );
-    let services =
-        tenantry::jobs::worker::Services::new(db.app.clone(), std::sync::Arc::new(config)).unwrap();
-    let s = tenantry::jobs::admin::stats(&services).await.unwrap();
+    let engine = tenantry::background::engine(db.app.clone(), &config).unwrap();
+    let s = tenantry::jobs::admin::stats(&engine).await.unwrap();
     let ready: u64 = s.broker.queues.iter().map(|q| q.ready).sum();
     (ready, s.broker.running, s.broker.dead, s.outbox)
 }

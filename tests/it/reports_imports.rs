@@ -8,8 +8,9 @@ use std::collections::{HashMap, HashSet};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tenantry::jobs::tasks::import::ImportMembers;
+use tenantry::imports::job::ImportMembers;
 use tenantry::jobs::{Job, JobContext};
+use tenantry::organizations::service::InviteSettings;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------- helpers
@@ -159,7 +160,7 @@ async fn invitations(app: &TestApp, org: Uuid) -> HashMap<String, (String, i64)>
 
 fn job_context(app: &TestApp, org: Uuid, id: Uuid) -> JobContext {
     JobContext {
-        services: app.state.jobs.clone(),
+        pool: app.state.pool.clone(),
         id,
         attempt: 1,
         max_attempts: 5,
@@ -696,8 +697,9 @@ async fn running_an_import_again_never_invites_twice() {
         org_id: org,
         requested_by: owner.id,
     };
+    let settings = InviteSettings::from_config(&app.state.config);
     job.clone()
-        .run(job_context(&app, org, id))
+        .run(&settings, job_context(&app, org, id))
         .await
         .expect("a finished import runs again as a no-op");
     assert_eq!(invitations(&app, org).await.len(), LINES);
@@ -743,8 +745,8 @@ async fn running_an_import_again_never_invites_twice() {
             .collect();
 
     let (a, b) = tokio::join!(
-        job.clone().run(job_context(&app, org, id)),
-        job.clone().run(job_context(&app, org, id)),
+        job.clone().run(&settings, job_context(&app, org, id)),
+        job.clone().run(&settings, job_context(&app, org, id)),
     );
     // The slower one may find the file already gone (permanent, harmless).
     assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");

@@ -11,7 +11,9 @@
 
 pub mod batch;
 pub mod model;
+pub mod prune;
 pub mod routes;
+pub mod sweep;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};

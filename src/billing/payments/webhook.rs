@@ -23,7 +23,7 @@ use crate::app::AppState;
 use crate::config::PaymentProviderKind;
 use crate::core::db::{SystemScope, TenantTx, system_tx};
 use crate::core::error::ApiError;
-use crate::jobs::tasks::email::SendEmail;
+use crate::mail::SendEmail;
 use crate::mail::templates::Template;
 
 /// The answer to Stripe.

@@ -1,6 +1,7 @@
-//! Books expired grant remainders and expired holds of orgs nobody touched
-//! (every credit operation books its own org's first). Each org's expiries
-//! count from the instant they ran out, however late the sweep runs.
+//! The `billing.credits_sweep` job: books expired grant remainders and
+//! expired holds of orgs nobody touched (every credit operation books its
+//! own org's first). Each org's expiries count from the instant they ran
+//! out, however late the sweep runs.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -19,8 +20,9 @@ pub struct CreditsSweep {}
 
 impl Job for CreditsSweep {
     const KIND: &'static str = "billing.credits_sweep";
+    type Deps = ();
 
-    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+    async fn run(self, _: &(), ctx: JobContext) -> Result<(), JobError> {
         let booked = sweep(ctx.pool()).await?;
         if booked > 0 {
             tracing::info!(orgs = booked, "credit expiries booked");

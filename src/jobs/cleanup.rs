@@ -1,18 +1,19 @@
-//! Daily housekeeping: old cron claims, probe runs, finished import files and
-//! week-old idempotency keys.
+//! Daily housekeeping of the engine's own tables: cron claims and probe
+//! runs older than a week.
 
 use crate::core::db::{SystemScope, system_tx};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{Job, JobContext, JobError};
+use super::job::{Job, JobContext, JobError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cleanup {}
 
 impl Job for Cleanup {
     const KIND: &'static str = "jobs.cleanup";
+    type Deps = ();
 
-    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+    async fn run(self, _: &(), ctx: JobContext) -> Result<(), JobError> {
         let mut tx = system_tx(ctx.pool(), SystemScope::Jobs).await?;
         let ticks =
             sqlx::query("delete from app.cron_ticks where tick < now() - interval '7 days'")
@@ -24,12 +25,8 @@ impl Job for Cleanup {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        // Idempotency keys of credit writes are honoured for a week.
-        let keys: i64 = sqlx::query_scalar("select app.idempotency_prune(interval '7 days')")
-            .fetch_one(&mut *tx)
-            .await?;
         tx.commit().await?;
-        tracing::info!(ticks, probes, keys, "cleanup done");
+        tracing::info!(ticks, probes, "cleanup done");
         Ok(())
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::billing::subscriptions;
+use super::subscriptions;
+use crate::config::PaymentProviderKind;
 use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -15,6 +16,8 @@ pub struct Rollover {}
 
 impl Job for Rollover {
     const KIND: &'static str = "billing.rollover";
+    /// The payment provider that takes payments.
+    type Deps = PaymentProviderKind;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -25,9 +28,8 @@ impl Job for Rollover {
         }
     }
 
-    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let provider = ctx.services.config.billing.provider;
-        let report = subscriptions::rollover_due(ctx.pool(), provider).await?;
+    async fn run(self, provider: &PaymentProviderKind, ctx: JobContext) -> Result<(), JobError> {
+        let report = subscriptions::rollover_due(ctx.pool(), *provider).await?;
         if report.advanced > 0 || report.skipped > 0 || report.failed > 0 {
             tracing::info!(
                 advanced = report.advanced,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
+use super::job::{Job, JobContext, JobError, RetryPolicy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,7 @@ pub struct Probe {
 
 impl Job for Probe {
     const KIND: &'static str = "jobs.probe";
+    type Deps = ();
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -39,7 +40,7 @@ impl Job for Probe {
         }
     }
 
-    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+    async fn run(self, _: &(), ctx: JobContext) -> Result<(), JobError> {
         if self.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.sleep_ms.min(600_000))).await;
         }
@@ -70,8 +71,9 @@ pub struct Noop {}
 
 impl Job for Noop {
     const KIND: &'static str = "jobs.noop";
+    type Deps = ();
 
-    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+    async fn run(self, _: &(), _ctx: JobContext) -> Result<(), JobError> {
         Ok(())
     }
 }

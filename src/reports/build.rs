@@ -1,4 +1,5 @@
-//! Report jobs: stream a query into a CSV file in the object store.
+//! Building a report: the `reports.build` job streams a query into a CSV
+//! file in the report store.
 //!
 //! The job checks that the requester may still start the report, counts the
 //! rows, then streams the query (never holding all rows) through a CSV
@@ -6,6 +7,9 @@
 //! its record `succeeded` in the transaction that read the rows, after the
 //! upload completed. A redelivered job whose record already succeeded does
 //! nothing; a retried one overwrites the same object.
+//!
+//! Also here: what each kind of report lists ([`ReportKind`]) and how the
+//! report store is opened ([`open_store`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -26,7 +30,6 @@ use uuid::Uuid;
 
 use crate::auth::rbac::{PermSet, Permission, act_for, perm};
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
 use crate::jobs::records::{self, JobState};
 use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
 
@@ -156,6 +159,8 @@ const PROGRESS_EVERY: i64 = 10_000;
 impl Job for BuildReport {
     const KIND: &'static str = "reports.build";
     const QUEUE: &'static str = "reports";
+    /// The report store.
+    type Deps = Arc<dyn ObjectStore>;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -166,7 +171,7 @@ impl Job for BuildReport {
         }
     }
 
-    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+    async fn run(self, store: &Arc<dyn ObjectStore>, ctx: JobContext) -> Result<(), JobError> {
         let pool = ctx.pool().clone();
         let (org_id, id) = (self.org_id, ctx.id);
         match records::state(&pool, org_id, id).await? {
@@ -207,7 +212,7 @@ impl Job for BuildReport {
         progress(&pool, org_id, id, 0, Some(total)).await;
 
         let path = object_path(org_id, id);
-        let mut sink = CsvSink::new(ctx.services.store.clone(), path.clone());
+        let mut sink = CsvSink::new(store.clone(), path.clone());
         let streamed = match self.kind {
             ReportKind::Members => stream_members(tx.conn(), &pool, org_id, id, &mut sink).await,
             ReportKind::AuditLog => stream_audit(tx.conn(), &pool, org_id, id, &mut sink).await,
@@ -255,7 +260,7 @@ async fn check_requester(
 ) -> Result<(), JobError> {
     let (tx, actor) = act_for::<perm::ReportsCreate>(pool, org_id, user_id)
         .await
-        .map_err(job_error)?;
+        .map_err(JobError::from_service)?;
     if !allowed(actor.perms(), kind) {
         return Err(JobError::Refused {
             code: "permission_denied",
@@ -268,22 +273,6 @@ async fn check_requester(
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// A service error seen by a job: what no retry can fix (the requester left,
-/// lost a permission, or the input is invalid) is permanent.
-pub(crate) fn job_error(e: ApiError) -> JobError {
-    match e {
-        ApiError::Internal(e) => JobError::Retry(e),
-        ApiError::Status { status, .. } if status.is_server_error() => {
-            JobError::Retry(anyhow::anyhow!("{status}: the database is busy"))
-        }
-        // The service's own answer, written for clients.
-        other => JobError::Refused {
-            code: other.code(),
-            message: other.to_string(),
-        },
-    }
 }
 
 /// Best-effort progress in its own short transaction (the report's own

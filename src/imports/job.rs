@@ -1,4 +1,5 @@
-//! Bulk member import: validate each CSV line and invite its address.
+//! The `imports.members` job: validate each line of an uploaded file and
+//! invite its address.
 //!
 //! The file waits in `import_files`. The job reads it and works through its
 //! lines in batches, each in one transaction acting for the requester (who
@@ -21,12 +22,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::file::{self, CsvLine};
+use super::repo::{self, ImportRow};
 use crate::auth::rbac::{act_for, perm};
 use crate::core::error::ApiError;
 use crate::core::validate::{Email, RoleName};
-use crate::imports::service::{self as imports, CsvLine, ImportRow};
 use crate::jobs::records::{self, JobState};
-use crate::jobs::tasks::report::job_error;
 use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
 use crate::organizations::model::CreateInvitation;
 use crate::organizations::service::{self as orgs, InviteSettings};
@@ -47,6 +48,8 @@ const MAX_CELL: usize = 320;
 impl Job for ImportMembers {
     const KIND: &'static str = "imports.members";
     const QUEUE: &'static str = "imports";
+    /// How invitations are made (their lifetime, the link in their email).
+    type Deps = InviteSettings;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -57,7 +60,7 @@ impl Job for ImportMembers {
         }
     }
 
-    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+    async fn run(self, settings: &InviteSettings, ctx: JobContext) -> Result<(), JobError> {
         let pool = ctx.pool();
         let (org_id, id) = (self.org_id, ctx.id);
         match records::state(pool, org_id, id).await? {
@@ -67,25 +70,24 @@ impl Job for ImportMembers {
         }
         let content = {
             let mut tx = records::org_tx(pool, org_id).await?;
-            let content = imports::read_file(tx.conn(), org_id, id).await?;
+            let content = repo::read_file(tx.conn(), org_id, id).await?;
             tx.commit().await?;
             content.ok_or_else(|| JobError::Permanent("the import file is gone".into()))?
         };
-        let lines = imports::parse(content.as_bytes()).map_err(|e| JobError::Refused {
+        let lines = file::parse(content.as_bytes()).map_err(|e| JobError::Refused {
             code: "invalid_file",
             message: format!("the import file is invalid: {e}"),
         })?;
         let first_seen = first_lines(&lines);
-        let settings = InviteSettings::from_config(&ctx.services.config);
         let total = lines.len() as i64;
         let mut done = 0;
         for batch in lines.chunks(BATCH) {
             let (mut tx, actor) =
                 act_for::<perm::InvitationsManage>(pool, org_id, self.requested_by)
                     .await
-                    .map_err(job_error)?;
+                    .map_err(JobError::from_service)?;
             let numbers: Vec<i32> = batch.iter().map(|l| l.line).collect();
-            let decided: HashSet<i32> = imports::decided_lines(tx.conn(), org_id, id, &numbers)
+            let decided: HashSet<i32> = repo::decided_lines(tx.conn(), org_id, id, &numbers)
                 .await?
                 .into_iter()
                 .collect();
@@ -99,7 +101,7 @@ impl Job for ImportMembers {
                             role: role.as_str().to_owned(),
                         };
                         let result =
-                            orgs::create_invitation(&mut tx, &actor, &settings, input).await;
+                            orgs::create_invitation(&mut tx, &actor, settings, input).await;
                         let (status, error, invitation_id) = match result {
                             Ok(inv) => ("invited", None, Some(inv.id)),
                             // The plan's seats are full: not a duplicate, an error.
@@ -124,7 +126,7 @@ impl Job for ImportMembers {
                                 ),
                                 None,
                             ),
-                            Err(other) => return Err(job_error(other)),
+                            Err(other) => return Err(JobError::from_service(other)),
                         };
                         ImportRow {
                             line: line.line,
@@ -138,15 +140,15 @@ impl Job for ImportMembers {
                 };
                 rows.push(row);
             }
-            imports::insert_rows(tx.conn(), org_id, id, &rows).await?;
+            repo::insert_rows(tx.conn(), org_id, id, &rows).await?;
             done += batch.len() as i64;
             records::set_progress(tx.conn(), org_id, id, done, Some(total)).await?;
             tx.commit().await?;
         }
 
         let mut tx = records::org_tx(pool, org_id).await?;
-        let (invited, skipped, errors) = imports::status_counts(tx.conn(), org_id, id).await?;
-        imports::delete_file(tx.conn(), org_id, id).await?;
+        let (invited, skipped, errors) = repo::status_counts(tx.conn(), org_id, id).await?;
+        repo::delete_file(tx.conn(), org_id, id).await?;
         records::succeed(
             tx.conn(),
             org_id,
