@@ -57,6 +57,8 @@ pub struct AppStateInner {
     pub auth: AuthState,
     /// The GoTrue-compatible server's state.
     pub identity: IdentityState,
+    /// Who may read `/metrics` on this listener.
+    pub metrics: Arc<crate::jobs::routes::MetricsAccess>,
     /// Invitation links and their lifetime.
     pub invites: Arc<crate::organizations::service::InviteSettings>,
     /// Stops the background task that keeps the ended sessions current when
@@ -105,6 +107,11 @@ impl AppState {
         let invites = Arc::new(crate::organizations::service::InviteSettings::from_config(
             &config,
         ));
+        let metrics = Arc::new(crate::jobs::routes::MetricsAccess {
+            elsewhere: config.metrics_addr.is_some(),
+            token: config.jobs.metrics_token.clone(),
+            open: config.metrics_open,
+        });
         let config = Arc::new(config);
         let jobs = crate::background::Background::new(pool.clone(), config.clone())?;
         let auth = AuthState::new(
@@ -134,6 +141,7 @@ impl AppState {
             auth,
             identity,
             invites,
+            metrics,
             payments,
             spends: Default::default(),
             _follow: follow,
@@ -162,6 +170,30 @@ impl FromRef<AppState> for AuthState {
 impl FromRef<AppState> for IdentityState {
     fn from_ref(s: &AppState) -> Self {
         s.identity.clone()
+    }
+}
+
+impl FromRef<AppState> for crate::jobs::Engine {
+    fn from_ref(s: &AppState) -> Self {
+        s.jobs.engine.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<crate::jobs::routes::MetricsAccess> {
+    fn from_ref(s: &AppState) -> Self {
+        s.metrics.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<dyn object_store::ObjectStore> {
+    fn from_ref(s: &AppState) -> Self {
+        s.jobs.report_store.clone()
+    }
+}
+
+impl FromRef<AppState> for crate::imports::routes::ImportLimit {
+    fn from_ref(s: &AppState) -> Self {
+        crate::imports::routes::ImportLimit(s.config.jobs.max_import_bytes)
     }
 }
 

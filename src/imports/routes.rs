@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::{StatusCode, header};
 use bytes::BytesMut;
 use futures_util::TryStreamExt;
@@ -11,14 +11,18 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::service::{self, ImportDetail};
-use crate::app::AppState;
-use crate::auth::{OrgContext, perm};
+use crate::auth::{AuthState, OrgContext, perm};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
 use crate::jobs::records::JobRecord;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+    ImportLimit: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_imports, create_import))
         .routes(routes!(get_import))
@@ -32,14 +36,22 @@ fn too_large(limit: usize) -> ApiError {
     }
 }
 
+/// `MAX_IMPORT_BYTES`: the largest import file, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportLimit(pub usize);
+
 /// A `text/csv` body of at most `MAX_IMPORT_BYTES` (its own limit, not the
 /// global body limit: the body is read here, not by a `Bytes` extractor).
 struct CsvBody(Bytes);
 
-impl FromRequest<AppState> for CsvBody {
+impl<S> FromRequest<S> for CsvBody
+where
+    S: Send + Sync,
+    ImportLimit: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let is_csv = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -53,7 +65,7 @@ impl FromRequest<AppState> for CsvBody {
                 detail: "expected a body with Content-Type: text/csv".into(),
             });
         }
-        let limit = state.config.jobs.max_import_bytes;
+        let ImportLimit(limit) = ImportLimit::from_ref(state);
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)

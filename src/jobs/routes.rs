@@ -2,7 +2,9 @@
 //! the Prometheus metrics.
 
 use axum::Json;
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -14,19 +16,36 @@ use uuid::Uuid;
 use super::admin::{self, JobStats};
 use super::broker::DeadJob;
 use super::engine::Engine;
-use crate::app::AppState;
+use crate::auth::AuthState;
 use crate::auth::principal::PlatformAdmin;
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidQuery};
 use crate::core::pagination::Page;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+    Engine: FromRef<S>,
+    Arc<MetricsAccess>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(job_stats))
         .routes(routes!(list_dead))
         .routes(routes!(get_dead, discard_dead))
         .routes(routes!(retry_dead))
         .routes(routes!(metrics))
+}
+
+/// Who may read `/metrics` on the API's listener.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsAccess {
+    /// Metrics are served on a listener of their own (`METRICS_ADDR`), not here.
+    pub elsewhere: bool,
+    /// `METRICS_TOKEN`: the scraper presents it as a bearer token.
+    pub token: Option<String>,
+    /// Served without a token (under `dev`).
+    pub open: bool,
 }
 
 fn unavailable(e: anyhow::Error) -> ApiError {
@@ -43,12 +62,9 @@ fn unavailable(e: anyhow::Error) -> ApiError {
     responses((status = 200, body = JobStats)))]
 async fn job_stats(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(engine): State<Engine>,
 ) -> Result<Json<JobStats>, ApiError> {
-    admin::stats(&state.jobs.engine)
-        .await
-        .map(Json)
-        .map_err(unavailable)
+    admin::stats(&engine).await.map(Json).map_err(unavailable)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -66,7 +82,7 @@ struct DeadQuery {
     responses((status = 200, body = Page<DeadJob>)))]
 async fn list_dead(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(engine): State<Engine>,
     ValidQuery(q): ValidQuery<DeadQuery>,
 ) -> Result<Json<Page<DeadJob>>, ApiError> {
     let page = crate::core::pagination::PageQuery {
@@ -75,7 +91,7 @@ async fn list_dead(
     };
     let limit = page.limit()?;
     let before: Option<i64> = page.after()?;
-    let rows = admin::dead(&state.jobs.engine.broker, limit as usize + 1, before)
+    let rows = admin::dead(&engine.broker, limit as usize + 1, before)
         .await
         .map_err(unavailable)?;
     Ok(Json(Page::from_rows(rows, limit, |j| {
@@ -89,13 +105,11 @@ async fn list_dead(
     responses((status = 200, body = DeadJob), (status = 404, body = Problem)))]
 async fn get_dead(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(engine): State<Engine>,
     path: IdPath<1>,
 ) -> Result<Json<DeadJob>, ApiError> {
     let [id] = path.0;
-    state
-        .jobs
-        .engine
+    engine
         .broker
         .dead_job(id)
         .await
@@ -116,14 +130,11 @@ struct Requeued {
     responses((status = 200, body = Requeued), (status = 404, body = Problem)))]
 async fn retry_dead(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(engine): State<Engine>,
     path: IdPath<1>,
 ) -> Result<Json<Requeued>, ApiError> {
     let [id] = path.0;
-    if admin::retry(&state.jobs.engine, id)
-        .await
-        .map_err(unavailable)?
-    {
+    if admin::retry(&engine, id).await.map_err(unavailable)? {
         Ok(Json(Requeued { id, requeued: true }))
     } else {
         Err(ApiError::NotFound("dead job"))
@@ -136,14 +147,11 @@ async fn retry_dead(
     responses((status = 204), (status = 404, body = Problem)))]
 async fn discard_dead(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(engine): State<Engine>,
     path: IdPath<1>,
 ) -> Result<StatusCode, ApiError> {
     let [id] = path.0;
-    if admin::discard(&state.jobs.engine, id)
-        .await
-        .map_err(unavailable)?
-    {
+    if admin::discard(&engine, id).await.map_err(unavailable)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("dead job"))
@@ -160,20 +168,15 @@ async fn discard_dead(
               (status = 401, description = "`METRICS_TOKEN` is set and was not sent", body = Problem),
               (status = 404, description = "Metrics are not served on this listener (`metrics_disabled`)", body = Problem)))]
 async fn metrics(
-    State(state): State<AppState>,
+    State(engine): State<Engine>,
+    State(access): State<Arc<MetricsAccess>>,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    if state.config.metrics_addr.is_some() {
+    if access.elsewhere {
         return Err(metrics_disabled("metrics are served on METRICS_ADDR"));
     }
-    metrics_allowed(
-        state.config.jobs.metrics_token.as_deref(),
-        &headers,
-        state.config.metrics_open,
-    )?;
-    Ok(render_metrics(state.jobs.engine.clone())
-        .await
-        .into_response())
+    metrics_allowed(access.token.as_deref(), &headers, access.open)?;
+    Ok(render_metrics(engine).await.into_response())
 }
 
 fn metrics_disabled(why: &str) -> ApiError {

@@ -2,21 +2,28 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use object_store::ObjectStore;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::service::{self, CreateReport};
-use crate::app::AppState;
-use crate::auth::{OrgContext, perm};
+use crate::auth::{AuthState, OrgContext, perm};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
 use crate::jobs::records::JobRecord;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+    Arc<dyn ObjectStore>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_reports, create_report))
         .routes(routes!(get_report))
@@ -79,7 +86,7 @@ async fn get_report(
         (status = 410, description = "`report_missing`: the file is gone", body = Problem),
     ))]
 async fn download_report(
-    State(state): State<AppState>,
+    State(store): State<Arc<dyn ObjectStore>>,
     mut ctx: OrgContext<perm::ReportsRead>,
     ids: IdPath<2>,
 ) -> Result<Response, ApiError> {
@@ -98,7 +105,7 @@ async fn download_report(
             detail: format!("downloading this report needs {}", p.as_str()),
         });
     }
-    let dl = service::open_download(state.jobs.report_store.as_ref(), ctx.org_id, &record).await?;
+    let dl = service::open_download(store.as_ref(), ctx.org_id, &record).await?;
     let header_value = |v: String| {
         HeaderValue::from_str(&v).map_err(|e| ApiError::Internal(anyhow::Error::new(e)))
     };
