@@ -13,6 +13,7 @@ pub mod principal;
 pub mod rbac;
 pub mod state;
 
+pub use permissions::{PermSet, Permission, perm};
 pub use principal::AuthUser;
-pub use rbac::{OrgContext, PermSet, Permission, perm};
+pub use rbac::OrgContext;
 pub use state::AuthState;

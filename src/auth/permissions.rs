@@ -30,24 +30,26 @@ macro_rules! permissions {
 
         /// Marker types naming one permission each, for `OrgContext<P>`.
         pub mod perm {
+            use crate::auth::permissions::{OWNER, PermRequirement, PermSet, Permission, Requirement};
+
             $(
                 #[doc = $desc]
                 pub struct $variant;
-                impl super::Requirement for $variant {
-                    fn allows(_role: &str, perms: super::PermSet) -> bool {
-                        perms.contains(super::Permission::$variant)
+                impl Requirement for $variant {
+                    fn allows(_role: &str, perms: PermSet) -> bool {
+                        perms.contains(Permission::$variant)
                     }
                     fn describe() -> &'static str { $name }
                 }
-                impl super::PermRequirement for $variant {
-                    const PERMISSION: super::Permission = super::Permission::$variant;
+                impl PermRequirement for $variant {
+                    const PERMISSION: Permission = Permission::$variant;
                 }
             )*
 
             /// Any member, whatever their role (leaving an org).
             pub struct AnyMember;
-            impl super::Requirement for AnyMember {
-                fn allows(_role: &str, _perms: super::PermSet) -> bool {
+            impl Requirement for AnyMember {
+                fn allows(_role: &str, _perms: PermSet) -> bool {
                     true
                 }
                 fn describe() -> &'static str { "membership" }
@@ -55,9 +57,9 @@ macro_rules! permissions {
 
             /// Only an owner of the org (transfer of ownership).
             pub struct Owner;
-            impl super::Requirement for Owner {
-                fn allows(role: &str, _perms: super::PermSet) -> bool {
-                    role == super::OWNER
+            impl Requirement for Owner {
+                fn allows(role: &str, _perms: PermSet) -> bool {
+                    role == OWNER
                 }
                 fn describe() -> &'static str { "the owner role" }
             }
