@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument as _;
@@ -75,7 +76,7 @@ impl AppState {
             None => verifier.with_keyring(keys.clone()),
         };
         let cache = crate::core::cache::Cache::new(
-            &config.redis_url,
+            &config.redis_url(),
             &config.cache_prefix,
             config.cache_ttl,
         )?;
@@ -85,13 +86,13 @@ impl AppState {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let limiter =
-            crate::core::ratelimit::RateLimiter::new(&config.redis_url, &config.cache_prefix)?
+            crate::core::ratelimit::RateLimiter::new(&config.redis_url(), &config.cache_prefix)?
                 .with_fail_mode(crate::core::ratelimit::FailMode::Local);
         // Every session ended so far, before the first request is served;
         // then kept current in the background.
         let ended_sessions = crate::auth::ended_sessions::EndedSessions::new(
             pool.clone(),
-            Some(&config.redis_url),
+            Some(&config.redis_url()),
             &config.cache_prefix,
         )?;
         ended_sessions.load(None).await?;
@@ -566,7 +567,7 @@ fn document_errors(api: &mut OpenApiDoc) {
 /// the same process and stop with it.
 pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let pool = crate::core::db::connect_pool(
-        &config.database_url,
+        config.database_url.expose_secret(),
         config.db_max_connections,
         config.db_acquire_timeout,
     )
@@ -647,7 +648,7 @@ async fn spawn_metrics_listener(
 /// then running jobs get the grace period to finish.
 pub async fn work(config: Config) -> anyhow::Result<()> {
     let pool = crate::core::db::connect_pool(
-        &config.database_url,
+        config.database_url.expose_secret(),
         config.db_max_connections,
         config.db_acquire_timeout,
     )

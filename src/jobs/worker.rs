@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
@@ -26,9 +27,9 @@ pub struct Services {
 
 impl Services {
     pub fn new(pool: PgPool, config: Arc<Config>) -> anyhow::Result<Services> {
-        let broker = Broker::new(&config.redis_url, &config.jobs.prefix)?;
+        let broker = Broker::new(&config.redis_url(), &config.jobs.prefix)?;
         let mailer = crate::mail::Mailer::new(
-            config.jobs.smtp_url.as_deref(),
+            config.jobs.smtp_url.as_ref().map(|u| u.expose_secret()),
             &config.jobs.mail_from,
             config.create_database,
         )?;
