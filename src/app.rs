@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument as _;
@@ -81,7 +82,7 @@ impl AppState {
             None => verifier.with_keyring(keys.clone()),
         });
         let cache = crate::core::cache::Cache::new(
-            &config.redis_url,
+            &config.redis_url(),
             &config.cache_prefix,
             config.cache_ttl,
         )?;
@@ -91,13 +92,13 @@ impl AppState {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let limiter =
-            crate::core::ratelimit::RateLimiter::new(&config.redis_url, &config.cache_prefix)?
+            crate::core::ratelimit::RateLimiter::new(&config.redis_url(), &config.cache_prefix)?
                 .with_fail_mode(crate::core::ratelimit::FailMode::Local);
         // Every session ended so far, before the first request is served;
         // then kept current in the background.
         let ended_sessions = crate::auth::ended_sessions::EndedSessions::new(
             pool.clone(),
-            Some(&config.redis_url),
+            Some(&config.redis_url()),
             &config.cache_prefix,
         )?;
         ended_sessions.load(None).await?;
@@ -652,7 +653,7 @@ fn document_errors(api: &mut OpenApiDoc) {
 /// the same process and stop with it.
 pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let pool = crate::core::db::connect_pool(
-        &config.database_url,
+        config.database_url.expose_secret(),
         config.db_max_connections,
         config.db_acquire_timeout,
     )
@@ -701,7 +702,7 @@ pub fn server_limits(config: &Config) -> crate::core::http_server::ServerLimits 
 async fn spawn_metrics_listener(
     addr: std::net::SocketAddr,
     engine: crate::jobs::Engine,
-    token: Option<String>,
+    token: Option<secrecy::SecretString>,
     limits: crate::core::http_server::ServerLimits,
     stopped: crate::jobs::worker::Shutdown,
 ) -> anyhow::Result<()> {
@@ -715,7 +716,7 @@ async fn spawn_metrics_listener(
                 let engine = engine.clone();
                 let token = token.clone();
                 async move {
-                    crate::jobs::routes::metrics_allowed(token.as_deref(), &headers, true)?;
+                    crate::jobs::routes::metrics_allowed(token.as_ref(), &headers, true)?;
                     Ok::<_, ApiError>(crate::jobs::routes::render_metrics(engine).await)
                 }
             }),
@@ -733,7 +734,7 @@ async fn spawn_metrics_listener(
 /// then running jobs get the grace period to finish.
 pub async fn work(config: Config) -> anyhow::Result<()> {
     let pool = crate::core::db::connect_pool(
-        &config.database_url,
+        config.database_url.expose_secret(),
         config.db_max_connections,
         config.db_acquire_timeout,
     )

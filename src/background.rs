@@ -42,7 +42,11 @@ impl Background {
     pub fn new(pool: PgPool, config: Arc<Config>) -> anyhow::Result<Background> {
         let engine = engine(pool, &config)?;
         let mailer = Mailer::new(
-            config.jobs.smtp_url.as_deref(),
+            config
+                .jobs
+                .smtp_url
+                .as_ref()
+                .map(secrecy::ExposeSecret::expose_secret),
             &config.jobs.mail_from,
             config.create_database,
         )?;
@@ -58,7 +62,7 @@ impl Background {
 
 /// The job engine on `pool`, with the broker `config` names.
 pub fn engine(pool: PgPool, config: &Config) -> anyhow::Result<Engine> {
-    Engine::new(pool, &config.redis_url, &config.jobs.prefix)
+    Engine::new(pool, &config.redis_url(), &config.jobs.prefix)
 }
 
 /// Every job kind Tenantry runs, each with what its handler needs.

@@ -1,11 +1,18 @@
 //! The `tenantry` binary: one program, several roles.
 
 use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
 use tenantry::config::{Config, DbConfig, Profile};
 use tenantry::core::{db, telemetry};
 
 #[derive(Parser)]
-#[command(name = "tenantry", version, about = "Multi-tenant SaaS backend")]
+#[command(
+    name = "tenantry",
+    version,
+    about = "Multi-tenant SaaS backend",
+    after_help = "Run with --help for the environment variables.",
+    after_long_help = tenantry::config::settings::help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -186,7 +193,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => {
             let config = Config::from_env(Profile::Dev)?;
             telemetry::init(config.log_format);
-            if config.jwt.secret.as_deref() == Some(tenantry::config::DEV_JWT_SECRET.as_bytes()) {
+            if config.jwt.secret.as_ref().map(|s| s.expose_secret())
+                == Some(tenantry::config::DEV_JWT_SECRET.as_bytes())
+            {
                 tracing::warn!("JWT_SECRET is unset: using the built-in development secret");
             }
             if config.auth.keys_secret.as_ref().is_some_and(|s| s.is_dev()) {
@@ -194,8 +203,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "AUTH_KEYS_SECRET is unset: signing keys are encrypted with the built-in development secret"
                 );
             }
-            db::create_database_if_missing(&config.migration_database_url).await?;
-            db::migrate_up(&config.migration_database_url, &config.database_url).await?;
+            db::create_database_if_missing(config.migration_database_url.expose_secret()).await?;
+            db::migrate_up(
+                config.migration_database_url.expose_secret(),
+                config.database_url.expose_secret(),
+            )
+            .await?;
             let with_worker = config.jobs.in_process_worker;
             tenantry::app::serve(config, with_worker).await
         }
@@ -230,16 +243,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(tenantry::config::LogFormat::Pretty);
             match action.unwrap_or(MigrateAction::Up) {
                 MigrateAction::Up => {
-                    db::migrate_up(&cfg.migration_database_url, &cfg.database_url).await?;
+                    db::migrate_up(
+                        cfg.migration_database_url.expose_secret(),
+                        cfg.database_url.expose_secret(),
+                    )
+                    .await?;
                     println!("migrations applied; app role ready");
                 }
-                MigrateAction::Down => match db::migrate_down(&cfg.migration_database_url).await? {
-                    Some(v) => println!("reverted {v}"),
-                    None => println!("nothing to revert"),
-                },
+                MigrateAction::Down => {
+                    match db::migrate_down(cfg.migration_database_url.expose_secret()).await? {
+                        Some(v) => println!("reverted {v}"),
+                        None => println!("nothing to revert"),
+                    }
+                }
                 MigrateAction::Status => {
                     for (version, desc, applied) in
-                        db::migrate_status(&cfg.migration_database_url).await?
+                        db::migrate_status(cfg.migration_database_url.expose_secret()).await?
                     {
                         println!(
                             "{version} {} {desc}",
@@ -255,7 +274,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
     use tenantry::jobs::admin;
-    let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
+    let pool = db::connect_pool(
+        config.database_url.expose_secret(),
+        2,
+        config.db_acquire_timeout,
+    )
+    .await?;
     let engine = tenantry::background::engine(pool, &config)?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     match action {
@@ -318,9 +342,10 @@ async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
 async fn admin_credits(config: Config, action: CreditsAction) -> anyhow::Result<()> {
     match action {
         CreditsAction::Reconcile => {
-            let mut conn =
-                <sqlx::PgConnection as sqlx::Connection>::connect(&config.migration_database_url)
-                    .await?;
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(
+                config.migration_database_url.expose_secret(),
+            )
+            .await?;
             let found = tenantry::billing::credits::reconcile(&mut conn).await?;
             let orgs: i64 = sqlx::query_scalar("select count(*) from credit_accounts")
                 .fetch_one(&mut conn)
@@ -343,7 +368,12 @@ async fn admin_credits(config: Config, action: CreditsAction) -> anyhow::Result<
 
 async fn admin_plans(config: Config, action: PlansAction) -> anyhow::Result<()> {
     use tenantry::billing::{model::PlanInput, plans_admin};
-    let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
+    let pool = db::connect_pool(
+        config.database_url.expose_secret(),
+        2,
+        config.db_acquire_timeout,
+    )
+    .await?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     let result = match action {
         PlansAction::List => plans_admin::list(&pool).await.map(|p| print(&p)),
@@ -395,7 +425,12 @@ async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
         KeysAction::Anon => println!("{}", keys::api_key(&config, "anon")?),
         KeysAction::Service => println!("{}", keys::api_key(&config, "service_role")?),
         KeysAction::Rotate => {
-            let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
+            let pool = db::connect_pool(
+                config.database_url.expose_secret(),
+                2,
+                config.db_acquire_timeout,
+            )
+            .await?;
             let report = KeyRing::rotate(&pool, &config).await?;
             println!("active {}", report.active);
             println!("next {}", report.next);
@@ -423,7 +458,12 @@ async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
             pool.close().await;
         }
         KeysAction::Prune => {
-            let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
+            let pool = db::connect_pool(
+                config.database_url.expose_secret(),
+                2,
+                config.db_acquire_timeout,
+            )
+            .await?;
             let pruned = KeyRing::prune(&pool).await?;
             for kid in &pruned {
                 println!("pruned {kid}");
@@ -434,7 +474,12 @@ async fn admin_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
             pool.close().await;
         }
         KeysAction::List => {
-            let pool = db::connect_pool(&config.database_url, 2, config.db_acquire_timeout).await?;
+            let pool = db::connect_pool(
+                config.database_url.expose_secret(),
+                2,
+                config.db_acquire_timeout,
+            )
+            .await?;
             let list = KeyRing::list(&pool).await?;
             println!("kid\tstate\tcreated\tactivated\tretired\texpires");
             for k in list {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 use url::Url;
@@ -140,8 +141,8 @@ impl Verifier {
         Ok(Verifier {
             secret: cfg
                 .secret
-                .as_deref()
-                .map(|s| Arc::new(DecodingKey::from_secret(s))),
+                .as_ref()
+                .map(|s| Arc::new(DecodingKey::from_secret(s.expose_secret()))),
             jwks,
             keyring: None,
             validation_base: v,

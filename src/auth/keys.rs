@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::config::{Config, KeysSecret};
+use secrecy::ExposeSecret;
 
 /// How often each process reloads the keys.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
@@ -476,7 +477,8 @@ pub fn api_key(config: &Config, role: &str) -> anyhow::Result<String> {
     let secret = config
         .jwt
         .secret
-        .as_deref()
+        .as_ref()
+        .map(|s| s.expose_secret())
         .context("JWT_SECRET is required to sign API keys")?;
     let iat = Utc::now().timestamp();
     let claims = json!({
@@ -669,7 +671,7 @@ fn cache_key(row: &Row, secret: Option<&KeysSecret>) -> anyhow::Result<CachedKey
 }
 
 fn cipher(secret: &KeysSecret) -> Aes256Gcm {
-    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*secret.expose()))
+    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*secret.expose_secret()))
 }
 
 /// AES-256-GCM under `secret` with a random nonce and `kid` as associated

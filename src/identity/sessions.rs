@@ -52,7 +52,7 @@ fn refresh_key(state: &IdentityState) -> Result<[u8; 32], AuthError> {
         AuthError::internal("AUTH_KEYS_SECRET is not set: this server cannot issue sessions")
     })?;
     Ok(hmac_sha256(
-        secret.expose(),
+        secrecy::ExposeSecret::expose_secret(secret),
         b"tenantry auth refresh-token key v1",
     ))
 }

@@ -91,22 +91,6 @@ pub(super) async fn by_email(
     .await?)
 }
 
-/// The user's confirmed email address (`None`: no account, or not confirmed).
-pub async fn confirmed_email(
-    pool: &sqlx::PgPool,
-    user_id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    let mut tx = crate::core::db::auth_tx(pool).await?;
-    let email = sqlx::query_scalar(
-        "select email from app.auth_accounts where user_id = $1 and email_confirmed_at is not null",
-    )
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.rollback().await?;
-    Ok(email)
-}
-
 /// Makes `user_id` the user of the transaction, for the `users` row (RLS).
 pub(super) async fn act_as(conn: &mut PgConnection, user_id: Uuid) -> Result<(), AuthError> {
     sqlx::query("select set_config('app.user_id', $1, true)")

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -43,7 +44,7 @@ pub struct MetricsAccess {
     /// Metrics are served on a listener of their own (`METRICS_ADDR`), not here.
     pub elsewhere: bool,
     /// `METRICS_TOKEN`: the scraper presents it as a bearer token.
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// Served without a token (under `dev`).
     pub open: bool,
 }
@@ -175,7 +176,7 @@ async fn metrics(
     if access.elsewhere {
         return Err(metrics_disabled("metrics are served on METRICS_ADDR"));
     }
-    metrics_allowed(access.token.as_deref(), &headers, access.open)?;
+    metrics_allowed(access.token.as_ref(), &headers, access.open)?;
     Ok(render_metrics(engine).await.into_response())
 }
 
@@ -191,7 +192,7 @@ fn metrics_disabled(why: &str) -> ApiError {
 /// bearer token. Without it, metrics are served only where
 /// `open_without_token` (under `dev`, and on a separate metrics listener).
 pub fn metrics_allowed(
-    token: Option<&str>,
+    token: Option<&SecretString>,
     headers: &axum::http::HeaderMap,
     open_without_token: bool,
 ) -> Result<(), ApiError> {
@@ -210,7 +211,10 @@ pub fn metrics_allowed(
         .unwrap_or("");
     // Compare digests: constant time whatever the lengths.
     use sha2::Digest;
-    let (a, b) = (sha2::Sha256::digest(given), sha2::Sha256::digest(expected));
+    let (a, b) = (
+        sha2::Sha256::digest(given),
+        sha2::Sha256::digest(expected.expose_secret()),
+    );
     if a.iter()
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))

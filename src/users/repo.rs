@@ -1,4 +1,6 @@
-//! SQL of the users domain.
+//! SQL of the users domain: profiles, the orgs a user belongs to, and
+//! lookups of accounts for other domains (a member by email, a user's label,
+//! an own account's confirmed address in the auth server's table).
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -101,4 +103,44 @@ pub async fn org_ids(conn: &mut PgConnection, user_id: Uuid) -> sqlx::Result<Vec
         .bind(user_id)
         .fetch_all(conn)
         .await
+}
+
+/// Whether a member of `org_id` has `email` (compared in lower case).
+pub async fn is_member_email(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    email: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from memberships m join users u on u.id = m.user_id
+                        where m.org_id = $1 and lower(u.email) = $2)",
+    )
+    .bind(org_id)
+    .bind(email)
+    .fetch_one(conn)
+    .await
+}
+
+/// A user's display name, else their email (for "X invited you").
+pub async fn label(conn: &mut PgConnection, user_id: Uuid) -> sqlx::Result<Option<String>> {
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("select display_name, email from users where id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.and_then(|(name, email)| name.filter(|n| !n.trim().is_empty()).or(email)))
+}
+
+/// The confirmed address of an account of the auth server (its table,
+/// `app.auth_accounts`; run under `core::db::auth_tx`).
+pub async fn confirmed_email(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "select email from app.auth_accounts where user_id = $1 and email_confirmed_at is not null",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
 }

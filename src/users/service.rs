@@ -1,4 +1,6 @@
-//! Business rules of the users domain.
+//! Business rules of the users domain, and the one home of account lookups
+//! other domains need (a member by email, a user's label, the confirmed
+//! address of an own account).
 
 use super::model::{MyOrganization, UpdateMe, User};
 use super::repo;
@@ -7,6 +9,7 @@ use crate::core::db::UserTx;
 use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Makes sure the token's user exists (id = `sub`, email from the claim).
@@ -112,4 +115,29 @@ pub async fn change_email(
 ) -> sqlx::Result<Vec<Uuid>> {
     repo::set_email(&mut *conn, id, email).await?;
     repo::org_ids(conn, id).await
+}
+
+/// Whether a member of `org_id` has `email`, on the caller's connection
+/// (an org's transaction: RLS shows its members).
+pub async fn is_member_email(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    email: &str,
+) -> Result<bool, ApiError> {
+    Ok(repo::is_member_email(conn, org_id, email).await?)
+}
+
+/// A user's display name, else their email (for "X invited you").
+pub async fn label(conn: &mut PgConnection, user_id: Uuid) -> Result<Option<String>, ApiError> {
+    Ok(repo::label(conn, user_id).await?)
+}
+
+/// The confirmed email address of an account of Tenantry's auth server
+/// (`None`: no account, or not confirmed). Read from the auth server's
+/// table in a transaction of its own.
+pub async fn confirmed_email(pool: &PgPool, user_id: Uuid) -> Result<Option<String>, ApiError> {
+    let mut tx = crate::core::db::auth_tx(pool).await?;
+    let email = repo::confirmed_email(&mut tx, user_id).await?;
+    tx.rollback().await?;
+    Ok(email)
 }

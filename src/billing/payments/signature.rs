@@ -8,7 +8,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use secrecy::{ExposeSecret, SecretString};
 
 /// How far the signature's timestamp may be from now, either way.
 pub const TOLERANCE_SECS: i64 = 300;
@@ -27,7 +27,7 @@ pub enum SignatureError {
 pub fn verify(
     header: Option<&str>,
     body: &[u8],
-    secrets: &[Secret],
+    secrets: &[SecretString],
     now: i64,
 ) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Malformed)?;
@@ -63,7 +63,7 @@ pub fn verify(
         return Err(SignatureError::Malformed);
     }
     let matched = secrets.iter().any(|secret| {
-        let mut mac = <Hmac<Sha256>>::new_from_slice(secret.expose().as_bytes())
+        let mut mac = <Hmac<Sha256>>::new_from_slice(secret.expose_secret().as_bytes())
             .expect("HMAC takes keys of any length");
         mac.update(t.to_string().as_bytes());
         mac.update(b".");
@@ -102,8 +102,8 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn secrets(list: &[&str]) -> Vec<Secret> {
-        list.iter().map(|s| Secret::new(*s)).collect()
+    fn secrets(list: &[&str]) -> Vec<SecretString> {
+        list.iter().map(|s| SecretString::from(*s)).collect()
     }
 
     #[test]

@@ -19,8 +19,9 @@ use super::{
     PortalSession, PriceChange, SubscriptionUpdate, UpdateFailure,
 };
 use crate::billing::model::Plan;
-use crate::config::{BillingConfig, PaymentProviderKind, Secret};
+use crate::config::{BillingConfig, PaymentProviderKind};
 use crate::core::error::ApiError;
+use secrecy::{ExposeSecret, SecretString};
 
 /// One attempt's limit; a request is tried at most twice.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +30,7 @@ const ATTEMPTS: u32 = 2;
 pub struct StripeProvider {
     http: reqwest::Client,
     base: Url,
-    secret: Secret,
+    secret: SecretString,
 }
 
 impl StripeProvider {
@@ -124,7 +125,10 @@ impl StripeProvider {
                     .body(body.clone()),
                 None => self.http.get(self.url(path)),
             };
-            let sent = request.bearer_auth(self.secret.expose()).send().await;
+            let sent = request
+                .bearer_auth(self.secret.expose_secret())
+                .send()
+                .await;
             let res = match sent {
                 Ok(res) => res,
                 Err(e) => {
