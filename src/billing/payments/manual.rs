@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use futures_util::future::BoxFuture;
 
-use super::{
+use super::provider::{
     CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest, PortalSession,
     SubscriptionUpdate, UpdateFailure,
 };

@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 
 use super::checkout::{self, CheckoutInput};
 use super::invoices::{self, Invoice};
+use super::provider::{CheckoutSession, CreditPack, PortalSession};
 use super::webhook::{self, WebhookAck};
-use super::{CheckoutSession, CreditPack, PortalSession};
 use crate::app::AppState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::{OrgContext, perm};

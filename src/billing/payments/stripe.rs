@@ -13,11 +13,11 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use url::Url;
 
-use super::webhook::{self, period_bound};
-use super::{
+use super::provider::{
     CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
     PortalSession, PriceChange, SubscriptionUpdate, UpdateFailure,
 };
+use super::webhook::{self, period_bound};
 use crate::billing::model::Plan;
 use crate::config::{BillingConfig, PaymentProviderKind, Secret};
 use crate::core::error::ApiError;

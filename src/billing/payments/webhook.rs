@@ -738,7 +738,7 @@ async fn invoice_payment_failed(
     .bind(org_id)
     .fetch_all(&mut *conn)
     .await?;
-    let update_payment_url = super::billing_url(&state.config.jobs.app_url, org_id);
+    let update_payment_url = super::checkout::billing_url(&state.config.jobs.app_url, org_id);
     for to in owners {
         let job = SendEmail {
             to,
