@@ -256,7 +256,7 @@ async fn record(
     org_id: uuid::Uuid,
     user_id: uuid::Uuid,
     change: &subscriptions::ProviderChange,
-    stripe_subscription: &serde_json::Value,
+    stripe_subscription: &crate::billing::payments::stripe_objects::Subscription,
     sent_at: chrono::DateTime<chrono::Utc>,
     audit: bool,
 ) -> Result<SubscriptionView, ApiError> {

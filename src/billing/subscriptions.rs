@@ -729,7 +729,7 @@ pub async fn cancel_or_resume(
 pub async fn record_provider_change(
     tx: &mut TenantTx,
     change: &ProviderChange,
-    stripe_subscription: &serde_json::Value,
+    stripe_subscription: &crate::billing::payments::stripe_objects::Subscription,
     sent_at: DateTime<Utc>,
     audit_change: bool,
 ) -> Result<SubscriptionView, ApiError> {

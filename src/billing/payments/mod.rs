@@ -12,6 +12,7 @@ pub mod provider;
 pub mod routes;
 pub mod signature;
 pub mod stripe;
+pub mod stripe_objects;
 pub mod webhook;
 
 pub use configured::provider_from_config;

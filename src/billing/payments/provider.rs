@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::stripe_objects::Subscription as StripeSubscription;
 use crate::billing::model::Plan;
 use crate::config::PaymentProviderKind;
 use crate::core::error::ApiError;
@@ -109,11 +110,12 @@ pub trait PaymentProvider: Send + Sync + 'static {
         req: &'a PortalRequest,
     ) -> BoxFuture<'a, Result<PortalSession, ApiError>>;
 
-    /// The provider's subscription as it now is.
+    /// The provider's subscription as it now is (Stripe's object: only
+    /// Stripe manages subscriptions).
     fn get_subscription<'a>(
         &'a self,
         subscription_id: &'a str,
-    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>>;
+    ) -> BoxFuture<'a, Result<StripeSubscription, ApiError>>;
 
     /// Changes the provider's subscription; returns it as it now is.
     fn update_subscription<'a>(
@@ -121,7 +123,7 @@ pub trait PaymentProvider: Send + Sync + 'static {
         subscription_id: &'a str,
         update: &'a SubscriptionUpdate,
         idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<serde_json::Value, UpdateFailure>>;
+    ) -> BoxFuture<'a, Result<StripeSubscription, UpdateFailure>>;
 }
 
 /// A change of a subscription that failed.

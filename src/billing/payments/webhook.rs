@@ -10,7 +10,7 @@
 //! revived by an older event about it.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 use utoipa::ToSchema;
@@ -19,6 +19,10 @@ use uuid::Uuid;
 use super::checkout::store_customer;
 use super::invoices::{ProviderInvoice, upsert_provider_invoice};
 use super::signature::{self, SignatureError};
+use super::stripe_objects::{
+    CheckoutSession, Event, EventEnvelope, Expandable, Invoice, Metadata, ObjectHead,
+    Subscription as StripeSubscription, non_empty,
+};
 use crate::app::AppState;
 use crate::config::PaymentProviderKind;
 use crate::core::db::{SystemScope, TenantTx, system_tx};
@@ -34,16 +38,6 @@ pub struct WebhookAck {
     pub duplicate: bool,
 }
 
-/// A Stripe event, as far as it is read here.
-#[derive(Debug)]
-pub struct Event {
-    pub id: String,
-    pub kind: String,
-    pub created: DateTime<Utc>,
-    /// `data.object`.
-    pub object: Value,
-}
-
 fn invalid_event(detail: &str) -> ApiError {
     ApiError::bad_request("invalid_event", format!("not a Stripe event: {detail}"))
 }
@@ -52,27 +46,24 @@ fn invalid_event(detail: &str) -> ApiError {
 pub fn parse_event(body: &[u8]) -> Result<Event, ApiError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|_| invalid_event("the body is not JSON"))?;
-    let id = v["id"]
-        .as_str()
+    // JSON of another shape than an object has none of an event's fields.
+    let envelope = EventEnvelope::deserialize(v).unwrap_or_default();
+    let id = envelope
+        .id
         .filter(|id| id.starts_with("evt_") && id.len() <= 255)
         .ok_or_else(|| invalid_event("no id starting evt_"))?;
-    let kind = v["type"]
-        .as_str()
+    let kind = envelope
+        .kind
         .filter(|t| !t.is_empty() && t.len() <= 255)
         .ok_or_else(|| invalid_event("no type"))?;
-    let created = v["created"]
-        .as_i64()
+    let created = envelope
+        .created
         .and_then(|t| DateTime::from_timestamp(t, 0))
         .ok_or_else(|| invalid_event("no created timestamp"))?;
-    if !v["data"]["object"].is_object() {
+    let Some(object) = envelope.data.object else {
         return Err(invalid_event("no data.object"));
-    }
-    Ok(Event {
-        id: id.to_owned(),
-        kind: kind.to_owned(),
-        created,
-        object: v["data"]["object"].clone(),
-    })
+    };
+    Ok(Event::new(id, kind, created, object))
 }
 
 /// Verifies, records and applies one delivery of `POST /api/v1/webhooks/stripe`.
@@ -107,10 +98,11 @@ pub async fn receive(
         },
     )?;
     let event = parse_event(body)?;
+    let head: ObjectHead = event.object();
 
-    let org_hint = match org_hint(&event.object) {
+    let org_hint = match org_hint(&head) {
         Some(org) => Some(org),
-        None => match customer_of(&event.object) {
+        None => match customer_of(&head) {
             Some(customer) => org_of_customer(state, customer).await?,
             None => None,
         },
@@ -147,7 +139,7 @@ pub async fn receive(
     .bind(&event.kind)
     .bind(event.created)
     .bind(org_id)
-    .bind(event.object["id"].as_str())
+    .bind(head.id.as_deref())
     .fetch_optional(&mut *conn)
     .await?;
     if recorded.is_none() {
@@ -157,7 +149,7 @@ pub async fn receive(
         });
     }
     match org_id {
-        Some(org_id) => apply(state, conn, org_id, &event).await?,
+        Some(org_id) => apply(state, conn, org_id, &event, &head).await?,
         None => tracing::info!(
             event = %event.id, kind = %event.kind,
             "Stripe event for no known org: recorded, nothing to do"
@@ -192,38 +184,35 @@ impl WebhookTx {
 }
 
 /// The org an object names in the metadata Tenantry gave it.
-fn org_hint(obj: &Value) -> Option<Uuid> {
+fn org_hint(obj: &ObjectHead) -> Option<Uuid> {
     [
-        &obj["metadata"]["org_id"],
-        &obj["client_reference_id"],
-        &obj["subscription_details"]["metadata"]["org_id"],
-        &obj["parent"]["subscription_details"]["metadata"]["org_id"],
-        &obj["lines"]["data"][0]["metadata"]["org_id"],
+        obj.metadata.org_id.as_deref(),
+        obj.client_reference_id.as_deref(),
+        obj.subscription_details.metadata.org_id.as_deref(),
+        obj.parent.subscription_details.metadata.org_id.as_deref(),
+        obj.lines.first().and_then(|l| l.metadata.org_id.as_deref()),
     ]
     .into_iter()
-    .find_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+    .find_map(|v| v.and_then(|s| Uuid::parse_str(s).ok()))
 }
 
 /// An id given as a string or as an expanded object.
-fn id_of(v: &Value) -> Option<&str> {
-    v.as_str()
-        .or_else(|| v["id"].as_str())
-        .filter(|s| !s.is_empty())
+fn id_of(v: Option<&Expandable>) -> Option<&str> {
+    v.and_then(Expandable::id).filter(|s| !s.is_empty())
 }
 
-fn customer_of(obj: &Value) -> Option<&str> {
-    id_of(&obj["customer"])
+fn customer_of(obj: &ObjectHead) -> Option<&str> {
+    id_of(obj.customer.as_ref())
 }
 
 /// Stripe's lowercase ISO 4217 code as stored (`usd` -> `USD`).
-fn currency_of(v: &Value) -> Option<String> {
-    v.as_str()
-        .map(str::to_ascii_uppercase)
+fn currency_of(v: Option<&str>) -> Option<String> {
+    v.map(str::to_ascii_uppercase)
         .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
 }
 
-fn unix(v: &Value) -> Option<DateTime<Utc>> {
-    v.as_i64().and_then(|t| DateTime::from_timestamp(t, 0))
+fn unix(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.and_then(|t| DateTime::from_timestamp(t, 0))
 }
 
 /// The org of a Stripe customer, read across orgs by the webhook handler.
@@ -244,9 +233,9 @@ async fn apply(
     conn: &mut PgConnection,
     org_id: Uuid,
     event: &Event,
+    head: &ObjectHead,
 ) -> Result<(), ApiError> {
-    let obj = &event.object;
-    if let Some(customer) = customer_of(obj) {
+    if let Some(customer) = customer_of(head) {
         store_customer(conn, org_id, PaymentProviderKind::Stripe, customer).await?;
     }
     match event.kind.as_str() {
@@ -274,26 +263,28 @@ async fn checkout_completed(
     org_id: Uuid,
     event: &Event,
 ) -> Result<(), ApiError> {
-    let obj = &event.object;
-    let Some(session_id) = obj["id"].as_str() else {
+    let obj: CheckoutSession = event.object();
+    let Some(session_id) = obj.id.as_deref() else {
         return Ok(());
     };
-    match obj["mode"].as_str() {
+    match obj.mode.as_deref() {
         Some("payment") => {
             if !matches!(
-                obj["payment_status"].as_str(),
+                obj.payment_status.as_deref(),
                 Some("paid" | "no_payment_required")
             ) {
                 // Paid later (bank debits): `async_payment_succeeded` grants.
                 return Ok(());
             }
-            let Some(code) = obj["metadata"]["credit_pack"].as_str() else {
+            let Some(code) = obj.metadata.credit_pack.as_deref() else {
                 tracing::warn!(event = %event.id, "paid Checkout without a credit pack");
                 return Ok(());
             };
             let pack = super::checkout::active_pack(conn, code).await?;
-            let credits = obj["metadata"]["credits"]
-                .as_str()
+            let credits = obj
+                .metadata
+                .credits
+                .as_deref()
                 .and_then(|c| c.parse::<i64>().ok())
                 .or(pack.as_ref().map(|p| p.credits))
                 .filter(|c| *c > 0);
@@ -305,12 +296,12 @@ async fn checkout_completed(
                 .as_ref()
                 .map(|p| p.name.clone())
                 .unwrap_or_else(|| format!("{credits} credits"));
-            let amount = obj["amount_total"]
-                .as_i64()
+            let amount = obj
+                .amount_total
                 .or(pack.as_ref().map(|p| p.price_minor))
                 .unwrap_or(0)
                 .max(0);
-            let currency = currency_of(&obj["currency"])
+            let currency = currency_of(obj.currency.as_deref())
                 .or(pack.as_ref().map(|p| p.currency.clone()))
                 .unwrap_or_else(|| "USD".to_owned());
             let description = format!("Credit pack: {name}");
@@ -343,7 +334,7 @@ async fn checkout_completed(
             Ok(())
         }
         Some("subscription") => {
-            let Some(sub_id) = id_of(&obj["subscription"]) else {
+            let Some(sub_id) = id_of(obj.subscription.as_ref()) else {
                 return Ok(());
             };
             if subscription_was_deleted(conn, sub_id).await? {
@@ -402,7 +393,8 @@ async fn subscription_changed(
     org_id: Uuid,
     event: &Event,
 ) -> Result<(), ApiError> {
-    if !apply_subscription(conn, org_id, &event.object, event.created).await? {
+    let obj: StripeSubscription = event.object();
+    if !apply_subscription(conn, org_id, &obj, event.created).await? {
         tracing::info!(event = %event.id, %org_id, "older subscription event: recorded, not applied");
     }
     Ok(())
@@ -415,7 +407,7 @@ async fn subscription_changed(
 pub(crate) async fn apply_subscription(
     conn: &mut PgConnection,
     org_id: Uuid,
-    obj: &Value,
+    obj: &StripeSubscription,
     as_of: DateTime<Utc>,
 ) -> Result<bool, ApiError> {
     mirror(conn, org_id, obj, as_of, false).await
@@ -428,10 +420,10 @@ pub(crate) async fn mirror_answer(
     conn: &mut PgConnection,
     org_id: Uuid,
     subscription_id: &str,
-    obj: &Value,
+    obj: &StripeSubscription,
     as_of: DateTime<Utc>,
 ) -> Result<bool, ApiError> {
-    if obj["id"].as_str() != Some(subscription_id) {
+    if obj.id.as_deref() != Some(subscription_id) {
         return Err(ApiError::Status {
             status: axum::http::StatusCode::BAD_GATEWAY,
             code: "payment_provider_error",
@@ -444,25 +436,24 @@ pub(crate) async fn mirror_answer(
 async fn mirror(
     conn: &mut PgConnection,
     org_id: Uuid,
-    obj: &Value,
+    obj: &StripeSubscription,
     as_of: DateTime<Utc>,
     linked_only: bool,
 ) -> Result<bool, ApiError> {
-    let Some(sub_id) = obj["id"].as_str() else {
+    let Some(sub_id) = obj.id.as_deref() else {
         return Ok(false);
     };
     if subscription_was_deleted(conn, sub_id).await? {
         return Ok(false);
     }
-    let status = obj["status"].as_str().and_then(map_status);
-    let start =
-        period_bound(obj, "current_period_start").and_then(|t| DateTime::from_timestamp(t, 0));
-    let end = period_bound(obj, "current_period_end").and_then(|t| DateTime::from_timestamp(t, 0));
+    let status = obj.status.as_deref().and_then(map_status);
+    let start = unix(obj.period_start());
+    let end = unix(obj.period_end());
     let (start, end) = match (start, end) {
         (Some(s), Some(e)) if e > s => (Some(s), Some(e)),
         _ => (None, None),
     };
-    let (plan, pending) = plan_state(&obj["metadata"], start);
+    let (plan, pending) = plan_state(&obj.metadata, start);
     let plan = known_plan(conn, plan).await?;
     let pending = known_plan(conn, pending).await?;
     let applied: Option<Uuid> = sqlx::query_scalar(
@@ -502,9 +493,9 @@ async fn mirror(
     .bind(status)
     .bind(start)
     .bind(end)
-    .bind(unix(&obj["trial_end"]))
-    .bind(obj["cancel_at_period_end"].as_bool().unwrap_or(false))
-    .bind(unix(&obj["canceled_at"]))
+    .bind(unix(obj.trial_end))
+    .bind(obj.cancel_at_period_end.unwrap_or(false))
+    .bind(unix(obj.canceled_at))
     .bind(sub_id)
     .bind(as_of)
     .bind(pending)
@@ -518,29 +509,16 @@ async fn mirror(
     Ok(true)
 }
 
-/// A non-empty string (trimmed), as Stripe's metadata values are read.
-pub(super) fn non_empty(v: &Value) -> Option<&str> {
-    v.as_str().map(str::trim).filter(|s| !s.is_empty())
-}
-
-/// A bound of a subscription's current period (`current_period_start` or
-/// `_end`), in unix seconds: newer API versions keep it on the items.
-pub(super) fn period_bound(subscription: &Value, field: &str) -> Option<i64> {
-    subscription[field]
-        .as_i64()
-        .or_else(|| subscription["items"]["data"][0][field].as_i64())
-}
-
 /// The plan and the pending plan a subscription's metadata names, in a
 /// period starting at `start`: `plan`, unless a downgrade recorded as
 /// `pending_plan` has taken effect (the period starts at or after
 /// `pending_from`, unix seconds), which makes `pending_plan` the plan.
-fn plan_state(metadata: &Value, start: Option<DateTime<Utc>>) -> (Option<&str>, Option<&str>) {
-    let plan = non_empty(&metadata["plan"]);
-    let Some(pending) = non_empty(&metadata["pending_plan"]) else {
+fn plan_state(metadata: &Metadata, start: Option<DateTime<Utc>>) -> (Option<&str>, Option<&str>) {
+    let plan = non_empty(metadata.plan.as_deref());
+    let Some(pending) = non_empty(metadata.pending_plan.as_deref()) else {
         return (plan, None);
     };
-    let from = non_empty(&metadata["pending_from"])
+    let from = non_empty(metadata.pending_from.as_deref())
         .and_then(|s| s.parse::<i64>().ok())
         .and_then(|t| DateTime::from_timestamp(t, 0));
     match (from, start) {
@@ -607,8 +585,8 @@ async fn subscription_deleted(
     org_id: Uuid,
     event: &Event,
 ) -> Result<(), ApiError> {
-    let obj = &event.object;
-    let Some(sub_id) = obj["id"].as_str() else {
+    let obj: StripeSubscription = event.object();
+    let Some(sub_id) = obj.id.as_deref() else {
         return Ok(());
     };
     sqlx::query(
@@ -622,7 +600,7 @@ async fn subscription_deleted(
     )
     .bind(org_id)
     .bind(sub_id)
-    .bind(unix(&obj["canceled_at"]).or(unix(&obj["ended_at"])))
+    .bind(unix(obj.canceled_at).or(unix(obj.ended_at)))
     .bind(event.created)
     .execute(&mut *conn)
     .await?;
@@ -630,37 +608,41 @@ async fn subscription_deleted(
 }
 
 /// The subscription an invoice bills, wherever the API version puts it.
-fn invoice_subscription(obj: &Value) -> Option<&str> {
-    id_of(&obj["subscription"])
-        .or_else(|| id_of(&obj["parent"]["subscription_details"]["subscription"]))
-        .or_else(|| id_of(&obj["lines"]["data"][0]["subscription"]))
+fn invoice_subscription(obj: &Invoice) -> Option<&str> {
+    id_of(obj.subscription.as_ref())
+        .or_else(|| id_of(obj.parent.subscription_details.subscription.as_ref()))
+        .or_else(|| id_of(obj.lines.first().and_then(|l| l.subscription.as_ref())))
 }
 
-fn provider_invoice<'a>(obj: &'a Value, status: &'a str, event: &Event) -> ProviderInvoice<'a> {
-    let line = &obj["lines"]["data"][0]["period"];
-    let period = match (unix(&line["start"]), unix(&line["end"])) {
+fn provider_invoice<'a>(obj: &'a Invoice, status: &'a str, event: &Event) -> ProviderInvoice<'a> {
+    let line = obj.lines.first().map(|l| &l.period);
+    let period = match (
+        unix(line.and_then(|p| p.start)),
+        unix(line.and_then(|p| p.end)),
+    ) {
         (Some(s), Some(e)) => Some((s, e)),
-        _ => match (unix(&obj["period_start"]), unix(&obj["period_end"])) {
+        _ => match (unix(obj.period_start), unix(obj.period_end)) {
             (Some(s), Some(e)) => Some((s, e)),
             _ => None,
         },
     };
     ProviderInvoice {
-        provider_invoice_id: obj["id"].as_str().unwrap_or_default(),
-        number: obj["number"].as_str(),
+        provider_invoice_id: obj.id.as_deref().unwrap_or_default(),
+        number: obj.number.as_deref(),
         status,
-        amount_due_minor: obj["amount_due"].as_i64().unwrap_or(0).max(0),
-        amount_paid_minor: obj["amount_paid"].as_i64().unwrap_or(0).max(0),
-        currency: currency_of(&obj["currency"]).unwrap_or_else(|| "USD".to_owned()),
+        amount_due_minor: obj.amount_due.unwrap_or(0).max(0),
+        amount_paid_minor: obj.amount_paid.unwrap_or(0).max(0),
+        currency: currency_of(obj.currency.as_deref()).unwrap_or_else(|| "USD".to_owned()),
         period,
-        description: obj["description"]
-            .as_str()
+        description: obj
+            .description
+            .as_deref()
             .filter(|d| !d.is_empty())
             .map(str::to_owned)
             .unwrap_or_else(|| "Subscription invoice".to_owned()),
-        hosted_url: obj["hosted_invoice_url"].as_str(),
-        paid_at: unix(&obj["status_transitions"]["paid_at"]).or(Some(event.created)),
-        due_at: unix(&obj["due_date"]),
+        hosted_url: obj.hosted_invoice_url.as_deref(),
+        paid_at: unix(obj.status_transitions.paid_at).or(Some(event.created)),
+        due_at: unix(obj.due_date),
     }
 }
 
@@ -671,12 +653,12 @@ async fn invoice_paid(
     org_id: Uuid,
     event: &Event,
 ) -> Result<(), ApiError> {
-    let obj = &event.object;
-    if obj["id"].as_str().is_none() {
+    let obj: Invoice = event.object();
+    if obj.id.is_none() {
         return Ok(());
     }
-    upsert_provider_invoice(conn, org_id, &provider_invoice(obj, "paid", event)).await?;
-    if let Some(sub_id) = invoice_subscription(obj) {
+    upsert_provider_invoice(conn, org_id, &provider_invoice(&obj, "paid", event)).await?;
+    if let Some(sub_id) = invoice_subscription(&obj) {
         sqlx::query(
             // Only the status: the period, plan and cancellation come from
             // subscription events, whose watermark an invoice does not move.
@@ -704,17 +686,17 @@ async fn invoice_payment_failed(
     org_id: Uuid,
     event: &Event,
 ) -> Result<(), ApiError> {
-    let obj = &event.object;
-    if obj["id"].as_str().is_none() {
+    let obj: Invoice = event.object();
+    if obj.id.is_none() {
         return Ok(());
     }
     let invoice =
-        upsert_provider_invoice(conn, org_id, &provider_invoice(obj, "open", event)).await?;
+        upsert_provider_invoice(conn, org_id, &provider_invoice(&obj, "open", event)).await?;
     if invoice.status == "paid" {
         // Paid since (an older failure arriving late).
         return Ok(());
     }
-    if let Some(sub_id) = invoice_subscription(obj) {
+    if let Some(sub_id) = invoice_subscription(&obj) {
         sqlx::query(
             "update subscriptions set status = 'past_due', updated_at = now()
              where org_id = $1 and provider_subscription_id = $2 and status <> 'canceled'
@@ -763,7 +745,7 @@ mod tests {
         let ok = br#"{"id":"evt_1","type":"invoice.paid","created":1700000000,"data":{"object":{"id":"in_1"}}}"#;
         let e = parse_event(ok).unwrap();
         assert_eq!(e.kind, "invoice.paid");
-        assert_eq!(e.object["id"], "in_1");
+        assert_eq!(e.object::<ObjectHead>().id.as_deref(), Some("in_1"));
         for bad in [
             &b"not json"[..],
             br#"[]"#,
@@ -789,9 +771,10 @@ mod tests {
 
     #[test]
     fn a_pending_downgrade_becomes_the_plan_from_its_renewal_on() {
-        let meta = serde_json::json!({
+        let read = |v: Value| serde_json::from_value::<Metadata>(v).unwrap();
+        let meta = read(serde_json::json!({
             "plan": "business", "pending_plan": "pro", "pending_from": "1700000000"
-        });
+        }));
         let at = |t: i64| DateTime::from_timestamp(t, 0);
         assert_eq!(
             plan_state(&meta, at(1699990000)),
@@ -801,20 +784,24 @@ mod tests {
         assert_eq!(plan_state(&meta, at(1702592000)), (Some("pro"), None));
         // Without a period, or a readable date, the downgrade stays pending.
         assert_eq!(plan_state(&meta, None), (Some("business"), Some("pro")));
-        let bad =
-            serde_json::json!({"plan": "business", "pending_plan": "pro", "pending_from": "soon"});
+        let bad = read(
+            serde_json::json!({"plan": "business", "pending_plan": "pro", "pending_from": "soon"}),
+        );
         assert_eq!(
             plan_state(&bad, at(1800000000)),
             (Some("business"), Some("pro"))
         );
         // Cleared keys (Stripe drops keys set empty; older objects may show "").
         let cleared =
-            serde_json::json!({"plan": "business", "pending_plan": "", "pending_from": ""});
+            read(serde_json::json!({"plan": "business", "pending_plan": "", "pending_from": ""}));
         assert_eq!(
             plan_state(&cleared, at(1700000000)),
             (Some("business"), None)
         );
-        assert_eq!(plan_state(&serde_json::json!({}), at(1)), (None, None));
+        assert_eq!(
+            plan_state(&read(serde_json::json!({})), at(1)),
+            (None, None)
+        );
     }
 
     #[test]
