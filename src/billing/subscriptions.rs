@@ -743,7 +743,7 @@ pub async fn record_provider_change(
     let as_of = sent_at
         .duration_trunc(TimeDelta::seconds(1))
         .unwrap_or(sent_at);
-    crate::billing::payments::webhook::mirror_answer(
+    crate::billing::payments::mirror::mirror_answer(
         tx.conn(),
         org_id,
         &change.subscription_id,

@@ -8,6 +8,7 @@ pub mod checkout;
 pub mod configured;
 pub mod invoices;
 pub mod manual;
+pub mod mirror;
 pub mod provider;
 pub mod routes;
 pub mod signature;

@@ -158,5 +158,14 @@ async fn stripe_webhook(
     let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok());
-    Ok(Json(webhook::receive(&state, signature, &body).await?))
+    let config = &state.config;
+    let ack = webhook::receive(
+        &state.pool,
+        &config.billing,
+        &config.jobs.app_url,
+        signature,
+        &body,
+    )
+    .await?;
+    Ok(Json(ack))
 }

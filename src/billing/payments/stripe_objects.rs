@@ -128,12 +128,13 @@ pub struct ObjectId {
 }
 
 impl Expandable {
-    /// The id as sent, or the expanded object's.
+    /// The id as sent, or the expanded object's (an empty one is none).
     pub fn id(&self) -> Option<&str> {
         match self {
-            Expandable::Id(id) => Some(id),
+            Expandable::Id(id) => Some(id.as_str()),
             Expandable::Object(object) => object.id.as_deref(),
         }
+        .filter(|id| !id.is_empty())
     }
 }
 
