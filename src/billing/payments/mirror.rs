@@ -22,7 +22,7 @@ use super::stripe_objects::{
     CheckoutSession, Event, Expandable, Invoice, Metadata, Subscription as StripeSubscription,
     non_empty,
 };
-use crate::billing::subscriptions::{PERIOD_GRANT_PRIORITY, period_ref};
+use crate::billing::subscriptions::periods::{PERIOD_GRANT_PRIORITY, period_ref};
 use crate::core::error::ApiError;
 use crate::jobs::tasks::email::SendEmail;
 use crate::mail::templates::Template;
