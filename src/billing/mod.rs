@@ -3,6 +3,7 @@
 pub mod credits;
 pub mod model;
 pub mod payments;
+pub mod plan_change;
 pub mod plans_admin;
 pub mod repo;
 pub mod routes;
