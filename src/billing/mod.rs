@@ -15,5 +15,5 @@ use crate::app::AppState;
 
 /// Every billing route.
 pub fn router() -> OpenApiRouter<AppState> {
-    routes::router().merge(credits::router())
+    routes::router().merge(credits::routes::router())
 }
