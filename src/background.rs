@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::billing::credits::prune::IdempotencyPrune;
 use crate::billing::credits::sweep::CreditsSweep;
-use crate::billing::rollover::Rollover;
+use crate::billing::subscriptions::Rollover;
 use crate::config::Config;
 use crate::imports::job::ImportMembers;
 use crate::jobs::cleanup::Cleanup;

@@ -3,9 +3,9 @@
 pub mod credits;
 pub mod model;
 pub mod payments;
+pub mod plan_change;
 pub mod plans_admin;
 pub mod repo;
-pub mod rollover;
 pub mod routes;
 pub mod subscriptions;
 
@@ -15,5 +15,5 @@ use crate::app::AppState;
 
 /// Every billing route.
 pub fn router() -> OpenApiRouter<AppState> {
-    routes::router().merge(credits::router())
+    routes::router().merge(credits::routes::router())
 }

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::model::{AdminPlan, ChangePlan, Entitlements, Plan, PlanInput, SubscriptionView};
-use super::{plans_admin, repo, subscriptions};
+use super::{plan_change, plans_admin, repo, subscriptions};
 use crate::app::AppState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::{OrgContext, perm};
@@ -142,10 +142,17 @@ async fn change_subscription(
     ValidJson(input): ValidJson<ChangePlan>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let actor = ctx.lock().await?;
-    let change =
-        subscriptions::change_plan(&mut ctx.tx, &actor, state.config.billing.provider, input)
-            .await?;
-    finish(&state, ctx, change).await.map(Json)
+    let provider = state.config.billing.provider;
+    let view = plan_change::change_plan(
+        &state.pool,
+        &state.payments,
+        ctx.tx,
+        &actor,
+        provider,
+        input,
+    )
+    .await?;
+    Ok(Json(view))
 }
 
 /// Cancels at the end of the period: the org goes back to the free plan then.
@@ -182,129 +189,14 @@ async fn resume_subscription(
     cancel_or_resume(&state, ctx, false).await.map(Json)
 }
 
-/// Cancel or resume: see [`finish`].
+/// Cancel or resume: see [`plan_change`].
 async fn cancel_or_resume(
     state: &AppState,
     mut ctx: OrgContext<perm::BillingManage>,
     cancel: bool,
 ) -> Result<SubscriptionView, ApiError> {
     let actor = ctx.lock().await?;
-    let change = subscriptions::cancel_or_resume(&mut ctx.tx, &actor, cancel).await?;
-    finish(state, ctx, change).await
-}
-
-/// Commits a change made here; a change of a Stripe-managed subscription is
-/// made at Stripe after the commit (no transaction, nor the org lock, held
-/// while it answers; the org's lease on changes keeps others out), then
-/// mirrored from its answer as its webhooks would be. The request to Stripe
-/// and the mirror run in their own task: a client that hangs up does not
-/// leave a change made at Stripe unrecorded.
-async fn finish(
-    state: &AppState,
-    ctx: OrgContext<perm::BillingManage>,
-    change: subscriptions::Change,
-) -> Result<SubscriptionView, ApiError> {
-    let change = match change {
-        subscriptions::Change::Done(view) => {
-            ctx.tx.commit().await?;
-            return Ok(*view);
-        }
-        subscriptions::Change::AtProvider(change) => change,
-    };
-    let (org_id, user_id) = (ctx.org_id, ctx.tx.user_id());
-    ctx.tx.commit().await?;
-    let state = state.clone();
-    let task = tokio::spawn(async move {
-        let key = format!(
-            "tenantry-{}-{}-{}",
-            change.kind(),
-            change.subscription_id,
-            uuid::Uuid::now_v7()
-        );
-        let sent_at = chrono::Utc::now();
-        let answer = state
-            .payments
-            .update_subscription(&change.subscription_id, &change.update, &key)
-            .await;
-        match answer {
-            Ok(answer) => {
-                let recorded = record(&state, org_id, user_id, &change, &answer, sent_at, true)
-                    .await
-                    .inspect_err(|e| {
-                        tracing::error!(
-                            %org_id, subscription = %change.subscription_id, error = %e,
-                            "Stripe made a subscription change that could not be recorded; \
-                             its webhook will bring it"
-                        );
-                    });
-                Ok(recorded?)
-            }
-            Err(failure) => {
-                reconcile_after_failure(&state, org_id, user_id, &change, &failure, sent_at).await;
-                Err(failure.error)
-            }
-        }
-    });
-    task.await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("subscription change task: {e}")))?
-}
-
-/// Mirrors the provider's answer (or its state after a failure) in a new
-/// tenant transaction.
-async fn record(
-    state: &AppState,
-    org_id: uuid::Uuid,
-    user_id: uuid::Uuid,
-    change: &subscriptions::ProviderChange,
-    stripe_subscription: &serde_json::Value,
-    sent_at: chrono::DateTime<chrono::Utc>,
-    audit: bool,
-) -> Result<SubscriptionView, ApiError> {
-    let (mut tx, _) = crate::core::db::TenantTx::enter(&state.pool, org_id, user_id).await?;
-    let view =
-        subscriptions::record_provider_change(&mut tx, change, stripe_subscription, sent_at, audit)
-            .await?;
-    tx.commit().await?;
-    Ok(view)
-}
-
-/// After a failed change, Stripe's state may still have moved (a timeout or
-/// 5xx after it applied the change; a pending downgrade taken back before a
-/// declined upgrade; a renewal it had not told yet): it is read back and
-/// mirrored, which also releases the lease. When even that fails, a change
-/// whose outcome is unknown (a write without a definite answer) keeps the
-/// lease until it runs out, so that nothing is decided on a state that may
-/// be stale; a refusal releases it.
-async fn reconcile_after_failure(
-    state: &AppState,
-    org_id: uuid::Uuid,
-    user_id: uuid::Uuid,
-    change: &subscriptions::ProviderChange,
-    failure: &crate::billing::payments::UpdateFailure,
-    sent_at: chrono::DateTime<chrono::Utc>,
-) {
-    let current = state
-        .payments
-        .get_subscription(&change.subscription_id)
-        .await;
-    let reconciled = match current {
-        Ok(current) => record(state, org_id, user_id, change, &current, sent_at, false)
-            .await
-            .map(|_| ()),
-        Err(e) => Err(e),
-    };
-    let Err(e) = reconciled else {
-        return;
-    };
-    let unknown = failure.outcome_unknown;
-    tracing::warn!(
-        %org_id, subscription = %change.subscription_id, error = %e, failure = %failure.error,
-        lease_kept = unknown,
-        "cannot read back a Stripe subscription after a failed change"
-    );
-    if !unknown && let Err(e) = subscriptions::release_provider_change(&state.pool, change).await {
-        tracing::warn!(%org_id, error = %e, "cannot release a subscription change lease");
-    }
+    plan_change::cancel_or_resume(&state.pool, &state.payments, ctx.tx, &actor, cancel).await
 }
 
 /// What the org may do now: its plan's seat limit (and the seats used),

@@ -984,7 +984,7 @@ async fn the_monthly_grant_fires_once_however_many_rollovers_run() {
             .execute(&mut *tx)
             .await
             .unwrap();
-        tenantry::jobs::enqueue(&mut tx, &tenantry::billing::rollover::Rollover {})
+        tenantry::jobs::enqueue(&mut tx, &tenantry::billing::subscriptions::Rollover {})
             .await
             .unwrap();
         tx.commit().await.unwrap();

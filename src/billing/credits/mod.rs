@@ -31,8 +31,6 @@ use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::Fields;
 use model::*;
 
-pub use routes::router;
-
 /// The response of a credit write: recorded with its idempotency key, and
 /// replayed as it was for a repeat of the same request.
 #[derive(Debug)]

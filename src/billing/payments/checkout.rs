@@ -1,5 +1,7 @@
 //! Starting a payment: a Checkout session for a plan (subscription) or a
-//! credit pack (one-off), and a Billing Portal session.
+//! credit pack (one-off), and a Billing Portal session; the org's customer
+//! at the provider, the credit pack catalog, and the web app's billing page
+//! users come back to.
 //!
 //! What the provider is asked is decided in the caller's tenant transaction,
 //! which is then committed: no database transaction stays open while the
@@ -13,9 +15,10 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{
+use super::manual::checkout_unavailable;
+use super::provider::{
     CheckoutItem, CheckoutRequest, CheckoutSession, CreditPack, NewCustomer, PortalRequest,
-    PortalSession, billing_url, manual::checkout_unavailable,
+    PortalSession,
 };
 use crate::app::AppState;
 use crate::auth::rbac::Caller;
@@ -328,4 +331,14 @@ pub async fn active_packs(conn: &mut PgConnection) -> Result<Vec<CreditPack>, sq
     )
     .fetch_all(conn)
     .await
+}
+
+/// `{APP_URL}/orgs/{org_id}/billing`: where users manage billing in the web app.
+pub fn billing_url(app_url: &url::Url, org_id: Uuid) -> String {
+    let mut url = app_url.clone();
+    let path = format!("{}/orgs/{org_id}/billing", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
 }

@@ -5,10 +5,11 @@
 use axum::http::StatusCode;
 use futures_util::future::BoxFuture;
 
-use super::{
+use super::provider::{
     CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest, PortalSession,
     SubscriptionUpdate, UpdateFailure,
 };
+use super::stripe_objects::Subscription as StripeSubscription;
 use crate::config::PaymentProviderKind;
 use crate::core::error::ApiError;
 
@@ -54,7 +55,7 @@ impl PaymentProvider for ManualProvider {
     fn get_subscription<'a>(
         &'a self,
         _subscription_id: &'a str,
-    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>> {
+    ) -> BoxFuture<'a, Result<StripeSubscription, ApiError>> {
         Box::pin(async { Err(checkout_unavailable()) })
     }
 
@@ -63,7 +64,7 @@ impl PaymentProvider for ManualProvider {
         _subscription_id: &'a str,
         _update: &'a SubscriptionUpdate,
         _idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<serde_json::Value, UpdateFailure>> {
+    ) -> BoxFuture<'a, Result<StripeSubscription, UpdateFailure>> {
         Box::pin(async {
             Err(UpdateFailure {
                 error: checkout_unavailable(),

@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 
 use super::checkout::{self, CheckoutInput};
 use super::invoices::{self, Invoice};
+use super::provider::{CheckoutSession, CreditPack, PortalSession};
 use super::webhook::{self, WebhookAck};
-use super::{CheckoutSession, CreditPack, PortalSession};
 use crate::app::AppState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::{OrgContext, perm};
@@ -158,5 +158,14 @@ async fn stripe_webhook(
     let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok());
-    Ok(Json(webhook::receive(&state, signature, &body).await?))
+    let config = &state.config;
+    let ack = webhook::receive(
+        &state.pool,
+        &config.billing,
+        &config.jobs.app_url,
+        signature,
+        &body,
+    )
+    .await?;
+    Ok(Json(ack))
 }

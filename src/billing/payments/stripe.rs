@@ -10,14 +10,16 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use url::Url;
 
-use super::webhook::{self, period_bound};
-use super::{
+use super::provider::{
     CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
     PortalSession, PriceChange, SubscriptionUpdate, UpdateFailure,
 };
+use super::stripe_objects::{self, ErrorAnswer, Subscription, non_empty};
 use crate::billing::model::Plan;
 use crate::config::{BillingConfig, PaymentProviderKind};
 use crate::core::error::ApiError;
@@ -58,12 +60,12 @@ impl StripeProvider {
     /// POSTs a form; retries once, with the same idempotency key, when Stripe
     /// cannot be reached or answers 409 (a concurrent request with the
     /// key), 429 or 5xx. Any failure is a 502 `payment_provider_error`.
-    async fn post(
+    async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         form: &[(String, String)],
         idempotency_key: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<T, ApiError> {
         let body = serde_urlencoded::to_string(form)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")))?;
         self.send(path, Some((body, idempotency_key)))
@@ -79,7 +81,7 @@ impl StripeProvider {
         path: &str,
         form: &[(String, String)],
         idempotency_key: &str,
-    ) -> Result<Value, UpdateFailure> {
+    ) -> Result<Subscription, UpdateFailure> {
         let body = serde_urlencoded::to_string(form).map_err(|e| UpdateFailure {
             error: ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")),
             outcome_unknown: false,
@@ -89,20 +91,24 @@ impl StripeProvider {
 
     /// Creates a recurring price for `plan` (with its product); its id.
     async fn create_price(&self, plan: &Plan, idempotency_key: &str) -> Result<String, ApiError> {
-        let price = self
+        let price: stripe_objects::Price = self
             .post("/v1/prices", &price_form(plan), idempotency_key)
             .await?;
-        string_field(&price, "id")
+        required(price.id, "id")
     }
 
     /// GETs an object (retried as a POST is: reading is idempotent).
-    async fn get(&self, path: &str) -> Result<Value, ApiError> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
         self.send(path, None).await.map_err(|f| f.error)
     }
 
     /// Sends a request (tried twice when Stripe cannot answer). A failure
     /// whose outcome is unknown: no definite answer came back.
-    async fn send(&self, path: &str, post: Option<(String, &str)>) -> Result<Value, UpdateFailure> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        post: Option<(String, &str)>,
+    ) -> Result<T, UpdateFailure> {
         let unknown = |error: ApiError| UpdateFailure {
             error,
             outcome_unknown: true,
@@ -148,33 +154,37 @@ impl StripeProvider {
             };
             let json: Option<Value> = serde_json::from_slice(&bytes).ok();
             if status.is_success() {
-                return json.filter(Value::is_object).ok_or_else(|| {
-                    unknown(provider_error(
-                        "Stripe answered with something other than JSON".into(),
-                    ))
-                });
+                return json
+                    .filter(Value::is_object)
+                    .and_then(|v| T::deserialize(v).ok())
+                    .ok_or_else(|| {
+                        unknown(provider_error(
+                            "Stripe answered with something other than JSON".into(),
+                        ))
+                    });
             }
-            let message = json
-                .as_ref()
-                .and_then(|v| v["error"]["message"].as_str())
-                .map(str::to_owned)
+            let error = json
+                .and_then(|v| ErrorAnswer::deserialize(v).ok())
+                .unwrap_or_default()
+                .error;
+            let message = error
+                .message
+                .clone()
                 .unwrap_or_else(|| format!("Stripe answered {status}"));
             tracing::warn!(status = status.as_u16(), path, attempt, %message, "Stripe error");
-            let error = json.as_ref().map(|v| &v["error"]);
             if status == reqwest::StatusCode::PAYMENT_REQUIRED
-                && error.and_then(|e| e["type"].as_str()) == Some("card_error")
+                && error.kind.as_deref() == Some("card_error")
             {
                 // Stripe's message for a card error is written for the customer.
-                let detail =
-                    if error.and_then(|e| e["code"].as_str()) == Some("authentication_required") {
-                        format!(
-                            "the card needs the customer's authentication, which this request \
+                let detail = if error.code.as_deref() == Some("authentication_required") {
+                    format!(
+                        "the card needs the customer's authentication, which this request \
                          cannot ask for: use another card (billing portal) or check out \
                          instead ({message})"
-                        )
-                    } else {
-                        format!("the payment was declined: {message}")
-                    };
+                    )
+                } else {
+                    format!("the payment was declined: {message}")
+                };
                 return Err(definite(ApiError::Status {
                     status: StatusCode::PAYMENT_REQUIRED,
                     code: "payment_declined",
@@ -225,11 +235,10 @@ fn provider_error(message: String) -> ApiError {
     }
 }
 
-fn string_field(v: &Value, name: &str) -> Result<String, ApiError> {
-    v[name]
-        .as_str()
+/// A field Stripe's answer must have (`name`, for the error).
+fn required(field: Option<String>, name: &str) -> Result<String, ApiError> {
+    field
         .filter(|s| !s.is_empty())
-        .map(str::to_owned)
         .ok_or_else(|| provider_error(format!("Stripe's answer has no {name}")))
 }
 
@@ -301,9 +310,9 @@ fn check_subscription_id(id: &str) -> Result<(), ApiError> {
 
 /// The id of the subscription's one item (Tenantry's subscriptions have
 /// one: the plan).
-fn single_item(subscription: &Value) -> Result<String, ApiError> {
-    match subscription["items"]["data"].as_array().map(Vec::as_slice) {
-        Some([item]) => string_field(item, "id"),
+fn single_item(subscription: &Subscription) -> Result<String, ApiError> {
+    match subscription.items.data.as_deref() {
+        Some([item]) => required(item.id.clone(), "id"),
         Some(items) => Err(ApiError::conflict(
             "unsupported_subscription",
             format!(
@@ -337,8 +346,8 @@ fn after_restore(error: ApiError, restored: bool) -> ApiError {
 
 /// 409 `subscription_changed` unless Stripe's subscription still ends its
 /// period at `expected` (the period as last mirrored).
-fn ensure_period_end(subscription: &Value, expected: DateTime<Utc>) -> Result<(), ApiError> {
-    let end = period_bound(subscription, "current_period_end");
+fn ensure_period_end(subscription: &Subscription, expected: DateTime<Utc>) -> Result<(), ApiError> {
+    let end = subscription.period_end();
     if end == Some(expected.timestamp()) {
         return Ok(());
     }
@@ -399,25 +408,22 @@ pub fn subscription_price_form(
     form
 }
 
-/// A non-empty string, owned.
-fn non_empty(v: &Value) -> Option<String> {
-    webhook::non_empty(v).map(str::to_owned)
-}
-
 /// The price paid for the period while a downgrade is pending (recorded
 /// with it; stale once the downgrade took effect at the renewal).
-fn paid_price(subscription: &Value) -> Option<String> {
-    let meta = &subscription["metadata"];
-    let paid = non_empty(&meta["paid_price"])?;
-    let from = non_empty(&meta["pending_from"])?.parse::<i64>().ok()?;
-    let start = period_bound(subscription, "current_period_start")?;
-    (start < from).then_some(paid)
+fn paid_price(subscription: &Subscription) -> Option<String> {
+    let meta = &subscription.metadata;
+    let paid = non_empty(meta.paid_price.as_deref())?;
+    let from = non_empty(meta.pending_from.as_deref())?
+        .parse::<i64>()
+        .ok()?;
+    let start = subscription.period_start()?;
+    (start < from).then(|| paid.to_owned())
 }
 
 /// The price id of the subscription's (one) item.
-fn item_price(subscription: &Value) -> Option<String> {
-    let price = &subscription["items"]["data"][0]["price"];
-    non_empty(price).or_else(|| non_empty(&price["id"]))
+fn item_price(subscription: &Subscription) -> Option<String> {
+    let price = subscription.items.first()?.price.as_ref()?;
+    non_empty(price.id()).map(str::to_owned)
 }
 
 impl PaymentProvider for StripeProvider {
@@ -430,7 +436,7 @@ impl PaymentProvider for StripeProvider {
         subscription_id: &'a str,
         update: &'a SubscriptionUpdate,
         idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<Value, UpdateFailure>> {
+    ) -> BoxFuture<'a, Result<Subscription, UpdateFailure>> {
         Box::pin(async move {
             // Failures before the subscription is written leave it as it was.
             let refused = |error: ApiError| UpdateFailure {
@@ -453,14 +459,14 @@ impl PaymentProvider for StripeProvider {
                 } => {
                     // The item to re-price, whether a trial is running, and
                     // whether the state the change was decided on is current.
-                    let current = self.get(&path).await.map_err(refused)?;
+                    let current: Subscription = self.get(&path).await.map_err(refused)?;
                     let item = single_item(&current).map_err(refused)?;
                     ensure_period_end(&current, *period_end).map_err(refused)?;
                     // While a downgrade is pending, the price paid for the
                     // period: taking the downgrade back returns to it, so
                     // the customer keeps the price they had.
                     let paid = paid_price(&current);
-                    let has_paid = non_empty(&current["metadata"]["paid_price"]).is_some();
+                    let has_paid = non_empty(current.metadata.paid_price.as_deref()).is_some();
                     if let Some(restore) = restore {
                         // The pending downgrade is taken back in full (price
                         // and metadata): if the upgrade then fails, Stripe's
@@ -512,7 +518,7 @@ impl PaymentProvider for StripeProvider {
                         &item,
                         &price,
                         *change == PriceChange::Upgrade,
-                        current["status"].as_str() == Some("trialing"),
+                        current.status.as_deref() == Some("trialing"),
                         &metadata,
                         *resume,
                     );
@@ -532,7 +538,7 @@ impl PaymentProvider for StripeProvider {
     fn get_subscription<'a>(
         &'a self,
         subscription_id: &'a str,
-    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+    ) -> BoxFuture<'a, Result<Subscription, ApiError>> {
         Box::pin(async move {
             check_subscription_id(subscription_id)?;
             self.get(&format!("/v1/subscriptions/{subscription_id}"))
@@ -552,10 +558,10 @@ impl PaymentProvider for StripeProvider {
             if let Some(email) = &req.email {
                 form.push(pair("email", email));
             }
-            let v = self
+            let customer: stripe_objects::Customer = self
                 .post("/v1/customers", &form, &req.idempotency_key)
                 .await?;
-            string_field(&v, "id")
+            required(customer.id, "id")
         })
     }
 
@@ -564,7 +570,7 @@ impl PaymentProvider for StripeProvider {
         req: &'a CheckoutRequest,
     ) -> BoxFuture<'a, Result<CheckoutSession, ApiError>> {
         Box::pin(async move {
-            let v = self
+            let session: stripe_objects::CheckoutSession = self
                 .post(
                     "/v1/checkout/sessions",
                     &checkout_form(req),
@@ -572,8 +578,8 @@ impl PaymentProvider for StripeProvider {
                 )
                 .await?;
             Ok(CheckoutSession {
-                id: string_field(&v, "id")?,
-                url: string_field(&v, "url")?,
+                id: required(session.id, "id")?,
+                url: required(session.url, "url")?,
             })
         })
     }
@@ -587,11 +593,11 @@ impl PaymentProvider for StripeProvider {
                 pair("customer", &req.customer_id),
                 pair("return_url", &req.return_url),
             ];
-            let v = self
+            let session: stripe_objects::PortalSession = self
                 .post("/v1/billing_portal/sessions", &form, &req.idempotency_key)
                 .await?;
             Ok(PortalSession {
-                url: string_field(&v, "url")?,
+                url: required(session.url, "url")?,
             })
         })
     }
@@ -604,9 +610,10 @@ mod tests {
 
     #[test]
     fn the_price_paid_counts_only_while_its_downgrade_is_pending() {
+        let read = |v: Value| serde_json::from_value::<Subscription>(v).unwrap();
         let sub = |start: i64, meta: Value| {
-            json!({"current_period_start": start, "metadata": meta,
-                   "items": {"data": [{"id": "si_1", "price": {"id": "price_now"}}]}})
+            read(json!({"current_period_start": start, "metadata": meta,
+                   "items": {"data": [{"id": "si_1", "price": {"id": "price_now"}}]}}))
         };
         let pending = json!({"paid_price": "price_paid", "pending_from": "2000"});
         assert_eq!(
@@ -630,10 +637,10 @@ mod tests {
             item_price(&sub(1000, json!({}))).as_deref(),
             Some("price_now")
         );
-        let bare = json!({"items": {"data": [{"id": "si_1", "price": "price_str"}]}});
+        let bare = read(json!({"items": {"data": [{"id": "si_1", "price": "price_str"}]}}));
         assert_eq!(item_price(&bare).as_deref(), Some("price_str"));
         assert_eq!(
-            item_price(&json!({"items": {"data": [{"price": {}}]}})),
+            item_price(&read(json!({"items": {"data": [{"price": {}}]}}))),
             None
         );
     }
