@@ -5,7 +5,6 @@
 pub mod apikeys;
 pub mod app;
 pub mod auth;
-pub mod background;
 pub mod billing;
 pub mod config;
 pub mod core;

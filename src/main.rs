@@ -280,7 +280,7 @@ async fn admin_jobs(config: Config, action: JobsAction) -> anyhow::Result<()> {
         config.db_acquire_timeout,
     )
     .await?;
-    let engine = tenantry::background::engine(pool, &config)?;
+    let engine = tenantry::app::background::engine(pool, &config)?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     match action {
         JobsAction::Stats => print(&admin::stats(&engine).await?),

@@ -9,13 +9,20 @@ use utoipa_axum::routes;
 
 use super::model::{AdminPlan, ChangePlan, Entitlements, Plan, PlanInput, SubscriptionView};
 use super::{plan_change, plans_admin, repo, subscriptions};
-use crate::app::AppState;
+use crate::auth::AuthState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::{OrgContext, perm};
+use crate::billing::BillingState;
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::ValidJson;
+use axum::extract::FromRef;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+    BillingState: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_plans))
         .routes(routes!(admin_list_plans))
@@ -32,7 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/v1/plans", tag = "billing",
     security(()),
     responses((status = 200, body = Vec<Plan>)))]
-async fn list_plans(State(state): State<AppState>) -> Result<Json<Vec<Plan>>, ApiError> {
+async fn list_plans(State(state): State<BillingState>) -> Result<Json<Vec<Plan>>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     Ok(Json(repo::active_plans(&mut conn).await?))
 }
@@ -43,7 +50,7 @@ async fn list_plans(State(state): State<AppState>) -> Result<Json<Vec<Plan>>, Ap
     responses((status = 200, body = Vec<AdminPlan>)))]
 async fn admin_list_plans(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
 ) -> Result<Json<Vec<AdminPlan>>, ApiError> {
     Ok(Json(plans_admin::list(&state.pool).await?))
 }
@@ -80,7 +87,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PlanCode {
     ))]
 async fn admin_put_plan(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     PlanCode(code): PlanCode,
     ValidJson(input): ValidJson<PlanInput>,
 ) -> Result<(StatusCode, Json<AdminPlan>), ApiError> {
@@ -137,7 +144,7 @@ async fn get_subscription(
         (status = 502, description = "`payment_provider_error`: Stripe refused or failed (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn change_subscription(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     mut ctx: OrgContext<perm::BillingManage>,
     ValidJson(input): ValidJson<ChangePlan>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
@@ -166,7 +173,7 @@ async fn change_subscription(
         (status = 502, description = "`payment_provider_error`: Stripe refused or failed (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn cancel_subscription(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     ctx: OrgContext<perm::BillingManage>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     cancel_or_resume(&state, ctx, true).await.map(Json)
@@ -183,7 +190,7 @@ async fn cancel_subscription(
         (status = 502, description = "`payment_provider_error`: Stripe refused or failed (a Stripe-managed subscription)", body = Problem),
     ))]
 async fn resume_subscription(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     ctx: OrgContext<perm::BillingManage>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     cancel_or_resume(&state, ctx, false).await.map(Json)
@@ -191,7 +198,7 @@ async fn resume_subscription(
 
 /// Cancel or resume: see [`plan_change`].
 async fn cancel_or_resume(
-    state: &AppState,
+    state: &BillingState,
     mut ctx: OrgContext<perm::BillingManage>,
     cancel: bool,
 ) -> Result<SubscriptionView, ApiError> {

@@ -6,12 +6,7 @@ use std::net::SocketAddr;
 use url::Url;
 
 use super::parse::{ConfigError, malformed};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
+pub use crate::core::telemetry::LogFormat;
 
 /// `BIND_ADDR`, else `PORT` (default 8080) on loopback under `dev` and on
 /// every address otherwise.

@@ -1,8 +1,14 @@
 //! Logging setup and the request id carried through each request's task, so
 //! that errors rendered anywhere can name it.
 
-use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
+
+/// How log lines are written: JSON (production) or human-readable (`dev`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
 
 tokio::task_local! {
     static REQUEST_ID: String;

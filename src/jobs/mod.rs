@@ -21,7 +21,7 @@
 //!
 //! This is the engine only: it knows no domain. Each domain owns its job
 //! kinds (a [`Job`] with the dependencies its handler needs, given when the
-//! kind is registered); [`crate::background`] registers them and names the
+//! kind is registered); [`crate::app::background`] registers them and names the
 //! cron schedules. The engine's own kinds are the [`probe`]s and the
 //! [`cleanup`] of its tables.
 

@@ -329,9 +329,9 @@ async fn a_cron_schedule_fires_once_per_tick_with_three_workers() {
             .await
             .unwrap();
         let background =
-            tenantry::background::Background::new(pool, app.state.config.clone()).unwrap();
+            tenantry::app::background::Background::new(pool, app.state.config.clone()).unwrap();
         let (stop, stopped) = tenantry::jobs::worker::Shutdown::new();
-        let task = tokio::spawn(tenantry::background::run(background, stopped));
+        let task = tokio::spawn(tenantry::app::background::run(background, stopped));
         workers.push((stop, task));
     }
     tokio::time::sleep(Duration::from_millis(4500)).await;

@@ -92,7 +92,7 @@ async fn broker_counts(db: &TestDb, redis_url: &str, prefix: &str) -> (u64, u64,
         &db.app_url,
         &[("REDIS_URL", redis_url), ("JOBS_PREFIX", prefix)],
     );
-    let engine = tenantry::background::engine(db.app.clone(), &config).unwrap();
+    let engine = tenantry::app::background::engine(db.app.clone(), &config).unwrap();
     let s = tenantry::jobs::admin::stats(&engine).await.unwrap();
     let ready: u64 = s.broker.queues.iter().map(|q| q.ready).sum();
     (ready, s.broker.running, s.broker.dead, s.outbox)

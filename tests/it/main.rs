@@ -6,6 +6,7 @@
 mod common;
 
 mod api_keys;
+mod architecture;
 mod auth_flows;
 mod auth_keys;
 mod auth_server;

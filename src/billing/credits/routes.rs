@@ -14,16 +14,23 @@ use uuid::Uuid;
 
 use super::model::*;
 use super::{Idempotency, Outcome};
-use crate::app::AppState;
+use crate::auth::AuthState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::rbac::OrgCall;
 use crate::auth::{OrgContext, perm};
+use crate::billing::BillingState;
 use crate::core::db::{SystemScope, TenantTx};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery, path_uuid};
 use crate::core::pagination::{Page, PageQuery};
+use axum::extract::FromRef;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+    BillingState: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(get_credits))
         .routes(routes!(list_ledger))
@@ -113,7 +120,7 @@ async fn list_ledger(
         (status = 409, description = "`idempotency_key_in_use`: the same key is being processed", body = Problem),
         (status = 422, description = "`idempotency_key_reused` with another body, or invalid fields", body = Problem)))]
 async fn spend_credits(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     call: OrgCall<perm::CreditsSpend>,
     IdempotencyKey(key): IdempotencyKey,
     ValidJson(input): ValidJson<SpendCredits>,
@@ -213,7 +220,7 @@ async fn release_hold(
         (status = 422, description = "`idempotency_key_reused`, or invalid fields", body = Problem)))]
 async fn grant_credits(
     _admin: PlatformAdmin,
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     parts: OrgIdPath,
     IdempotencyKey(key): IdempotencyKey,
     ValidJson(input): ValidJson<CreateGrant>,

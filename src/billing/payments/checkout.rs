@@ -20,8 +20,8 @@ use super::provider::{
     CheckoutItem, CheckoutRequest, CheckoutSession, CreditPack, NewCustomer, PortalRequest,
     PortalSession,
 };
-use crate::app::AppState;
 use crate::auth::rbac::Caller;
+use crate::billing::BillingState;
 use crate::billing::model::Plan;
 use crate::config::PaymentProviderKind;
 use crate::core::db::TenantTx;
@@ -54,7 +54,7 @@ struct CurrentSubscription {
 /// commits). `caller_key`: the client's `Idempotency-Key`, if it sent one:
 /// the same key and body give the same session.
 pub async fn start_checkout(
-    state: &AppState,
+    state: &BillingState,
     mut tx: TenantTx,
     caller: &Caller,
     input: CheckoutInput,
@@ -190,7 +190,10 @@ enum Wanted {
 }
 
 /// Creates a Billing Portal session for the org of `tx` (which this commits).
-pub async fn start_portal(state: &AppState, mut tx: TenantTx) -> Result<PortalSession, ApiError> {
+pub async fn start_portal(
+    state: &BillingState,
+    mut tx: TenantTx,
+) -> Result<PortalSession, ApiError> {
     let org_id = tx.org_id();
     if state.payments.kind() == PaymentProviderKind::Manual {
         return Err(checkout_unavailable());
@@ -215,7 +218,7 @@ pub async fn start_portal(state: &AppState, mut tx: TenantTx) -> Result<PortalSe
 /// first checkouts send the same idempotency key (same org, same details)
 /// and so get the same customer; whichever stores it first wins.
 async fn create_customer(
-    state: &AppState,
+    state: &BillingState,
     org_id: Uuid,
     user_id: Uuid,
     name: String,

@@ -15,15 +15,22 @@ use super::checkout::{self, CheckoutInput};
 use super::invoices::{self, Invoice};
 use super::provider::{CheckoutSession, CreditPack, PortalSession};
 use super::webhook::{self, WebhookAck};
-use crate::app::AppState;
+use crate::auth::AuthState;
 use crate::auth::principal::PlatformAdmin;
 use crate::auth::{OrgContext, perm};
+use crate::billing::BillingState;
 use crate::core::db::{SystemScope, TenantTx};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
+use axum::extract::FromRef;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuthState: FromRef<S>,
+    BillingState: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_credit_packs))
         .routes(routes!(create_checkout))
@@ -38,7 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     security(()),
     responses((status = 200, body = Vec<CreditPack>)))]
 async fn list_credit_packs(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
 ) -> Result<Json<Vec<CreditPack>>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     Ok(Json(checkout::active_packs(&mut conn).await?))
@@ -57,7 +64,7 @@ async fn list_credit_packs(
         (status = 402, description = "`payment_declined`: a card error, with Stripe's message", body = Problem),
         (status = 502, description = "`payment_provider_error`: Stripe refused or failed, with its message", body = Problem)))]
 async fn create_checkout(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     ctx: OrgContext<perm::BillingManage>,
     headers: HeaderMap,
     ValidJson(input): ValidJson<CheckoutInput>,
@@ -91,7 +98,7 @@ async fn create_checkout(
         (status = 402, description = "`payment_declined`", body = Problem),
         (status = 502, description = "`payment_provider_error`", body = Problem)))]
 async fn create_portal(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     ctx: OrgContext<perm::BillingManage>,
 ) -> Result<Json<PortalSession>, ApiError> {
     Ok(Json(checkout::start_portal(&state, ctx.tx).await?))
@@ -122,7 +129,7 @@ async fn list_invoices(
         (status = 409, description = "`invoice_void`, `provider_managed` (a Stripe invoice)", body = Problem)))]
 async fn mark_invoice_paid(
     _: PlatformAdmin,
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     ids: IdPath<2>,
 ) -> Result<Json<Invoice>, ApiError> {
     let [org_id, invoice_id] = ids.0;
@@ -150,7 +157,7 @@ async fn mark_invoice_paid(
     responses((status = 200, body = WebhookAck),
         (status = 400, description = "`invalid_signature`, `signature_expired`, `invalid_event`", body = Problem)))]
 async fn stripe_webhook(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WebhookAck>, ApiError> {

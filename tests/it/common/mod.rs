@@ -312,7 +312,10 @@ impl TestApp {
     /// returned handle is stopped or dropped.
     pub fn start_worker(&self) -> Worker {
         let (stop, stopped) = tenantry::jobs::worker::Shutdown::new();
-        let task = tokio::spawn(tenantry::background::run(self.state.jobs.clone(), stopped));
+        let task = tokio::spawn(tenantry::app::background::run(
+            self.state.jobs.clone(),
+            stopped,
+        ));
         Worker {
             stop,
             task: Some(task),

@@ -1,16 +1,14 @@
-//! Application state, router assembly, the middleware stack, the OpenAPI
-//! document, and the server loop with graceful shutdown.
+//! The HTTP face: every domain's routes merged into one router, the
+//! middleware stack (request ids, body reading, timeouts, panics, CORS), the
+//! health routes, and the OpenAPI document describing exactly those routes.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument as _;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -21,188 +19,9 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
-use crate::auth::AuthState;
-use crate::auth::jwt::Verifier;
-use crate::config::Config;
+use super::state::AppState;
 use crate::core::error::{ApiError, FieldError, Problem};
 use crate::core::telemetry;
-use crate::identity::IdentityState;
-
-/// The process's state, assembled here and nowhere else. Routers and
-/// extractors below the root never see it: each asks for the small
-/// sub-states it needs (`PgPool`, `Cache`, [`AuthState`], [`IdentityState`],
-/// ...), which axum takes from here through the `FromRef` impls below.
-/// Cloned for each route and middleware a request passes through, so it is
-/// one `Arc`.
-#[derive(Clone)]
-pub struct AppState(Arc<AppStateInner>);
-
-impl std::ops::Deref for AppState {
-    type Target = AppStateInner;
-
-    fn deref(&self) -> &AppStateInner {
-        &self.0
-    }
-}
-
-pub struct AppStateInner {
-    pub pool: PgPool,
-    pub cache: crate::core::cache::Cache,
-    pub verifier: Arc<Verifier>,
-    pub config: Arc<Config>,
-    /// The job engine, mailer and report store (shared with in-process workers).
-    pub jobs: crate::background::Background,
-    /// The keys that sign Tenantry's own access tokens.
-    pub keys: crate::auth::keys::KeyRing,
-    /// What the auth extractors need.
-    pub auth: AuthState,
-    /// The GoTrue-compatible server's state.
-    pub identity: IdentityState,
-    /// Who may read `/metrics` on this listener.
-    pub metrics: Arc<crate::jobs::routes::MetricsAccess>,
-    /// Invitation links and their lifetime.
-    pub invites: Arc<crate::organizations::service::InviteSettings>,
-    /// Stops the background task that keeps the ended sessions current when
-    /// the state is dropped.
-    _follow: tokio::sync::watch::Sender<bool>,
-    /// The payment provider `PAYMENT_PROVIDER` names (Stripe or manual).
-    pub payments: Arc<dyn crate::billing::payments::PaymentProvider>,
-    /// Group commit of concurrent spends per org.
-    pub spends: crate::billing::credits::batch::SpendBatcher,
-}
-
-impl AppState {
-    /// The state of a server on `pool` with `config`. Loads the signing keys
-    /// (creating the first ones when `AUTH_KEYS_SECRET` is set) and lets
-    /// `verifier` accept tokens they signed.
-    pub async fn new(pool: PgPool, config: Config, verifier: Verifier) -> anyhow::Result<AppState> {
-        let keys = crate::auth::keys::KeyRing::load(&pool, &config).await?;
-        let verifier = Arc::new(match verifier.keyring() {
-            Some(_) => verifier,
-            None => verifier.with_keyring(keys.clone()),
-        });
-        let cache = crate::core::cache::Cache::new(
-            &config.redis_url(),
-            &config.cache_prefix,
-            config.cache_ttl,
-        )?;
-        let hasher = crate::auth::password::Hasher::with_queue(
-            crate::auth::password::PasswordParams::default(),
-            config.auth.hash_queue,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let limiter =
-            crate::core::ratelimit::RateLimiter::new(&config.redis_url(), &config.cache_prefix)?
-                .with_fail_mode(crate::core::ratelimit::FailMode::Local);
-        // Every session ended so far, before the first request is served;
-        // then kept current in the background.
-        let ended_sessions = crate::auth::ended_sessions::EndedSessions::new(
-            pool.clone(),
-            Some(&config.redis_url()),
-            &config.cache_prefix,
-        )?;
-        ended_sessions.load(None).await?;
-        let (follow, following) = tokio::sync::watch::channel(false);
-        tokio::spawn(ended_sessions.clone().follow(following));
-        let payments = crate::billing::payments::provider_from_config(&config.billing)?;
-        let invites = Arc::new(crate::organizations::service::InviteSettings::from_config(
-            &config,
-        ));
-        let metrics = Arc::new(crate::jobs::routes::MetricsAccess {
-            elsewhere: config.metrics_addr.is_some(),
-            token: config.jobs.metrics_token.clone(),
-            open: config.metrics_open,
-        });
-        let config = Arc::new(config);
-        let jobs = crate::background::Background::new(pool.clone(), config.clone())?;
-        let auth = AuthState::new(
-            verifier.clone(),
-            ended_sessions.clone(),
-            pool.clone(),
-            cache.clone(),
-            config.jwt.require_email_verified,
-        );
-        let identity = IdentityState::new(crate::identity::state::Inner {
-            pool: pool.clone(),
-            cache: cache.clone(),
-            config: config.clone(),
-            keys: keys.clone(),
-            verifier: verifier.clone(),
-            hasher,
-            limiter,
-            ended_sessions,
-        });
-        Ok(AppState(Arc::new(AppStateInner {
-            pool,
-            cache,
-            verifier,
-            config,
-            jobs,
-            keys,
-            auth,
-            identity,
-            invites,
-            metrics,
-            payments,
-            spends: Default::default(),
-            _follow: follow,
-        })))
-    }
-}
-
-impl FromRef<AppState> for PgPool {
-    fn from_ref(s: &AppState) -> PgPool {
-        s.pool.clone()
-    }
-}
-
-impl FromRef<AppState> for crate::core::cache::Cache {
-    fn from_ref(s: &AppState) -> Self {
-        s.cache.clone()
-    }
-}
-
-impl FromRef<AppState> for AuthState {
-    fn from_ref(s: &AppState) -> Self {
-        s.auth.clone()
-    }
-}
-
-impl FromRef<AppState> for IdentityState {
-    fn from_ref(s: &AppState) -> Self {
-        s.identity.clone()
-    }
-}
-
-impl FromRef<AppState> for crate::jobs::Engine {
-    fn from_ref(s: &AppState) -> Self {
-        s.jobs.engine.clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<crate::jobs::routes::MetricsAccess> {
-    fn from_ref(s: &AppState) -> Self {
-        s.metrics.clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<dyn object_store::ObjectStore> {
-    fn from_ref(s: &AppState) -> Self {
-        s.jobs.report_store.clone()
-    }
-}
-
-impl FromRef<AppState> for crate::imports::routes::ImportLimit {
-    fn from_ref(s: &AppState) -> Self {
-        crate::imports::routes::ImportLimit(s.config.jobs.max_import_bytes)
-    }
-}
-
-impl FromRef<AppState> for Arc<crate::organizations::service::InviteSettings> {
-    fn from_ref(s: &AppState) -> Self {
-        s.invites.clone()
-    }
-}
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -291,7 +110,7 @@ pub fn api() -> (axum::Router<AppState>, OpenApiDoc) {
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
-async fn healthz() -> Json<Health> {
+pub(super) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
@@ -311,7 +130,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
 }
 
 #[derive(serde::Serialize, ToSchema)]
-struct Health {
+pub(super) struct Health {
     #[schema(example = "ok")]
     status: &'static str,
 }
@@ -646,133 +465,6 @@ fn document_errors(api: &mut OpenApiDoc) {
             }
         }
     }
-}
-
-/// Serves until SIGTERM or SIGINT, then finishes in-flight requests. With
-/// `with_worker` (`tenantry dev`), the job relay, worker and scheduler run in
-/// the same process and stop with it.
-pub async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
-    let pool = crate::core::db::connect_pool(
-        config.database_url.expose_secret(),
-        config.db_max_connections,
-        config.db_acquire_timeout,
-    )
-    .await?;
-    let verifier = Verifier::new(&config.jwt)?;
-    verifier.warm_up().await;
-    let bind = config.bind_addr;
-    let limits = server_limits(&config);
-    let metrics_addr = config.metrics_addr;
-    let state = AppState::new(pool.clone(), config, verifier).await?;
-    let (stop, stopped) = crate::jobs::worker::Shutdown::new();
-    let background = with_worker
-        .then(|| tokio::spawn(crate::background::run(state.jobs.clone(), stopped.clone())));
-    if let Some(addr) = metrics_addr {
-        let token = state.config.jobs.metrics_token.clone();
-        let engine = state.jobs.engine.clone();
-        spawn_metrics_listener(addr, engine, token, limits, stopped.clone()).await?;
-    }
-    let app = router(state);
-    let listener = tokio::net::TcpListener::bind(bind).await?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    crate::core::http_server::serve(listener, app, limits, async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    })
-    .await?;
-    if let Some(bg) = background {
-        let _ = bg.await;
-    }
-    pool.close().await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// The connection limits of the HTTP listeners.
-pub fn server_limits(config: &Config) -> crate::core::http_server::ServerLimits {
-    crate::core::http_server::ServerLimits {
-        header_read_timeout: config.header_read_timeout,
-        shutdown_grace: config.request_timeout + Duration::from_secs(5),
-    }
-}
-
-/// `/metrics` and `/healthz` on a listener of their own (`METRICS_ADDR`,
-/// `WORKER_METRICS_ADDR`): meant for a private network, so open unless
-/// `METRICS_TOKEN` is set.
-async fn spawn_metrics_listener(
-    addr: std::net::SocketAddr,
-    engine: crate::jobs::Engine,
-    token: Option<secrecy::SecretString>,
-    limits: crate::core::http_server::ServerLimits,
-    stopped: crate::jobs::worker::Shutdown,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(healthz))
-        .route(
-            "/metrics",
-            axum::routing::get(move |headers: axum::http::HeaderMap| {
-                let engine = engine.clone();
-                let token = token.clone();
-                async move {
-                    crate::jobs::routes::metrics_allowed(token.as_ref(), &headers, true)?;
-                    Ok::<_, ApiError>(crate::jobs::routes::render_metrics(engine).await)
-                }
-            }),
-        );
-    tokio::spawn(async move {
-        let stop = async move { stopped.wait().await };
-        if let Err(e) = crate::core::http_server::serve(listener, app, limits, stop).await {
-            tracing::warn!(error = %e, "metrics listener failed");
-        }
-    });
-    Ok(())
-}
-
-/// `tenantry worker`: relay, worker and scheduler until SIGTERM or SIGINT;
-/// then running jobs get the grace period to finish.
-pub async fn work(config: Config) -> anyhow::Result<()> {
-    let pool = crate::core::db::connect_pool(
-        config.database_url.expose_secret(),
-        config.db_max_connections,
-        config.db_acquire_timeout,
-    )
-    .await?;
-    let metrics_addr = config.jobs.worker_metrics_addr;
-    let limits = server_limits(&config);
-    let token = config.jobs.metrics_token.clone();
-    let background = crate::background::Background::new(pool.clone(), Arc::new(config))?;
-    let (stop, stopped) = crate::jobs::worker::Shutdown::new();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    if let Some(addr) = metrics_addr {
-        let engine = background.engine.clone();
-        spawn_metrics_listener(addr, engine, token, limits, stopped.clone()).await?;
-    }
-    crate::background::run(background, stopped).await;
-    pool.close().await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 #[cfg(test)]
