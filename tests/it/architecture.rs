@@ -343,7 +343,7 @@ impl Graph {
                 } else {
                     from[..from.len().saturating_sub(1)].to_vec()
                 };
-                let mut rest = &path[..];
+                let mut rest = path;
                 if first == "super" {
                     // `super` of a file module is its folder's parent module.
                     if self.is_folder(from) {
@@ -546,7 +546,7 @@ fn imports_run_only_in_the_allowed_directions() {
             }
         }
     }
-    for (m, _) in &g.files {
+    for m in g.files.keys() {
         if let Some(top) = m.first()
             && top != "<main>"
             && !allowed.contains_key(top.as_str())
