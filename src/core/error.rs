@@ -49,6 +49,45 @@ impl FieldError {
     }
 }
 
+/// Input that failed validation, field by field: every domain's error has
+/// it as a variant; 422 at the HTTP edge, one line per field in the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct Invalid(pub Vec<FieldError>);
+
+impl Invalid {
+    /// One field's failure.
+    pub fn field(field: &str, code: &str, message: impl Into<String>) -> Self {
+        Invalid(vec![FieldError::new(field, code, message)])
+    }
+}
+
+fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|f| {
+            if f.field.is_empty() {
+                f.message.clone()
+            } else {
+                format!("{}: {}", f.field, f.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::Validation(e.0)
+    }
+}
+
+impl From<crate::core::pagination::PageError> for ApiError {
+    fn from(e: crate::core::pagination::PageError) -> Self {
+        ApiError::bad_request(e.code(), e.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401: no or bad credentials.

@@ -7,8 +7,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::core::error::ApiError;
-
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
@@ -21,25 +19,42 @@ pub struct PageQuery {
     pub cursor: Option<String>,
 }
 
+/// A page request that cannot be served: a limit out of range, or a cursor
+/// this API did not issue (400 at the HTTP edge).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    #[error("limit must be between 1 and {MAX_LIMIT}")]
+    Limit,
+    #[error("cursor is not one this API issued")]
+    Cursor,
+}
+
+impl PageError {
+    /// The stable code: `invalid_limit` or `invalid_cursor`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PageError::Limit => "invalid_limit",
+            PageError::Cursor => "invalid_cursor",
+        }
+    }
+}
+
 impl PageQuery {
     /// The page size, validated.
-    pub fn limit(&self) -> Result<i64, ApiError> {
+    pub fn limit(&self) -> Result<i64, PageError> {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),
             Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::bad_request(
-                "invalid_limit",
-                format!("limit must be between 1 and {MAX_LIMIT}"),
-            )),
+            Some(_) => Err(PageError::Limit),
         }
     }
 
     /// The decoded sort key to continue after, if any.
-    pub fn after<K: DeserializeOwned>(&self) -> Result<Option<K>, ApiError> {
+    pub fn after<K: DeserializeOwned>(&self) -> Result<Option<K>, PageError> {
         let Some(c) = &self.cursor else {
             return Ok(None);
         };
-        let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API issued");
+        let bad = || PageError::Cursor;
         if c.len() > 512 {
             return Err(bad());
         }

@@ -2,7 +2,7 @@
 //! `parse` names the field it failed on, so a request can report every bad
 //! field at once.
 
-use crate::core::error::FieldError;
+use crate::core::error::{FieldError, Invalid};
 
 /// Collects field errors while a request body is parsed.
 #[derive(Default)]
@@ -20,11 +20,11 @@ impl Fields {
         }
     }
 
-    pub fn finish(self) -> Result<(), crate::core::error::ApiError> {
+    pub fn finish(self) -> Result<(), Invalid> {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(crate::core::error::ApiError::Validation(self.0))
+            Err(Invalid(self.0))
         }
     }
 }
