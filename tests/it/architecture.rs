@@ -603,3 +603,36 @@ fn the_guard_finds_a_cycle_and_follows_reexports() {
     assert_eq!(g.cycles(), vec![vec![m("a::x"), m("b")]]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The table of layers in `docs/architecture.md` says what `ALLOWED` says.
+#[test]
+fn the_documented_layers_are_the_guarded_ones() {
+    let doc = include_str!("../../docs/architecture.md");
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in doc.lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | layer | module | may import |
+        let (Some(module), Some(imports)) = (cells.get(2), cells.get(3)) else {
+            continue;
+        };
+        let ticked = |s: &str| -> Vec<String> {
+            s.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|m| m.trim_end_matches('/').to_owned())
+                .collect()
+        };
+        for m in ticked(module) {
+            if m == "main.rs" || m == "app" {
+                continue;
+            }
+            documented.insert(m, ticked(imports).into_iter().collect());
+        }
+    }
+    let guarded: BTreeMap<String, BTreeSet<String>> = ALLOWED
+        .iter()
+        .filter(|(m, _)| *m != "app")
+        .map(|(m, deps)| (m.to_string(), deps.iter().map(|d| d.to_string()).collect()))
+        .collect();
+    assert_eq!(documented, guarded);
+}
