@@ -376,41 +376,49 @@ async fn admin_plans(config: Config, action: PlansAction) -> anyhow::Result<()> 
     .await?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     let result = match action {
-        PlansAction::List => plans_admin::list(&pool).await.map(|p| print(&p)),
-        PlansAction::Show { code } => plans_admin::get(&pool, &code).await.map(|p| print(&p)),
+        PlansAction::List => plans_admin::list(&pool)
+            .await
+            .map(|p| print(&p))
+            .map_err(plan_error),
+        PlansAction::Show { code } => plans_admin::get(&pool, &code)
+            .await
+            .map(|p| print(&p))
+            .map_err(plan_error),
         PlansAction::Set { code, json } => {
             match tenantry::core::extract::parse_json::<PlanInput>(json.as_bytes()) {
                 Ok(input) => plans_admin::put(&pool, &code, input)
                     .await
-                    .map(|(p, _)| print(&p)),
-                Err(e) => Err(e),
+                    .map(|(p, _)| print(&p))
+                    .map_err(plan_error),
+                Err(e) => Err(json_error(e)),
             }
         }
         PlansAction::Deactivate { code } => plans_admin::deactivate(&pool, &code)
             .await
-            .map(|p| print(&p)),
+            .map(|p| print(&p))
+            .map_err(plan_error),
     };
     pool.close().await;
-    result.map_err(admin_error)
+    result
 }
 
-/// An API error as one line for the operator, with each field error.
-fn admin_error(e: tenantry::core::error::ApiError) -> anyhow::Error {
-    use tenantry::core::error::ApiError;
+/// A refusal of plan administration as one line for the operator, with
+/// each field error.
+fn plan_error(e: tenantry::billing::plans_admin::PlanError) -> anyhow::Error {
+    use tenantry::billing::plans_admin::PlanError;
     match e {
-        ApiError::Validation(errors) => anyhow::anyhow!(
-            "invalid plan: {}",
-            errors
-                .iter()
-                .map(|f| if f.field.is_empty() {
-                    f.message.clone()
-                } else {
-                    format!("{}: {}", f.field, f.message)
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        ApiError::Internal(e) => e,
+        PlanError::Invalid(invalid) => anyhow::anyhow!("invalid plan: {invalid}"),
+        PlanError::Db(e) => anyhow::Error::new(e),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+/// The JSON parser's refusal (it answers for the HTTP edge: a body that is
+/// not JSON, or fields of the wrong shape) as one line for the operator.
+fn json_error(e: tenantry::core::error::ApiError) -> anyhow::Error {
+    use tenantry::core::error::{ApiError, Invalid};
+    match e {
+        ApiError::Validation(errors) => anyhow::anyhow!("invalid plan: {}", Invalid(errors)),
         other => anyhow::anyhow!("{other}"),
     }
 }

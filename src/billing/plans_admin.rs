@@ -6,6 +6,9 @@
 //! A plan is never deleted: one in use is deactivated (hidden from the
 //! catalog, kept by the orgs on it). Its currency cannot change while orgs
 //! subscribe to it.
+//!
+//! Its refusals are a [`PlanError`]; the HTTP layer (`billing/routes.rs`)
+//! and the CLI each say them their own way.
 
 use crate::core::db::{SystemScope, system_tx};
 use serde_json::Value;
@@ -13,10 +16,31 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::model::{AdminPlan, FREE_PLAN, PlanInput};
 use super::repo;
-use crate::core::error::{ApiError, FieldError};
+use crate::core::error::{FieldError, Invalid};
 
 /// Most feature limits one plan may carry.
 const MAX_FEATURES: usize = 64;
+
+/// What plan administration refuses or fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// No plan has this code.
+    #[error("plan not found")]
+    UnknownPlan(String),
+    /// A currency change of a plan orgs subscribe to.
+    #[error(
+        "{subscribers} organization(s) subscribe to this plan; its currency cannot change \
+         (create a new plan instead)"
+    )]
+    CurrencyInUse { subscribers: i64 },
+    /// Deactivating the free plan, every org's fallback.
+    #[error("the free plan is every org's fallback and stays active")]
+    FreePlanRequired,
+}
 
 /// A transaction as the plan administrator (the app role, no tenant).
 async fn admin_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
@@ -24,17 +48,17 @@ async fn admin_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx:
 }
 
 /// Every plan, active or not, in catalog order.
-pub async fn list(pool: &PgPool) -> Result<Vec<AdminPlan>, ApiError> {
+pub async fn list(pool: &PgPool) -> Result<Vec<AdminPlan>, PlanError> {
     let mut conn = pool.acquire().await?;
     Ok(repo::all_plans(&mut conn).await?)
 }
 
 /// One plan, active or not.
-pub async fn get(pool: &PgPool, code: &str) -> Result<AdminPlan, ApiError> {
+pub async fn get(pool: &PgPool, code: &str) -> Result<AdminPlan, PlanError> {
     let mut conn = pool.acquire().await?;
     repo::admin_plan(&mut conn, code, false)
         .await?
-        .ok_or(ApiError::NotFound("plan"))
+        .ok_or_else(|| PlanError::UnknownPlan(code.to_owned()))
 }
 
 /// A plan code: 1-32 of `a-z 0-9 _ -`, starting with a letter or digit.
@@ -56,7 +80,7 @@ pub fn check_code(code: &str) -> Result<(), FieldError> {
 }
 
 /// Checks every field of a plan, reporting all that are wrong.
-pub fn validate(code: &str, p: &mut PlanInput) -> Result<(), ApiError> {
+pub fn validate(code: &str, p: &mut PlanInput) -> Result<(), Invalid> {
     let mut errors = Vec::new();
     if let Err(e) = check_code(code) {
         errors.push(e);
@@ -174,13 +198,13 @@ pub fn validate(code: &str, p: &mut PlanInput) -> Result<(), ApiError> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::Validation(errors))
+        Err(Invalid(errors))
     }
 }
 
 /// The field a check constraint of `plans` guards (validation runs first;
 /// this keeps a constraint the code does not know about a 422, not a 500).
-fn check_violation(e: &sqlx::Error) -> Option<ApiError> {
+fn check_violation(e: &sqlx::Error) -> Option<Invalid> {
     let sqlx::Error::Database(db) = e else {
         return None;
     };
@@ -199,7 +223,7 @@ fn check_violation(e: &sqlx::Error) -> Option<ApiError> {
         "plans_overage" => "credit_overage_limit",
         _ => "",
     };
-    Some(ApiError::field(
+    Some(Invalid::field(
         field,
         "check_violation",
         format!(
@@ -214,7 +238,7 @@ pub async fn put(
     pool: &PgPool,
     code: &str,
     mut input: PlanInput,
-) -> Result<(AdminPlan, bool), ApiError> {
+) -> Result<(AdminPlan, bool), PlanError> {
     validate(code, &mut input)?;
     let mut tx = admin_tx(pool).await?;
     let mut before = repo::admin_plan(&mut tx, code, false).await?;
@@ -236,19 +260,16 @@ pub async fn put(
         {
             let n = repo::plan_subscriber_count(&mut tx, code).await?;
             if n > 0 {
-                return Err(ApiError::conflict(
-                    "plan_in_use",
-                    format!(
-                        "{n} organization(s) subscribe to this plan; its currency cannot change \
-                         (create a new plan instead)"
-                    ),
-                ));
+                return Err(PlanError::CurrencyInUse { subscribers: n });
             }
         }
     }
     let (plan, created) = repo::upsert_plan(&mut tx, code, &input)
         .await
-        .map_err(|e| check_violation(&e).unwrap_or_else(|| e.into()))?;
+        .map_err(|e| match check_violation(&e) {
+            Some(invalid) => PlanError::Invalid(invalid),
+            None => PlanError::Db(e),
+        })?;
     tx.commit().await?;
     tracing::info!(
         plan = %code,
@@ -262,17 +283,14 @@ pub async fn put(
 }
 
 /// Hides a plan from the catalog; orgs on it keep it.
-pub async fn deactivate(pool: &PgPool, code: &str) -> Result<AdminPlan, ApiError> {
+pub async fn deactivate(pool: &PgPool, code: &str) -> Result<AdminPlan, PlanError> {
     if code == FREE_PLAN {
-        return Err(ApiError::conflict(
-            "free_plan_required",
-            "the free plan is every org's fallback and stays active",
-        ));
+        return Err(PlanError::FreePlanRequired);
     }
     let mut tx = admin_tx(pool).await?;
     let plan = repo::deactivate_plan(&mut tx, code)
         .await?
-        .ok_or(ApiError::NotFound("plan"))?;
+        .ok_or_else(|| PlanError::UnknownPlan(code.to_owned()))?;
     tx.commit().await?;
     tracing::info!(plan = %code, "plan deactivated");
     Ok(plan)

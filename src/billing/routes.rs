@@ -17,6 +17,22 @@ use crate::core::error::{ApiError, Problem};
 use crate::core::extract::ValidJson;
 use axum::extract::FromRef;
 
+/// Plan administration's refusals as problems.
+impl From<plans_admin::PlanError> for ApiError {
+    fn from(e: plans_admin::PlanError) -> Self {
+        use plans_admin::PlanError;
+        match e {
+            PlanError::Invalid(e) => e.into(),
+            PlanError::Db(e) => e.into(),
+            PlanError::UnknownPlan(_) => ApiError::NotFound("plan"),
+            e @ PlanError::CurrencyInUse { .. } => ApiError::conflict("plan_in_use", e.to_string()),
+            e @ PlanError::FreePlanRequired => {
+                ApiError::conflict("free_plan_required", e.to_string())
+            }
+        }
+    }
+}
+
 pub fn router<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,

@@ -3,6 +3,7 @@
 //! `reports:read` follow its progress and download it.
 
 pub mod build;
+pub mod error;
 pub mod routes;
 pub mod service;
 

@@ -1,4 +1,5 @@
-//! HTTP layer of reports: start one (202), list, get, and download.
+//! HTTP layer of reports: start one (202), list, get, and download; and the
+//! problem each [`ReportError`] is answered with.
 
 use axum::Json;
 use axum::body::Body;
@@ -11,12 +12,41 @@ use object_store::ObjectStore;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ReportError;
 use super::service::{self, CreateReport};
 use crate::auth::{AuthState, OrgContext, perm};
 use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
 use crate::jobs::records::JobRecord;
+
+/// Each report refusal as the problem clients have always received.
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::Invalid(e) => e.into(),
+            ReportError::Page(e) => e.into(),
+            ReportError::Db(e) => e.into(),
+            e @ ReportError::KindNeeds { .. } => ApiError::Forbidden {
+                code: "permission_denied",
+                detail: e.to_string(),
+            },
+            ReportError::NotFound => ApiError::NotFound("report"),
+            e @ ReportError::NotReady => ApiError::conflict("report_not_ready", e.to_string()),
+            e @ ReportError::FileMissing => ApiError::Gone {
+                code: "report_missing",
+                detail: e.to_string(),
+            },
+            ReportError::Store(e) => {
+                ApiError::Internal(anyhow::Error::new(e).context("cannot read the report"))
+            }
+            // The job's own refusals; no route meets them.
+            e @ (ReportError::RequesterLeft | ReportError::RequesterLacks(_)) => {
+                ApiError::Internal(anyhow::Error::new(e))
+            }
+        }
+    }
+}
 
 pub fn router<S>() -> OpenApiRouter<S>
 where

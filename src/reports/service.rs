@@ -10,9 +10,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::build::{self, BuildReport, ReportKind};
+use super::error::ReportError;
 use crate::auth::rbac::PermSet;
 use crate::core::db::TenantTx;
-use crate::core::error::{ApiError, FieldError};
+use crate::core::error::FieldError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::Fields;
 use crate::jobs::records::{self, JobRecord, JobState};
@@ -41,7 +42,7 @@ pub async fn create_report(
     tx: &mut TenantTx,
     perms: PermSet,
     input: CreateReport,
-) -> Result<JobRecord, ApiError> {
+) -> Result<JobRecord, ReportError> {
     let mut f = Fields::default();
     let kind = f.check(ReportKind::parse(&input.kind).ok_or_else(|| {
         FieldError::new(
@@ -68,9 +69,9 @@ pub async fn create_report(
     if let Some(p) = kind.extra_permission()
         && !perms.contains(p)
     {
-        return Err(ApiError::Forbidden {
-            code: "permission_denied",
-            detail: format!("a {} report needs {}", kind.as_str(), p.as_str()),
+        return Err(ReportError::KindNeeds {
+            kind: kind.as_str(),
+            permission: p,
         });
     }
     let params = json!({ "kind": kind.as_str(), "format": format });
@@ -84,15 +85,18 @@ pub async fn create_report(
 }
 
 /// The org's reports, newest first.
-pub async fn list_reports(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<JobRecord>, ApiError> {
+pub async fn list_reports(
+    tx: &mut TenantTx,
+    q: &PageQuery,
+) -> Result<Page<JobRecord>, ReportError> {
     records::page(tx, RECORD_KIND, q).await
 }
 
-pub async fn get_report(tx: &mut TenantTx, id: Uuid) -> Result<JobRecord, ApiError> {
+pub async fn get_report(tx: &mut TenantTx, id: Uuid) -> Result<JobRecord, ReportError> {
     let org_id = tx.org_id();
     records::get(tx.conn(), org_id, RECORD_KIND, id)
         .await?
-        .ok_or(ApiError::NotFound("report"))
+        .ok_or(ReportError::NotFound)
 }
 
 /// A built report, ready to stream.
@@ -103,17 +107,14 @@ pub struct Download {
     pub body: BoxStream<'static, object_store::Result<Bytes>>,
 }
 
-/// Opens the file of a succeeded report (409 `report_not_ready` before).
+/// Opens the file of a succeeded report (not ready before).
 pub async fn open_download(
     store: &dyn ObjectStore,
     org_id: Uuid,
     record: &JobRecord,
-) -> Result<Download, ApiError> {
+) -> Result<Download, ReportError> {
     if record.state != JobState::Succeeded {
-        return Err(ApiError::conflict(
-            "report_not_ready",
-            "the report has not been built yet; see its state",
-        ));
+        return Err(ReportError::NotReady);
     }
     let result = record.result.as_ref();
     let path = result
@@ -122,7 +123,7 @@ pub async fn open_download(
         .unwrap_or_else(|| build::object_path(org_id, record.id));
     // The stored path is the job's own; never follow one outside the org.
     if !path.as_ref().starts_with(&format!("reports/{org_id}/")) {
-        return Err(ApiError::NotFound("report"));
+        return Err(ReportError::NotFound);
     }
     let content_type = result
         .and_then(|r| r["content_type"].as_str())
@@ -131,17 +132,8 @@ pub async fn open_download(
     let kind = record.params["kind"].as_str().unwrap_or("report");
     let got = match store.get(&path).await {
         Ok(g) => g,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(ApiError::Gone {
-                code: "report_missing",
-                detail: "the report file no longer exists".into(),
-            });
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context("cannot read the report")
-                .into());
-        }
+        Err(object_store::Error::NotFound { .. }) => return Err(ReportError::FileMissing),
+        Err(e) => return Err(ReportError::Store(e)),
     };
     Ok(Download {
         filename: format!("{kind}-{}.csv", record.id),

@@ -19,7 +19,8 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::core::error::{ApiError, DbTrouble};
+use super::error::CreditError;
+use crate::core::error::DbTrouble;
 
 /// Most spends in one statement.
 pub const MAX_BATCH: usize = 256;
@@ -40,7 +41,7 @@ pub struct SpendItem {
     pub hash: [u8; 32],
 }
 
-type Reply = oneshot::Sender<Result<Value, ApiError>>;
+type Reply = oneshot::Sender<Result<Value, CreditError>>;
 
 #[derive(Default)]
 struct Queue {
@@ -57,16 +58,12 @@ pub struct SpendBatcher {
 impl SpendBatcher {
     /// Queues `item` and waits for its result: the item's own JSON from
     /// `app.credit_spend_batch`.
-    pub async fn submit(&self, pool: &PgPool, item: SpendItem) -> Result<Value, ApiError> {
+    pub async fn submit(&self, pool: &PgPool, item: SpendItem) -> Result<Value, CreditError> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.pending.len() >= MAX_PENDING {
-                return Err(ApiError::Status {
-                    status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    code: "busy",
-                    detail: "too many spends are waiting; retry shortly".into(),
-                });
+                return Err(CreditError::SpendQueueFull);
             }
             q.pending.push((item, reply));
             let start = q.runners < MAX_RUNNERS;
@@ -79,7 +76,7 @@ impl SpendBatcher {
             tokio::spawn(run(self.queue.clone(), pool.clone()));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(ApiError::Internal(anyhow::anyhow!(
+            Err(CreditError::Internal(anyhow::anyhow!(
                 "the spend batch ended without an answer"
             )))
         })
@@ -128,7 +125,7 @@ async fn run(queue: Arc<Mutex<Queue>>, pool: PgPool) {
                     "the spend batch returned a result count that does not match"
                 );
                 for reply in replies {
-                    let _ = reply.send(Err(ApiError::Internal(anyhow::anyhow!(
+                    let _ = reply.send(Err(CreditError::Internal(anyhow::anyhow!(
                         "the spend batch returned a result count that does not match"
                     ))));
                 }
@@ -152,8 +149,8 @@ async fn run(queue: Arc<Mutex<Queue>>, pool: PgPool) {
                 tracing::warn!(error = %e, ?trouble, spends = replies.len(), "spend batch failed");
                 for reply in replies {
                     let _ = reply.send(Err(match trouble {
-                        Some(trouble) => trouble.into(),
-                        None => ApiError::Internal(anyhow::anyhow!("spend batch failed: {e}")),
+                        Some(trouble) => CreditError::SpendBatchTrouble(trouble),
+                        None => CreditError::Internal(anyhow::anyhow!("spend batch failed: {e}")),
                     }));
                 }
             }

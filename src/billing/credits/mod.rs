@@ -10,12 +10,12 @@
 //! ledger's sums.
 
 pub mod batch;
+pub mod error;
 pub mod model;
 pub mod prune;
 pub mod routes;
 pub mod sweep;
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -26,16 +26,18 @@ use uuid::Uuid;
 use crate::auth::perm;
 use crate::auth::rbac::OrgCall;
 use crate::core::db::{MembershipRow, TenantTx};
-use crate::core::error::{ApiError, FieldError};
+use crate::core::error::{FieldError, Invalid};
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::Fields;
+use error::{CreditError, Shortfall};
 use model::*;
 
 /// The response of a credit write: recorded with its idempotency key, and
 /// replayed as it was for a repeat of the same request.
 #[derive(Debug)]
 pub struct Outcome {
-    pub status: StatusCode,
+    /// The HTTP status the ledger function recorded (100 to 999).
+    pub status: u16,
     pub body: Value,
     pub replayed: bool,
 }
@@ -60,69 +62,53 @@ impl Idempotency {
     }
 }
 
-/// Maps the ledger's own SQLSTATEs (and bigint overflow) to problems.
-fn ledger_error(e: sqlx::Error) -> ApiError {
+/// Maps the ledger's own SQLSTATEs (and bigint overflow) to its refusals.
+fn ledger_error(e: sqlx::Error) -> CreditError {
     if let sqlx::Error::Database(db) = &e
         && let Some(code) = db.code()
     {
         let detail = db
             .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
             .and_then(|pg| pg.detail());
-        if let Some(problem) = ledger_problem(&code, db.message(), detail) {
-            return problem;
+        if let Some(refusal) = ledger_refusal(&code, db.message(), detail) {
+            return refusal;
         }
     }
     e.into()
 }
 
-/// The problem for one of the ledger's refusals; `None` for any other code.
-fn ledger_problem(code: &str, message: &str, detail: Option<&str>) -> Option<ApiError> {
+/// One of the ledger's refusals; `None` for any other code.
+fn ledger_refusal(code: &str, message: &str, detail: Option<&str>) -> Option<CreditError> {
     let message = message.to_owned();
     Some(match code {
-        "TC402" => ApiError::Status {
-            status: StatusCode::PAYMENT_REQUIRED,
-            code: "insufficient_credits",
-            detail: detail
-                .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                .map(|d| {
-                    format!(
-                        "insufficient credits: the balance is {}, {} requested (overage limit {})",
-                        d["balance"], d["requested"], d["overage_limit"]
-                    )
-                })
-                .unwrap_or(message),
-        },
-        "TC404" => ApiError::NotFound("hold"),
-        "TC409" => ApiError::conflict("idempotency_key_in_use", message),
-        "TC410" => ApiError::Gone {
-            code: "hold_expired",
-            detail: message,
-        },
-        "TC411" => ApiError::conflict("hold_closed", message),
-        "TC413" => ApiError::field("amount", "exceeds_hold", message),
-        "TC422" => ApiError::Status {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "idempotency_key_reused",
-            detail: message,
-        },
-        "TC400" => ApiError::field("amount", "invalid", message),
+        "TC402" => CreditError::InsufficientCredits(
+            detail.and_then(|d| serde_json::from_str::<Shortfall>(d).ok()),
+        ),
+        "TC404" => CreditError::HoldNotFound,
+        "TC409" => CreditError::KeyInUse(message),
+        "TC410" => CreditError::HoldExpired(message),
+        "TC411" => CreditError::HoldClosed(message),
+        "TC413" => CreditError::ExceedsHold(message),
+        "TC422" => CreditError::KeyReused(message),
+        "TC400" => Invalid::field("amount", "invalid", message).into(),
         // numeric_value_out_of_range: a sum past i64.
-        "22003" => ApiError::field(
+        "22003" => Invalid::field(
             "amount",
             "out_of_range",
             "the resulting balance would be out of range",
-        ),
+        )
+        .into(),
         _ => return None,
     })
 }
 
-fn outcome(v: Value) -> Result<Outcome, ApiError> {
+fn outcome(v: Value) -> Result<Outcome, CreditError> {
     let status = v["status"]
         .as_u64()
-        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .filter(|s| (100..1000).contains(s))
         .ok_or_else(|| anyhow::anyhow!("ledger function returned no status"))?;
     Ok(Outcome {
-        status,
+        status: status as u16,
         replayed: v["replayed"].as_bool().unwrap_or(false),
         body: v.get("body").cloned().unwrap_or(Value::Null),
     })
@@ -163,7 +149,7 @@ pub async fn spend(
     call: &OrgCall<perm::CreditsSpend>,
     input: &SpendCredits,
     key: Idempotency,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, CreditError> {
     let mut f = Fields::default();
     check_amount(&mut f, "amount", input.amount);
     let description = check_description(&mut f, &input.description);
@@ -184,14 +170,14 @@ pub async fn spend(
             role: m["role"].as_str().unwrap_or_default().to_owned(),
             permissions: serde_json::from_value(m["permissions"].clone()).unwrap_or_default(),
         });
-        return Err(call.refused(membership));
+        return Err(CreditError::SpendRefused(membership));
     }
     if let Some(e) = v.get("error") {
         let code = e["code"].as_str().unwrap_or_default();
         let message = e["message"].as_str().unwrap_or_default();
         return Err(
-            ledger_problem(code, message, e["detail"].as_str()).unwrap_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("spend failed: {code} {message}"))
+            ledger_refusal(code, message, e["detail"].as_str()).unwrap_or_else(|| {
+                CreditError::Internal(anyhow::anyhow!("spend failed: {code} {message}"))
             }),
         );
     }
@@ -207,7 +193,7 @@ pub async fn hold(
     tx: &mut TenantTx,
     input: &CreateHold,
     key: &Idempotency,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, CreditError> {
     let mut f = Fields::default();
     check_amount(&mut f, "amount", input.amount);
     let ttl = input.ttl_seconds.unwrap_or(DEFAULT_HOLD_SECS);
@@ -242,7 +228,7 @@ pub async fn settle_hold(
     hold_id: Uuid,
     capture: Option<&CaptureHold>,
     key: &Idempotency,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, CreditError> {
     let mut f = Fields::default();
     let mut description = None;
     if let Some(c) = capture {
@@ -269,7 +255,7 @@ pub async fn grant(
     tx: &mut TenantTx,
     input: &CreateGrant,
     key: &Idempotency,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, CreditError> {
     let mut f = Fields::default();
     check_amount(&mut f, "amount", input.amount);
     f.check(if SOURCES.contains(&input.source.as_str()) {
@@ -311,7 +297,7 @@ pub async fn grant(
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("TC400") => {
-                ApiError::field("expires_at", "in_the_past", db.message().to_owned())
+                Invalid::field("expires_at", "in_the_past", db.message().to_owned()).into()
             }
             _ => ledger_error(e),
         })?;
@@ -322,13 +308,10 @@ const GRANT_COLUMNS: &str =
     "id, source, amount, remaining, priority, expires_at, description, created_at";
 
 /// The balance, holds and live grants now, or the balance and holds at a past instant.
-pub async fn credits(tx: &mut TenantTx, at: Option<DateTime<Utc>>) -> Result<Credits, ApiError> {
+pub async fn credits(tx: &mut TenantTx, at: Option<DateTime<Utc>>) -> Result<Credits, CreditError> {
     let now = Utc::now();
     if at.is_some_and(|t| t > now || t.timestamp() < 0) {
-        return Err(ApiError::bad_request(
-            "invalid_at",
-            "`at` must be an instant between 1970 and now",
-        ));
+        return Err(CreditError::InvalidAt);
     }
     sqlx::query("select app.credit_refresh()")
         .execute(tx.conn())
@@ -400,7 +383,7 @@ pub async fn balance_at(
 }
 
 /// The ledger, newest line first.
-pub async fn ledger(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<LedgerLine>, ApiError> {
+pub async fn ledger(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<LedgerLine>, CreditError> {
     let limit = q.limit()?;
     let before: Option<i64> = q.after()?;
     sqlx::query("select app.credit_refresh()")
@@ -421,7 +404,7 @@ pub async fn ledger(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<LedgerLine>
     Ok(Page::from_rows(rows, limit, |l| l.id))
 }
 
-pub async fn get_hold(tx: &mut TenantTx, hold_id: Uuid) -> Result<Hold, ApiError> {
+pub async fn get_hold(tx: &mut TenantTx, hold_id: Uuid) -> Result<Hold, CreditError> {
     sqlx::query("select app.credit_refresh()")
         .execute(tx.conn())
         .await?;
@@ -434,7 +417,7 @@ pub async fn get_hold(tx: &mut TenantTx, hold_id: Uuid) -> Result<Hold, ApiError
     .bind(hold_id)
     .fetch_optional(tx.conn())
     .await?
-    .ok_or(ApiError::NotFound("hold"))
+    .ok_or(CreditError::HoldNotFound)
 }
 
 /// Every difference between the stored balances, grant remainders and holds

@@ -2,16 +2,19 @@
 //! key with the same request replays the first response (with
 //! `Idempotent-Replayed: true`), with another request it is a 422, and while
 //! the first is still running a 409.
+//!
+//! Also here: the problem each [`CreditError`] is answered with.
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
-use axum::http::HeaderValue;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::error::CreditError;
 use super::model::*;
 use super::{Idempotency, Outcome};
 use crate::auth::AuthState;
@@ -24,6 +27,46 @@ use crate::core::error::{ApiError, Problem};
 use crate::core::extract::{IdPath, ValidJson, ValidQuery, path_uuid};
 use crate::core::pagination::{Page, PageQuery};
 use axum::extract::FromRef;
+
+/// Each credit refusal as the problem clients have always received.
+impl From<CreditError> for ApiError {
+    fn from(e: CreditError) -> Self {
+        match e {
+            CreditError::Invalid(e) => e.into(),
+            CreditError::Page(e) => e.into(),
+            CreditError::Db(e) => e.into(),
+            e @ CreditError::InvalidAt => ApiError::bad_request("invalid_at", e.to_string()),
+            e @ CreditError::InsufficientCredits(_) => ApiError::Status {
+                status: StatusCode::PAYMENT_REQUIRED,
+                code: "insufficient_credits",
+                detail: e.to_string(),
+            },
+            CreditError::HoldNotFound => ApiError::NotFound("hold"),
+            CreditError::HoldExpired(detail) => ApiError::Gone {
+                code: "hold_expired",
+                detail,
+            },
+            CreditError::HoldClosed(detail) => ApiError::conflict("hold_closed", detail),
+            CreditError::ExceedsHold(message) => ApiError::field("amount", "exceeds_hold", message),
+            CreditError::KeyInUse(detail) => ApiError::conflict("idempotency_key_in_use", detail),
+            CreditError::KeyReused(detail) => ApiError::Status {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "idempotency_key_reused",
+                detail,
+            },
+            e @ CreditError::SpendQueueFull => ApiError::Status {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "busy",
+                detail: e.to_string(),
+            },
+            CreditError::SpendBatchTrouble(trouble) => trouble.into(),
+            // Answered by the spend handler, which knows the caller; this
+            // is the fallback should another caller let one through.
+            e @ CreditError::SpendRefused(_) => ApiError::Internal(anyhow::Error::new(e)),
+            CreditError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
 
 pub fn router<S>() -> OpenApiRouter<S>
 where
@@ -71,7 +114,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 
 impl IntoResponse for Outcome {
     fn into_response(self) -> Response {
-        let mut res = (self.status, Json(self.body)).into_response();
+        // The ledger records only valid statuses (checked when read back).
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut res = (status, Json(self.body)).into_response();
         res.headers_mut().insert(
             "idempotent-replayed",
             HeaderValue::from_static(if self.replayed { "true" } else { "false" }),
@@ -126,7 +171,14 @@ async fn spend_credits(
     ValidJson(input): ValidJson<SpendCredits>,
 ) -> Result<Outcome, ApiError> {
     let key = Idempotency::new(key, "spend", &input);
-    super::spend(&state.pool, &state.spends, &call, &input, key).await
+    super::spend(&state.pool, &state.spends, &call, &input, key)
+        .await
+        .map_err(|e| match e {
+            // The statement refused the caller: answered by the caller's
+            // own authorisation rules (404, 401 or 403).
+            CreditError::SpendRefused(membership) => call.refused(membership),
+            e => e.into(),
+        })
 }
 
 /// Reserves credits for long work; capture or release the hold later. An
