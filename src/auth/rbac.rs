@@ -430,17 +430,33 @@ impl<R: PermRequirement> OrgCall<R> {
     }
 }
 
+/// Why a job may not act for the user who started it, now.
+#[derive(Debug, thiserror::Error)]
+pub enum ActForError {
+    /// The user left the org (or it is gone).
+    #[error("organization not found")]
+    NotMember,
+    /// The user's role no longer holds what the job needs.
+    #[error("this action needs {0}")]
+    Lacks(&'static str),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
 /// A background job acting for the user who started it: a transaction in
 /// the org as that user, under the org's row lock, with `R` checked against
-/// their membership now (not when they made the request). A requester who
-/// left the org gets `NotFound`, one whose role lost `R` gets `Forbidden`.
+/// their membership now (not when they made the request).
 pub async fn act_for<R: Requirement>(
     pool: &sqlx::PgPool,
     org_id: Uuid,
     user_id: Uuid,
-) -> Result<(TenantTx, Actor), ApiError> {
+) -> Result<(TenantTx, Actor), ActForError> {
     let (mut tx, _) = TenantTx::enter(pool, org_id, user_id).await?;
-    let (m, perms) = authorize::<R>(tx.lock_org().await?, false)?;
+    let m = tx.lock_org().await?.ok_or(ActForError::NotMember)?;
+    let perms = PermSet::from_names(&m.permissions);
+    if !R::allows(&m.role, perms) {
+        return Err(ActForError::Lacks(R::describe()));
+    }
     Ok((
         tx,
         Actor {

@@ -83,9 +83,7 @@ impl Job for ImportMembers {
         let mut done = 0;
         for batch in lines.chunks(BATCH) {
             let (mut tx, actor) =
-                act_for::<perm::InvitationsManage>(pool, org_id, self.requested_by)
-                    .await
-                    .map_err(JobError::from_service)?;
+                act_for::<perm::InvitationsManage>(pool, org_id, self.requested_by).await?;
             let numbers: Vec<i32> = batch.iter().map(|l| l.line).collect();
             let decided: HashSet<i32> = repo::decided_lines(tx.conn(), org_id, id, &numbers)
                 .await?

@@ -153,6 +153,25 @@ impl JobError {
     }
 }
 
+/// A requester who left the org, or whose role lost the permission, is a
+/// refusal members see on the job's record; a database error is retried.
+impl From<crate::auth::rbac::ActForError> for JobError {
+    fn from(e: crate::auth::rbac::ActForError) -> Self {
+        use crate::auth::rbac::ActForError;
+        match e {
+            ActForError::NotMember => JobError::Refused {
+                code: "not_found",
+                message: e.to_string(),
+            },
+            ActForError::Lacks(_) => JobError::Refused {
+                code: "permission_denied",
+                message: e.to_string(),
+            },
+            ActForError::Db(e) => e.into(),
+        }
+    }
+}
+
 impl From<anyhow::Error> for JobError {
     fn from(e: anyhow::Error) -> Self {
         JobError::Retry(e)

@@ -28,8 +28,7 @@ use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::ReportError;
-use crate::auth::rbac::{PermSet, Permission};
+use crate::auth::rbac::{PermSet, Permission, act_for, perm};
 use crate::core::db::TenantTx;
 use crate::jobs::records::{self, JobState};
 use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
@@ -180,9 +179,7 @@ impl Job for BuildReport {
             Some(_) => {}
             None => return Err(JobError::Permanent("the report record is gone".into())),
         }
-        check_requester(&pool, org_id, self.requested_by, self.kind)
-            .await
-            .map_err(requester_refused)?;
+        check_requester(&pool, org_id, self.requested_by, self.kind).await?;
 
         // A read-only transaction as the requester (RLS confines it to the
         // org), without the org lock: a report changes nothing, and holding
@@ -253,47 +250,30 @@ fn allowed(perms: PermSet, kind: ReportKind) -> bool {
         && kind.extra_permission().is_none_or(|p| perms.contains(p))
 }
 
-/// Checks, under the org lock, that the requester is still a member and
-/// holds `reports:create` and the kind's own permission (`audit:read` for
-/// the audit log, `credits:read` for credit usage); released at once.
+/// Checks, under the org lock, that the requester still holds
+/// `reports:create` (and the kind's own permission: `audit:read` for the
+/// audit log, `credits:read` for credit usage); released at once. A
+/// requester who left, or lost `reports:create`, ends the job with the
+/// refusal of [`act_for`]; a database error is retried.
 async fn check_requester(
     pool: &PgPool,
     org_id: Uuid,
     user_id: Uuid,
     kind: ReportKind,
-) -> Result<(), ReportError> {
-    let (mut tx, _) = TenantTx::enter(pool, org_id, user_id).await?;
-    let membership = tx.lock_org().await?.ok_or(ReportError::RequesterLeft)?;
-    let perms = PermSet::from_names(&membership.permissions);
-    let needed = [Some(Permission::ReportsCreate), kind.extra_permission()];
-    if let Some(p) = needed.into_iter().flatten().find(|p| !perms.contains(*p)) {
-        return Err(ReportError::RequesterLacks(p));
+) -> Result<(), JobError> {
+    let (tx, actor) = act_for::<perm::ReportsCreate>(pool, org_id, user_id).await?;
+    if !allowed(actor.perms(), kind) {
+        return Err(JobError::Refused {
+            code: "permission_denied",
+            message: format!(
+                "the requester no longer holds {}",
+                kind.extra_permission()
+                    .map_or("reports:create", |p| p.as_str())
+            ),
+        });
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// How the job ends when [`check_requester`] refuses: for good, with the
-/// code and message members have always read on the record (a requester
-/// who left: `not_found`; one without `reports:create`: the words of the
-/// request-time check); a database error is retried.
-fn requester_refused(e: ReportError) -> JobError {
-    match e {
-        ReportError::RequesterLeft => JobError::Refused {
-            code: "not_found",
-            message: "organization not found".into(),
-        },
-        ReportError::RequesterLacks(Permission::ReportsCreate) => JobError::Refused {
-            code: "permission_denied",
-            message: format!("this action needs {}", Permission::ReportsCreate.as_str()),
-        },
-        e @ ReportError::RequesterLacks(_) => JobError::Refused {
-            code: "permission_denied",
-            message: e.to_string(),
-        },
-        ReportError::Db(e) => e.into(),
-        other => JobError::Retry(other.into()),
-    }
 }
 
 /// Best-effort progress in its own short transaction (the report's own
@@ -565,33 +545,6 @@ mod tests {
         assert_eq!(escape_cell("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(escape_cell("ann@example.com"), "ann@example.com");
         assert_eq!(escape_cell(""), "");
-    }
-
-    #[test]
-    fn a_refused_requester_ends_the_job_with_the_code_members_know() {
-        let public = |e| requester_refused(e).public(true);
-        assert_eq!(
-            public(ReportError::RequesterLeft),
-            ("not_found", "organization not found".to_owned())
-        );
-        assert_eq!(
-            public(ReportError::RequesterLacks(Permission::ReportsCreate)),
-            (
-                "permission_denied",
-                "this action needs reports:create".to_owned()
-            )
-        );
-        assert_eq!(
-            public(ReportError::RequesterLacks(Permission::AuditRead)),
-            (
-                "permission_denied",
-                "the requester no longer holds audit:read".to_owned()
-            )
-        );
-        assert!(matches!(
-            requester_refused(ReportError::Db(sqlx::Error::PoolTimedOut)),
-            JobError::Retry(_)
-        ));
     }
 
     #[test]

@@ -33,10 +33,4 @@ pub enum ReportError {
     /// The report store failed.
     #[error("cannot read the report")]
     Store(#[source] object_store::Error),
-    /// The member who asked for the report is no longer in the org.
-    #[error("the member who asked for the report is no longer in the organization")]
-    RequesterLeft,
-    /// The requester no longer holds a permission the report needs.
-    #[error("the requester no longer holds {}", .0.as_str())]
-    RequesterLacks(Permission),
 }

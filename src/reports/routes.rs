@@ -40,10 +40,6 @@ impl From<ReportError> for ApiError {
             ReportError::Store(e) => {
                 ApiError::Internal(anyhow::Error::new(e).context("cannot read the report"))
             }
-            // The job's own refusals; no route meets them.
-            e @ (ReportError::RequesterLeft | ReportError::RequesterLacks(_)) => {
-                ApiError::Internal(anyhow::Error::new(e))
-            }
         }
     }
 }
