@@ -101,7 +101,7 @@ async fn finish(
                     &pool, &*payments, org_id, user_id, &change, &failure, sent_at,
                 )
                 .await;
-                Err(failure.error)
+                Err(ApiError::from(failure.error))
             }
         }
     });
@@ -147,7 +147,7 @@ async fn reconcile_after_failure(
         Ok(current) => record(pool, org_id, user_id, change, &current, sent_at, false)
             .await
             .map(|_| ()),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     let Err(e) = reconciled else {
         return;
