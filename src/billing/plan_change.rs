@@ -16,13 +16,13 @@ use super::model::{ChangePlan, SubscriptionView};
 use super::payments::provider::{PaymentProvider, UpdateFailure};
 use super::payments::stripe_objects::Subscription as StripeSubscription;
 use super::subscriptions::changes;
+use super::subscriptions::error::SubscriptionError;
 use super::subscriptions::provider_changes::{
     Change, ProviderChange, record_provider_change, release_provider_change,
 };
 use crate::auth::rbac::Actor;
 use crate::config::PaymentProviderKind;
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
 
 /// Changes the org's plan (see [`changes::change_plan`]); `tx` holds the
 /// org lock `locked` stands for, and is committed.
@@ -33,7 +33,7 @@ pub async fn change_plan(
     locked: &Actor,
     provider: PaymentProviderKind,
     input: ChangePlan,
-) -> Result<SubscriptionView, ApiError> {
+) -> Result<SubscriptionView, SubscriptionError> {
     let change = changes::change_plan(&mut tx, locked, provider, input).await?;
     finish(pool, payments, tx, change).await
 }
@@ -47,7 +47,7 @@ pub async fn cancel_or_resume(
     mut tx: TenantTx,
     locked: &Actor,
     cancel: bool,
-) -> Result<SubscriptionView, ApiError> {
+) -> Result<SubscriptionView, SubscriptionError> {
     let change = changes::cancel_or_resume(&mut tx, locked, cancel).await?;
     finish(pool, payments, tx, change).await
 }
@@ -61,7 +61,7 @@ async fn finish(
     payments: &Arc<dyn PaymentProvider>,
     tx: TenantTx,
     change: Change,
-) -> Result<SubscriptionView, ApiError> {
+) -> Result<SubscriptionView, SubscriptionError> {
     let change = match change {
         Change::Done(view) => {
             tx.commit().await?;
@@ -101,12 +101,11 @@ async fn finish(
                     &pool, &*payments, org_id, user_id, &change, &failure, sent_at,
                 )
                 .await;
-                Err(failure.error)
+                Err(SubscriptionError::Payment(failure.error))
             }
         }
     });
-    task.await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("subscription change task: {e}")))?
+    task.await?
 }
 
 /// Mirrors the provider's answer (or its state after a failure) in a new
@@ -119,7 +118,7 @@ async fn record(
     stripe_subscription: &StripeSubscription,
     sent_at: DateTime<Utc>,
     audit: bool,
-) -> Result<SubscriptionView, ApiError> {
+) -> Result<SubscriptionView, SubscriptionError> {
     let (mut tx, _) = TenantTx::enter(pool, org_id, user_id).await?;
     let view = record_provider_change(&mut tx, change, stripe_subscription, sent_at, audit).await?;
     tx.commit().await?;
@@ -147,7 +146,7 @@ async fn reconcile_after_failure(
         Ok(current) => record(pool, org_id, user_id, change, &current, sent_at, false)
             .await
             .map(|_| ()),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     let Err(e) = reconciled else {
         return;

@@ -116,6 +116,33 @@ async fn admin_put_plan(
     Ok((status, Json(plan)))
 }
 
+impl From<subscriptions::SubscriptionError> for ApiError {
+    fn from(e: subscriptions::SubscriptionError) -> Self {
+        use subscriptions::SubscriptionError as E;
+        let (status, code) = match e {
+            E::NotFound => return ApiError::NotFound("subscription"),
+            E::Seats(e) => return e,
+            E::Payment(e) => return e.into(),
+            E::Db(e) => return e.into(),
+            E::ChangeTask(_) => return ApiError::Internal(e.into()),
+            E::UnknownPlan(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan"),
+            E::CurrencyMismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch"),
+            E::CheckoutRequired => (StatusCode::CONFLICT, "checkout_required"),
+            E::CannotCancelFree => (StatusCode::CONFLICT, "cannot_cancel_free"),
+            E::Ended | E::EndedAtStripe { .. } => (StatusCode::CONFLICT, "subscription_canceled"),
+            E::NotCanceling => (StatusCode::CONFLICT, "not_canceling"),
+            E::PaymentPending { .. } => (StatusCode::CONFLICT, "payment_pending"),
+            E::IntervalChange { .. } => (StatusCode::CONFLICT, "interval_change"),
+            E::ChangeInProgress => (StatusCode::CONFLICT, "change_in_progress"),
+        };
+        ApiError::Status {
+            status,
+            code,
+            detail: e.to_string(),
+        }
+    }
+}
+
 /// The org's subscription, with its plan and the plan of a pending downgrade.
 #[utoipa::path(get, path = "/api/v1/orgs/{org_id}/subscription", tag = "billing",
     params(("org_id" = Uuid, Path)),
@@ -219,7 +246,7 @@ async fn cancel_or_resume(
     cancel: bool,
 ) -> Result<SubscriptionView, ApiError> {
     let actor = ctx.lock().await?;
-    plan_change::cancel_or_resume(&state.pool, &state.payments, ctx.tx, &actor, cancel).await
+    Ok(plan_change::cancel_or_resume(&state.pool, &state.payments, ctx.tx, &actor, cancel).await?)
 }
 
 /// What the org may do now: its plan's seat limit (and the seats used),

@@ -8,14 +8,13 @@
 //! provider is called. A customer created on the way is stored afterwards,
 //! in a short transaction of its own.
 
-use axum::http::StatusCode;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::manual::checkout_unavailable;
+use super::error::PaymentError;
 use super::provider::{
     CheckoutItem, CheckoutRequest, CheckoutSession, CreditPack, NewCustomer, PortalRequest,
     PortalSession,
@@ -25,7 +24,7 @@ use crate::billing::BillingState;
 use crate::billing::model::Plan;
 use crate::config::PaymentProviderKind;
 use crate::core::db::TenantTx;
-use crate::core::error::{ApiError, FieldError};
+use crate::core::error::{FieldError, Invalid};
 
 /// What to pay for: a plan or a credit pack (exactly one).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -59,53 +58,53 @@ pub async fn start_checkout(
     caller: &Caller,
     input: CheckoutInput,
     caller_key: Option<&str>,
-) -> Result<CheckoutSession, ApiError> {
+) -> Result<CheckoutSession, PaymentError> {
     let org_id = tx.org_id();
     let user_id = tx.user_id();
     let wanted = match (input.plan, input.credit_pack) {
         (Some(plan), None) => Wanted::Plan(plan),
         (None, Some(pack)) => Wanted::Pack(pack),
         (None, None) => {
-            return Err(ApiError::Validation(vec![FieldError::new(
+            return Err(Invalid(vec![FieldError::new(
                 "plan",
                 "required",
                 "give a plan or a credit_pack",
-            )]));
+            )])
+            .into());
         }
         (Some(_), Some(_)) => {
-            return Err(ApiError::Validation(vec![FieldError::new(
+            return Err(Invalid(vec![FieldError::new(
                 "credit_pack",
                 "exclusive",
                 "give a plan or a credit_pack, not both",
-            )]));
+            )])
+            .into());
         }
     };
     if state.payments.kind() == PaymentProviderKind::Manual {
-        return Err(checkout_unavailable());
+        return Err(PaymentError::ManualPayments);
     }
     let conn = tx.conn();
     let current = current_subscription(conn, org_id).await?;
     let item = match wanted {
         Wanted::Plan(code) => {
             let plan = active_plan(conn, &code).await?.ok_or_else(|| {
-                ApiError::field("plan", "unknown_plan", format!("no active plan {code:?}"))
+                Invalid::field("plan", "unknown_plan", format!("no active plan {code:?}"))
             })?;
             if plan.price_minor == 0 {
-                return Err(ApiError::field(
+                return Err(Invalid::field(
                     "plan",
                     "free_plan",
                     format!("the plan {code} is free: no payment is needed"),
-                ));
+                )
+                .into());
             }
             if let Some(c) = &current
                 && c.provider == "stripe"
                 && c.provider_subscription_id.is_some()
                 && matches!(c.status.as_str(), "active" | "trialing" | "past_due")
             {
-                return Err(ApiError::conflict(
-                    "subscription_exists",
-                    "the org already has a paid subscription: change its plan in the billing portal",
-                ));
+                return Err(PaymentError::SubscriptionExists);
             }
             let trial_days = match &current {
                 Some(c) if c.trial_used => None,
@@ -115,7 +114,7 @@ pub async fn start_checkout(
         }
         Wanted::Pack(code) => {
             let pack = active_pack(conn, &code).await?.ok_or_else(|| {
-                ApiError::field(
+                Invalid::field(
                     "credit_pack",
                     "unknown_credit_pack",
                     format!("no active credit pack {code:?}"),
@@ -133,13 +132,9 @@ pub async fn start_checkout(
         && c.status != "canceled"
         && &c.currency != currency
     {
-        return Err(ApiError::Status {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "currency_mismatch",
-            detail: format!(
-                "the org pays in {}; this is priced in {currency}",
-                c.currency
-            ),
+        return Err(PaymentError::CurrencyMismatch {
+            paid_in: c.currency.clone(),
+            priced_in: currency.clone(),
         });
     }
     let customer = stored_customer(conn, org_id).await?;
@@ -193,18 +188,15 @@ enum Wanted {
 pub async fn start_portal(
     state: &BillingState,
     mut tx: TenantTx,
-) -> Result<PortalSession, ApiError> {
+) -> Result<PortalSession, PaymentError> {
     let org_id = tx.org_id();
     if state.payments.kind() == PaymentProviderKind::Manual {
-        return Err(checkout_unavailable());
+        return Err(PaymentError::ManualPayments);
     }
     let customer = stored_customer(tx.conn(), org_id).await?;
     tx.commit().await?;
     let Some(customer_id) = customer else {
-        return Err(ApiError::conflict(
-            "no_customer",
-            "the org has never paid: start with a checkout",
-        ));
+        return Err(PaymentError::NoCustomer);
     };
     let req = PortalRequest {
         customer_id,
@@ -223,7 +215,7 @@ async fn create_customer(
     user_id: Uuid,
     name: String,
     email: Option<String>,
-) -> Result<String, ApiError> {
+) -> Result<String, PaymentError> {
     let digest = Sha256::digest(format!("{org_id}\n{name}\n{email:?}").as_bytes());
     let req = NewCustomer {
         org_id,
@@ -281,12 +273,12 @@ async fn stored_customer(
         .await
 }
 
-async fn org_name(conn: &mut PgConnection, org_id: Uuid) -> Result<String, ApiError> {
+async fn org_name(conn: &mut PgConnection, org_id: Uuid) -> Result<String, PaymentError> {
     sqlx::query_scalar("select name from organizations where id = $1")
         .bind(org_id)
         .fetch_optional(conn)
         .await?
-        .ok_or(ApiError::NotFound("organization"))
+        .ok_or(PaymentError::OrgNotFound)
 }
 
 async fn current_subscription(

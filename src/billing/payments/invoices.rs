@@ -2,15 +2,14 @@
 //! and period, marked paid by a platform admin), mirrored from Stripe's
 //! webhooks, and recorded for one-off credit pack purchases.
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::error::PaymentError;
 use crate::billing::model::Plan;
-use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 
 /// How long after its period starts a manual invoice is due.
@@ -64,21 +63,15 @@ pub async fn issue_invoice(
     plan: &Plan,
     period_start: DateTime<Utc>,
     period_end: DateTime<Utc>,
-) -> Result<Invoice, ApiError> {
+) -> Result<Invoice, PaymentError> {
     if plan.price_minor <= 0 {
-        return Err(ApiError::Status {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "free_plan",
-            detail: format!(
-                "the plan {} is free: there is nothing to invoice",
-                plan.code
-            ),
-        });
+        return Err(PaymentError::FreePlan(plan.code.clone()));
     }
     if period_end <= period_start {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "invoice period ends ({period_end}) before it starts ({period_start})"
-        )));
+        return Err(PaymentError::InvoicePeriod {
+            start: period_start,
+            end: period_end,
+        });
     }
     if let Some(existing) = manual_for_period(conn, org_id, period_start).await? {
         return Ok(existing);
@@ -114,7 +107,7 @@ pub async fn issue_invoice(
         // Issued concurrently by another transaction that committed first.
         None => manual_for_period(conn, org_id, period_start)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("manual invoice vanished").into()),
+            .ok_or(PaymentError::InvoiceVanished),
     }
 }
 
@@ -136,7 +129,10 @@ async fn manual_for_period(
 /// The org's next invoice number, `INV-000001` upwards. Numbering is
 /// serialised per org by a transaction-scoped advisory lock, so two
 /// concurrent invoices of one org never draw the same number.
-pub(crate) async fn next_number(conn: &mut PgConnection, org_id: Uuid) -> Result<String, ApiError> {
+pub(crate) async fn next_number(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+) -> Result<String, sqlx::Error> {
     sqlx::query(
         "select pg_advisory_xact_lock(hashtextextended('tenantry.invoices:' || $1::text, 0))",
     )
@@ -155,7 +151,7 @@ pub async fn list(
     conn: &mut PgConnection,
     org_id: Uuid,
     q: &PageQuery,
-) -> Result<Page<Invoice>, ApiError> {
+) -> Result<Page<Invoice>, PaymentError> {
     let limit = q.limit()?;
     let after: Option<(DateTime<Utc>, Uuid)> = q.after()?;
     let rows: Vec<Invoice> = match after {
@@ -194,7 +190,7 @@ pub async fn mark_paid(
     conn: &mut PgConnection,
     org_id: Uuid,
     invoice_id: Uuid,
-) -> Result<Invoice, ApiError> {
+) -> Result<Invoice, PaymentError> {
     let current: Invoice = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {COLUMNS} from invoices where org_id = $1 and id = $2 for update"
     )))
@@ -202,21 +198,15 @@ pub async fn mark_paid(
     .bind(invoice_id)
     .fetch_optional(&mut *conn)
     .await?
-    .ok_or(ApiError::NotFound("invoice"))?;
+    .ok_or(PaymentError::InvoiceNotFound)?;
     if current.status == "paid" {
         return Ok(current);
     }
     if current.provider != "manual" {
-        return Err(ApiError::conflict(
-            "provider_managed",
-            "this invoice is collected by the payment provider; it is marked paid by its webhook",
-        ));
+        return Err(PaymentError::ProviderManaged);
     }
     if current.status == "void" {
-        return Err(ApiError::conflict(
-            "invoice_void",
-            "a void invoice cannot be paid",
-        ));
+        return Err(PaymentError::InvoiceVoid);
     }
     let paid: Invoice = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update invoices set status = 'paid', amount_paid_minor = amount_due_minor, paid_at = now()
@@ -280,7 +270,7 @@ pub async fn upsert_provider_invoice(
     conn: &mut PgConnection,
     org_id: Uuid,
     inv: &ProviderInvoice<'_>,
-) -> Result<Invoice, ApiError> {
+) -> Result<Invoice, sqlx::Error> {
     let existing: Option<Uuid> = sqlx::query_scalar(
         "select id from invoices where org_id = $1 and provider_invoice_id = $2 for update",
     )

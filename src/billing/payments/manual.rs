@@ -2,29 +2,17 @@
 //! payment page. Tenantry issues invoices (`invoices::issue_invoice`) and a
 //! platform admin marks them paid.
 
-use axum::http::StatusCode;
 use futures_util::future::BoxFuture;
 
+use super::error::PaymentError;
 use super::provider::{
     CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest, PortalSession,
     SubscriptionUpdate, UpdateFailure,
 };
 use super::stripe_objects::Subscription as StripeSubscription;
 use crate::config::PaymentProviderKind;
-use crate::core::error::ApiError;
 
 pub struct ManualProvider;
-
-/// 409 `checkout_unavailable`: payments are manual.
-pub fn checkout_unavailable() -> ApiError {
-    ApiError::Status {
-        status: StatusCode::CONFLICT,
-        code: "checkout_unavailable",
-        detail: "payments are manual: invoices are issued by the operator and marked paid by a \
-                 platform admin"
-            .into(),
-    }
-}
 
 impl PaymentProvider for ManualProvider {
     fn kind(&self) -> PaymentProviderKind {
@@ -34,29 +22,29 @@ impl PaymentProvider for ManualProvider {
     fn create_customer<'a>(
         &'a self,
         _req: &'a NewCustomer,
-    ) -> BoxFuture<'a, Result<String, ApiError>> {
-        Box::pin(async { Err(checkout_unavailable()) })
+    ) -> BoxFuture<'a, Result<String, PaymentError>> {
+        Box::pin(async { Err(PaymentError::ManualPayments) })
     }
 
     fn create_checkout<'a>(
         &'a self,
         _req: &'a CheckoutRequest,
-    ) -> BoxFuture<'a, Result<CheckoutSession, ApiError>> {
-        Box::pin(async { Err(checkout_unavailable()) })
+    ) -> BoxFuture<'a, Result<CheckoutSession, PaymentError>> {
+        Box::pin(async { Err(PaymentError::ManualPayments) })
     }
 
     fn create_portal<'a>(
         &'a self,
         _req: &'a PortalRequest,
-    ) -> BoxFuture<'a, Result<PortalSession, ApiError>> {
-        Box::pin(async { Err(checkout_unavailable()) })
+    ) -> BoxFuture<'a, Result<PortalSession, PaymentError>> {
+        Box::pin(async { Err(PaymentError::ManualPayments) })
     }
 
     fn get_subscription<'a>(
         &'a self,
         _subscription_id: &'a str,
-    ) -> BoxFuture<'a, Result<StripeSubscription, ApiError>> {
-        Box::pin(async { Err(checkout_unavailable()) })
+    ) -> BoxFuture<'a, Result<StripeSubscription, PaymentError>> {
+        Box::pin(async { Err(PaymentError::ManualPayments) })
     }
 
     fn update_subscription<'a>(
@@ -67,7 +55,7 @@ impl PaymentProvider for ManualProvider {
     ) -> BoxFuture<'a, Result<StripeSubscription, UpdateFailure>> {
         Box::pin(async {
             Err(UpdateFailure {
-                error: checkout_unavailable(),
+                error: PaymentError::ManualPayments,
                 outcome_unknown: false,
             })
         })

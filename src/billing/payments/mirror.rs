@@ -17,13 +17,13 @@ use url::Url;
 use uuid::Uuid;
 
 use super::checkout::{active_pack, billing_url};
+use super::error::PaymentError;
 use super::invoices::{ProviderInvoice, upsert_provider_invoice};
 use super::stripe_objects::{
     CheckoutSession, Event, Expandable, Invoice, Metadata, Subscription as StripeSubscription,
     non_empty,
 };
 use crate::billing::subscriptions::periods::{PERIOD_GRANT_PRIORITY, period_ref};
-use crate::core::error::ApiError;
 use crate::mail::SendEmail;
 use crate::mail::templates::Template;
 
@@ -49,7 +49,7 @@ pub(super) async fn checkout_completed(
     conn: &mut PgConnection,
     org_id: Uuid,
     event: &Event,
-) -> Result<(), ApiError> {
+) -> Result<(), PaymentError> {
     let obj: CheckoutSession = event.object();
     let Some(session_id) = obj.id.as_deref() else {
         return Ok(());
@@ -179,7 +179,7 @@ pub(super) async fn subscription_changed(
     conn: &mut PgConnection,
     org_id: Uuid,
     event: &Event,
-) -> Result<(), ApiError> {
+) -> Result<(), PaymentError> {
     let obj: StripeSubscription = event.object();
     if !apply_subscription(conn, org_id, &obj, event.created).await? {
         tracing::info!(event = %event.id, %org_id, "older subscription event: recorded, not applied");
@@ -196,7 +196,7 @@ pub(crate) async fn apply_subscription(
     org_id: Uuid,
     obj: &StripeSubscription,
     as_of: DateTime<Utc>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, PaymentError> {
     mirror(conn, org_id, obj, as_of, false).await
 }
 
@@ -209,13 +209,9 @@ pub(crate) async fn mirror_answer(
     subscription_id: &str,
     obj: &StripeSubscription,
     as_of: DateTime<Utc>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, PaymentError> {
     if obj.id.as_deref() != Some(subscription_id) {
-        return Err(ApiError::Status {
-            status: axum::http::StatusCode::BAD_GATEWAY,
-            code: "payment_provider_error",
-            detail: "the payment provider answered with another subscription".into(),
-        });
+        return Err(PaymentError::AnotherSubscription);
     }
     mirror(conn, org_id, obj, as_of, true).await
 }
@@ -226,7 +222,7 @@ async fn mirror(
     obj: &StripeSubscription,
     as_of: DateTime<Utc>,
     linked_only: bool,
-) -> Result<bool, ApiError> {
+) -> Result<bool, PaymentError> {
     let Some(sub_id) = obj.id.as_deref() else {
         return Ok(false);
     };
@@ -333,7 +329,7 @@ async fn known_plan(
 /// do), while it is trialing or active. A period that starts before the
 /// earlier one ended (an upgrade: Stripe credits the unused part of the old
 /// price) ends what is left of the earlier period's credits.
-async fn grant_period_credits(conn: &mut PgConnection, org_id: Uuid) -> Result<(), ApiError> {
+async fn grant_period_credits(conn: &mut PgConnection, org_id: Uuid) -> Result<(), PaymentError> {
     let row: Option<(i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "select p.credits_per_period, p.code, s.current_period_start, s.current_period_end
              from subscriptions s join plans p on p.code = s.plan_code
@@ -371,7 +367,7 @@ pub(super) async fn subscription_deleted(
     conn: &mut PgConnection,
     org_id: Uuid,
     event: &Event,
-) -> Result<(), ApiError> {
+) -> Result<(), PaymentError> {
     let obj: StripeSubscription = event.object();
     let Some(sub_id) = obj.id.as_deref() else {
         return Ok(());
@@ -439,7 +435,7 @@ pub(super) async fn invoice_paid(
     conn: &mut PgConnection,
     org_id: Uuid,
     event: &Event,
-) -> Result<(), ApiError> {
+) -> Result<(), PaymentError> {
     let obj: Invoice = event.object();
     if obj.id.is_none() {
         return Ok(());
@@ -472,7 +468,7 @@ pub(super) async fn invoice_payment_failed(
     conn: &mut PgConnection,
     org_id: Uuid,
     event: &Event,
-) -> Result<(), ApiError> {
+) -> Result<(), PaymentError> {
     let obj: Invoice = event.object();
     if obj.id.is_none() {
         return Ok(());

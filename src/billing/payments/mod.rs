@@ -6,6 +6,7 @@
 
 pub mod checkout;
 pub mod configured;
+pub mod error;
 pub mod invoices;
 pub mod manual;
 pub mod mirror;
@@ -17,6 +18,7 @@ pub mod stripe_objects;
 pub mod webhook;
 
 pub use configured::provider_from_config;
+pub use error::{PaymentError, WebhookError};
 pub use provider::{
     CheckoutItem, CheckoutRequest, CheckoutSession, CreditPack, NewCustomer, PaymentProvider,
     PortalRequest, PortalSession, PriceChange, SubscriptionUpdate, UpdateFailure,

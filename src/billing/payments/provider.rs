@@ -9,10 +9,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::error::PaymentError;
 use super::stripe_objects::Subscription as StripeSubscription;
 use crate::billing::model::Plan;
 use crate::config::PaymentProviderKind;
-use crate::core::error::ApiError;
 
 /// A credit pack of the catalog: credits bought once, for a price.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
@@ -89,8 +89,8 @@ pub struct PortalSession {
     pub url: String,
 }
 
-/// Takes payments. Errors are `ApiError`s ready for the client: a provider
-/// that fails is a 502 `payment_provider_error`, never a 500.
+/// Takes payments. A provider that fails says how ([`PaymentError`]):
+/// declined, refused, unreachable; never an internal error of ours.
 pub trait PaymentProvider: Send + Sync + 'static {
     fn kind(&self) -> PaymentProviderKind;
 
@@ -98,24 +98,24 @@ pub trait PaymentProvider: Send + Sync + 'static {
     fn create_customer<'a>(
         &'a self,
         req: &'a NewCustomer,
-    ) -> BoxFuture<'a, Result<String, ApiError>>;
+    ) -> BoxFuture<'a, Result<String, PaymentError>>;
 
     fn create_checkout<'a>(
         &'a self,
         req: &'a CheckoutRequest,
-    ) -> BoxFuture<'a, Result<CheckoutSession, ApiError>>;
+    ) -> BoxFuture<'a, Result<CheckoutSession, PaymentError>>;
 
     fn create_portal<'a>(
         &'a self,
         req: &'a PortalRequest,
-    ) -> BoxFuture<'a, Result<PortalSession, ApiError>>;
+    ) -> BoxFuture<'a, Result<PortalSession, PaymentError>>;
 
     /// The provider's subscription as it now is (Stripe's object: only
     /// Stripe manages subscriptions).
     fn get_subscription<'a>(
         &'a self,
         subscription_id: &'a str,
-    ) -> BoxFuture<'a, Result<StripeSubscription, ApiError>>;
+    ) -> BoxFuture<'a, Result<StripeSubscription, PaymentError>>;
 
     /// Changes the provider's subscription; returns it as it now is.
     fn update_subscription<'a>(
@@ -129,7 +129,7 @@ pub trait PaymentProvider: Send + Sync + 'static {
 /// A change of a subscription that failed.
 #[derive(Debug)]
 pub struct UpdateFailure {
-    pub error: ApiError,
+    pub error: PaymentError,
     /// No definite answer came back from the write: the provider may have
     /// made the change.
     pub outcome_unknown: bool,
@@ -164,8 +164,8 @@ pub enum SubscriptionUpdate {
         resume: bool,
         /// The end of the period as last mirrored: when the provider's
         /// differs (it renewed, and its webhook is on the way), the change
-        /// was decided on stale state and is refused (409
-        /// `subscription_changed`).
+        /// was decided on stale state and is refused
+        /// ([`PaymentError::SubscriptionMovedOn`]).
         period_end: DateTime<Utc>,
         /// Put the subscription back on this plan's price first, without
         /// proration (it was moved to a pending downgrade's price, but

@@ -1,19 +1,21 @@
 //! HTTP layer of payments: checkout and portal (`billing:manage`), invoices
 //! (`billing:read`), the credit pack catalog (public), manual invoices marked
 //! paid (platform admins) and Stripe's webhook (authenticated by its
-//! signature only).
+//! signature only); and the problem each payment and webhook error is.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::checkout::{self, CheckoutInput};
+use super::error::{PaymentError, WebhookError};
 use super::invoices::{self, Invoice};
 use super::provider::{CheckoutSession, CreditPack, PortalSession};
+use super::signature::SignatureError;
 use super::webhook::{self, WebhookAck};
 use crate::auth::AuthState;
 use crate::auth::principal::PlatformAdmin;
@@ -175,4 +177,82 @@ async fn stripe_webhook(
     )
     .await?;
     Ok(Json(ack))
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(e: PaymentError) -> Self {
+        if let Some((status, code)) = problem(&e) {
+            return ApiError::Status {
+                status,
+                code,
+                detail: e.to_string(),
+            };
+        }
+        match e {
+            PaymentError::Invalid(e) => e.into(),
+            PaymentError::Page(e) => e.into(),
+            PaymentError::Db(e) => e.into(),
+            PaymentError::OrgNotFound => ApiError::NotFound("organization"),
+            PaymentError::InvoiceNotFound => ApiError::NotFound("invoice"),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// The status and code of a payment error the client is told about as it
+/// is (its message is the detail); `None` for the others.
+fn problem(e: &PaymentError) -> Option<(StatusCode, &'static str)> {
+    Some(match e {
+        PaymentError::ManualPayments => (StatusCode::CONFLICT, "checkout_unavailable"),
+        PaymentError::Declined(_) | PaymentError::AuthenticationRequired(_) => {
+            (StatusCode::PAYMENT_REQUIRED, "payment_declined")
+        }
+        PaymentError::ProviderUnavailable(_)
+        | PaymentError::ProviderRefused(_)
+        | PaymentError::CredentialsRejected
+        | PaymentError::IncompleteAnswer(_)
+        | PaymentError::NoItems
+        | PaymentError::AnotherSubscription => (StatusCode::BAD_GATEWAY, "payment_provider_error"),
+        PaymentError::SubscriptionGone | PaymentError::SubscriptionMovedOn => {
+            (StatusCode::CONFLICT, "subscription_changed")
+        }
+        PaymentError::UnsupportedSubscription { .. } => {
+            (StatusCode::CONFLICT, "unsupported_subscription")
+        }
+        // The detail says what was taken back; the problem is the failure's.
+        PaymentError::AfterRestore(failure) => return problem(failure),
+        PaymentError::SubscriptionExists => (StatusCode::CONFLICT, "subscription_exists"),
+        PaymentError::NoCustomer => (StatusCode::CONFLICT, "no_customer"),
+        PaymentError::CurrencyMismatch { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch")
+        }
+        PaymentError::FreePlan(_) => (StatusCode::UNPROCESSABLE_ENTITY, "free_plan"),
+        PaymentError::ProviderManaged => (StatusCode::CONFLICT, "provider_managed"),
+        PaymentError::InvoiceVoid => (StatusCode::CONFLICT, "invoice_void"),
+        PaymentError::MalformedSubscriptionId
+        | PaymentError::Form(_)
+        | PaymentError::OrgNotFound
+        | PaymentError::InvoicePeriod { .. }
+        | PaymentError::InvoiceVanished
+        | PaymentError::InvoiceNotFound
+        | PaymentError::Invalid(_)
+        | PaymentError::Page(_)
+        | PaymentError::Db(_) => return None,
+    })
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        let code = match e {
+            WebhookError::Payment(e) => return e.into(),
+            WebhookError::Db(e) => return e.into(),
+            WebhookError::NotConfigured
+            | WebhookError::Signature(SignatureError::Malformed | SignatureError::Mismatch) => {
+                "invalid_signature"
+            }
+            WebhookError::Signature(SignatureError::Expired) => "signature_expired",
+            WebhookError::InvalidEvent(_) => "invalid_event",
+        };
+        ApiError::bad_request(code, e.to_string())
+    }
 }

@@ -13,13 +13,16 @@ use secrecy::{ExposeSecret, SecretString};
 /// How far the signature's timestamp may be from now, either way.
 pub const TOLERANCE_SECS: i64 = 300;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     /// No header, no `t`, no `v1`, or not of the expected shape.
+    #[error("missing or malformed Stripe-Signature header (t=...,v1=...)")]
     Malformed,
     /// No `v1` matches any secret.
+    #[error("no v1 signature matches a configured webhook secret")]
     Mismatch,
     /// A valid signature, made too long ago (or in the future).
+    #[error("the signature's timestamp is more than {TOLERANCE_SECS} seconds from now")]
     Expired,
 }
 

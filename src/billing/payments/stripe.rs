@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -15,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use url::Url;
 
+use super::error::PaymentError;
 use super::provider::{
     CheckoutItem, CheckoutRequest, CheckoutSession, NewCustomer, PaymentProvider, PortalRequest,
     PortalSession, PriceChange, SubscriptionUpdate, UpdateFailure,
@@ -22,7 +22,6 @@ use super::provider::{
 use super::stripe_objects::{self, ErrorAnswer, Subscription, non_empty};
 use crate::billing::model::Plan;
 use crate::config::{BillingConfig, PaymentProviderKind};
-use crate::core::error::ApiError;
 use secrecy::{ExposeSecret, SecretString};
 
 /// One attempt's limit; a request is tried at most twice.
@@ -59,15 +58,14 @@ impl StripeProvider {
 
     /// POSTs a form; retries once, with the same idempotency key, when Stripe
     /// cannot be reached or answers 409 (a concurrent request with the
-    /// key), 429 or 5xx. Any failure is a 502 `payment_provider_error`.
+    /// key), 429 or 5xx.
     async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         form: &[(String, String)],
         idempotency_key: &str,
-    ) -> Result<T, ApiError> {
-        let body = serde_urlencoded::to_string(form)
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")))?;
+    ) -> Result<T, PaymentError> {
+        let body = serde_urlencoded::to_string(form)?;
         self.send(path, Some((body, idempotency_key)))
             .await
             .map_err(|f| f.error)
@@ -83,14 +81,18 @@ impl StripeProvider {
         idempotency_key: &str,
     ) -> Result<Subscription, UpdateFailure> {
         let body = serde_urlencoded::to_string(form).map_err(|e| UpdateFailure {
-            error: ApiError::Internal(anyhow::anyhow!("cannot encode a Stripe form: {e}")),
+            error: e.into(),
             outcome_unknown: false,
         })?;
         self.send(path, Some((body, idempotency_key))).await
     }
 
     /// Creates a recurring price for `plan` (with its product); its id.
-    async fn create_price(&self, plan: &Plan, idempotency_key: &str) -> Result<String, ApiError> {
+    async fn create_price(
+        &self,
+        plan: &Plan,
+        idempotency_key: &str,
+    ) -> Result<String, PaymentError> {
         let price: stripe_objects::Price = self
             .post("/v1/prices", &price_form(plan), idempotency_key)
             .await?;
@@ -98,7 +100,7 @@ impl StripeProvider {
     }
 
     /// GETs an object (retried as a POST is: reading is idempotent).
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, PaymentError> {
         self.send(path, None).await.map_err(|f| f.error)
     }
 
@@ -109,11 +111,11 @@ impl StripeProvider {
         path: &str,
         post: Option<(String, &str)>,
     ) -> Result<T, UpdateFailure> {
-        let unknown = |error: ApiError| UpdateFailure {
+        let unknown = |error: PaymentError| UpdateFailure {
             error,
             outcome_unknown: true,
         };
-        let definite = |error: ApiError| UpdateFailure {
+        let definite = |error: PaymentError| UpdateFailure {
             error,
             outcome_unknown: false,
         };
@@ -139,7 +141,9 @@ impl StripeProvider {
                 Ok(res) => res,
                 Err(e) => {
                     tracing::warn!(error = %e, path, attempt, "Stripe request failed");
-                    last = Some(provider_error("Stripe could not be reached".into()));
+                    last = Some(PaymentError::ProviderUnavailable(
+                        "Stripe could not be reached",
+                    ));
                     continue;
                 }
             };
@@ -148,7 +152,9 @@ impl StripeProvider {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, path, attempt, "Stripe response failed");
-                    last = Some(provider_error("Stripe's response was cut short".into()));
+                    last = Some(PaymentError::ProviderUnavailable(
+                        "Stripe's response was cut short",
+                    ));
                     continue;
                 }
             };
@@ -158,8 +164,8 @@ impl StripeProvider {
                     .filter(Value::is_object)
                     .and_then(|v| T::deserialize(v).ok())
                     .ok_or_else(|| {
-                        unknown(provider_error(
-                            "Stripe answered with something other than JSON".into(),
+                        unknown(PaymentError::ProviderUnavailable(
+                            "Stripe answered with something other than JSON",
                         ))
                     });
             }
@@ -176,70 +182,49 @@ impl StripeProvider {
                 && error.kind.as_deref() == Some("card_error")
             {
                 // Stripe's message for a card error is written for the customer.
-                let detail = if error.code.as_deref() == Some("authentication_required") {
-                    format!(
-                        "the card needs the customer's authentication, which this request \
-                         cannot ask for: use another card (billing portal) or check out \
-                         instead ({message})"
-                    )
+                let declined = if error.code.as_deref() == Some("authentication_required") {
+                    PaymentError::AuthenticationRequired(message)
                 } else {
-                    format!("the payment was declined: {message}")
+                    PaymentError::Declined(message)
                 };
-                return Err(definite(ApiError::Status {
-                    status: StatusCode::PAYMENT_REQUIRED,
-                    code: "payment_declined",
-                    detail,
-                }));
+                return Err(definite(declined));
             }
             if status == reqwest::StatusCode::NOT_FOUND && post.is_none() {
                 // Only subscriptions are read: this one is gone (its
                 // webhook is on the way).
-                return Err(definite(ApiError::conflict(
-                    "subscription_changed",
-                    "Stripe no longer has this subscription (its notification is on its way): \
-                     try again in a moment",
-                )));
+                return Err(definite(PaymentError::SubscriptionGone));
             }
             // Stripe's words about our own credentials (they quote part of
             // the key) are for the log, not for the caller.
-            last = Some(provider_error(
+            last = Some(
                 if status == reqwest::StatusCode::UNAUTHORIZED
                     || status == reqwest::StatusCode::FORBIDDEN
                 {
-                    "this server's credentials were not accepted".to_owned()
+                    PaymentError::CredentialsRejected
                 } else {
-                    message
+                    PaymentError::ProviderRefused(message)
                 },
-            ));
+            );
             let retryable = status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 || status == reqwest::StatusCode::CONFLICT;
             if !retryable {
                 return Err(definite(last.take().unwrap_or_else(|| {
-                    provider_error(format!("Stripe answered {status}"))
+                    PaymentError::ProviderRefused(format!("Stripe answered {status}"))
                 })));
             }
         }
-        Err(unknown(last.unwrap_or_else(|| {
-            provider_error("Stripe could not be reached".into())
-        })))
-    }
-}
-
-/// 502 `payment_provider_error` carrying Stripe's message.
-fn provider_error(message: String) -> ApiError {
-    ApiError::Status {
-        status: StatusCode::BAD_GATEWAY,
-        code: "payment_provider_error",
-        detail: format!("the payment provider refused the request: {message}"),
+        Err(unknown(last.unwrap_or(PaymentError::ProviderUnavailable(
+            "Stripe could not be reached",
+        ))))
     }
 }
 
 /// A field Stripe's answer must have (`name`, for the error).
-fn required(field: Option<String>, name: &str) -> Result<String, ApiError> {
+fn required(field: Option<String>, name: &'static str) -> Result<String, PaymentError> {
     field
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| provider_error(format!("Stripe's answer has no {name}")))
+        .ok_or(PaymentError::IncompleteAnswer(name))
 }
 
 fn pair(k: &str, v: impl ToString) -> (String, String) {
@@ -299,63 +284,54 @@ pub fn checkout_form(req: &CheckoutRequest) -> Vec<(String, String)> {
 }
 
 /// An id from our own records, but it goes into a URL path.
-fn check_subscription_id(id: &str) -> Result<(), ApiError> {
+fn check_subscription_id(id: &str) -> Result<(), PaymentError> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "a stored Stripe subscription id is malformed"
-        )));
+        return Err(PaymentError::MalformedSubscriptionId);
     }
     Ok(())
 }
 
 /// The id of the subscription's one item (Tenantry's subscriptions have
 /// one: the plan).
-fn single_item(subscription: &Subscription) -> Result<String, ApiError> {
+fn single_item(subscription: &Subscription) -> Result<String, PaymentError> {
     match subscription.items.data.as_deref() {
         Some([item]) => required(item.id.clone(), "id"),
-        Some(items) => Err(ApiError::conflict(
-            "unsupported_subscription",
-            format!(
-                "the Stripe subscription has {} items; Tenantry changes the plan of one-item \
-                 subscriptions only (change this one in Stripe's dashboard)",
-                items.len()
-            ),
-        )),
-        None => Err(provider_error("Stripe's subscription has no items".into())),
+        Some(items) => Err(PaymentError::UnsupportedSubscription { items: items.len() }),
+        None => Err(PaymentError::NoItems),
     }
 }
 
-/// A failure after the pending downgrade was taken back says so.
-fn after_restore(error: ApiError, restored: bool) -> ApiError {
-    match error {
-        ApiError::Status {
-            status,
-            code,
-            detail,
-        } if restored => ApiError::Status {
-            status,
-            code,
-            detail: format!(
-                "{detail} (the pending downgrade was taken back first; choose it again if it \
-                 is still wanted)"
-            ),
-        },
-        other => other,
+/// A failure of Stripe's (declined, refused, unreachable) after the pending
+/// downgrade was taken back says so.
+fn after_restore(error: PaymentError, restored: bool) -> PaymentError {
+    let stripes = matches!(
+        error,
+        PaymentError::Declined(_)
+            | PaymentError::AuthenticationRequired(_)
+            | PaymentError::ProviderUnavailable(_)
+            | PaymentError::ProviderRefused(_)
+            | PaymentError::CredentialsRejected
+            | PaymentError::IncompleteAnswer(_)
+            | PaymentError::NoItems
+    );
+    if restored && stripes {
+        PaymentError::AfterRestore(Box::new(error))
+    } else {
+        error
     }
 }
 
-/// 409 `subscription_changed` unless Stripe's subscription still ends its
-/// period at `expected` (the period as last mirrored).
-fn ensure_period_end(subscription: &Subscription, expected: DateTime<Utc>) -> Result<(), ApiError> {
+/// [`PaymentError::SubscriptionMovedOn`] unless Stripe's subscription still
+/// ends its period at `expected` (the period as last mirrored).
+fn ensure_period_end(
+    subscription: &Subscription,
+    expected: DateTime<Utc>,
+) -> Result<(), PaymentError> {
     let end = subscription.period_end();
     if end == Some(expected.timestamp()) {
         return Ok(());
     }
-    Err(ApiError::conflict(
-        "subscription_changed",
-        "Stripe's subscription has moved on since this server last heard of it (a renewal or \
-         a change whose notification is on its way): try again in a moment",
-    ))
+    Err(PaymentError::SubscriptionMovedOn)
 }
 
 /// The form of a recurring price for `plan` (its product created with it).
@@ -439,7 +415,7 @@ impl PaymentProvider for StripeProvider {
     ) -> BoxFuture<'a, Result<Subscription, UpdateFailure>> {
         Box::pin(async move {
             // Failures before the subscription is written leave it as it was.
-            let refused = |error: ApiError| UpdateFailure {
+            let refused = |error: PaymentError| UpdateFailure {
                 error,
                 outcome_unknown: false,
             };
@@ -538,7 +514,7 @@ impl PaymentProvider for StripeProvider {
     fn get_subscription<'a>(
         &'a self,
         subscription_id: &'a str,
-    ) -> BoxFuture<'a, Result<Subscription, ApiError>> {
+    ) -> BoxFuture<'a, Result<Subscription, PaymentError>> {
         Box::pin(async move {
             check_subscription_id(subscription_id)?;
             self.get(&format!("/v1/subscriptions/{subscription_id}"))
@@ -549,7 +525,7 @@ impl PaymentProvider for StripeProvider {
     fn create_customer<'a>(
         &'a self,
         req: &'a NewCustomer,
-    ) -> BoxFuture<'a, Result<String, ApiError>> {
+    ) -> BoxFuture<'a, Result<String, PaymentError>> {
         Box::pin(async move {
             let mut form = vec![
                 pair("name", &req.name),
@@ -568,7 +544,7 @@ impl PaymentProvider for StripeProvider {
     fn create_checkout<'a>(
         &'a self,
         req: &'a CheckoutRequest,
-    ) -> BoxFuture<'a, Result<CheckoutSession, ApiError>> {
+    ) -> BoxFuture<'a, Result<CheckoutSession, PaymentError>> {
         Box::pin(async move {
             let session: stripe_objects::CheckoutSession = self
                 .post(
@@ -587,7 +563,7 @@ impl PaymentProvider for StripeProvider {
     fn create_portal<'a>(
         &'a self,
         req: &'a PortalRequest,
-    ) -> BoxFuture<'a, Result<PortalSession, ApiError>> {
+    ) -> BoxFuture<'a, Result<PortalSession, PaymentError>> {
         Box::pin(async move {
             let form = vec![
                 pair("customer", &req.customer_id),

@@ -15,12 +15,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::checkout::store_customer;
+use super::error::{PaymentError, WebhookError};
 use super::mirror;
-use super::signature::{self, SignatureError};
+use super::signature;
 use super::stripe_objects::{Event, EventEnvelope, Expandable, ObjectHead};
 use crate::config::{BillingConfig, PaymentProviderKind};
 use crate::core::db::{SystemScope, TenantTx, system_tx};
-use crate::core::error::ApiError;
 
 /// The answer to Stripe.
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,30 +30,26 @@ pub struct WebhookAck {
     pub duplicate: bool,
 }
 
-fn invalid_event(detail: &str) -> ApiError {
-    ApiError::bad_request("invalid_event", format!("not a Stripe event: {detail}"))
-}
-
 /// Reads a Stripe event: `id` (`evt_...`), `type`, `created`, `data.object`.
-pub fn parse_event(body: &[u8]) -> Result<Event, ApiError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| invalid_event("the body is not JSON"))?;
+pub fn parse_event(body: &[u8]) -> Result<Event, WebhookError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| WebhookError::InvalidEvent("the body is not JSON"))?;
     // JSON of another shape than an object has none of an event's fields.
     let envelope = EventEnvelope::deserialize(v).unwrap_or_default();
     let id = envelope
         .id
         .filter(|id| id.starts_with("evt_") && id.len() <= 255)
-        .ok_or_else(|| invalid_event("no id starting evt_"))?;
+        .ok_or(WebhookError::InvalidEvent("no id starting evt_"))?;
     let kind = envelope
         .kind
         .filter(|t| !t.is_empty() && t.len() <= 255)
-        .ok_or_else(|| invalid_event("no type"))?;
+        .ok_or(WebhookError::InvalidEvent("no type"))?;
     let created = envelope
         .created
         .and_then(|t| DateTime::from_timestamp(t, 0))
-        .ok_or_else(|| invalid_event("no created timestamp"))?;
+        .ok_or(WebhookError::InvalidEvent("no created timestamp"))?;
     let Some(object) = envelope.data.object else {
-        return Err(invalid_event("no data.object"));
+        return Err(WebhookError::InvalidEvent("no data.object"));
     };
     Ok(Event::new(id, kind, created, object))
 }
@@ -66,31 +62,13 @@ pub async fn receive(
     app_url: &Url,
     signature_header: Option<&str>,
     body: &[u8],
-) -> Result<WebhookAck, ApiError> {
+) -> Result<WebhookAck, WebhookError> {
     if billing.provider != PaymentProviderKind::Stripe || billing.stripe_webhook_secrets.is_empty()
     {
-        return Err(ApiError::bad_request(
-            "invalid_signature",
-            "Stripe webhooks are not configured here",
-        ));
+        return Err(WebhookError::NotConfigured);
     }
     let now = Utc::now().timestamp();
-    signature::verify(signature_header, body, &billing.stripe_webhook_secrets, now).map_err(
-        |e| match e {
-            SignatureError::Expired => ApiError::bad_request(
-                "signature_expired",
-                "the signature's timestamp is more than 300 seconds from now",
-            ),
-            SignatureError::Malformed => ApiError::bad_request(
-                "invalid_signature",
-                "missing or malformed Stripe-Signature header (t=...,v1=...)",
-            ),
-            SignatureError::Mismatch => ApiError::bad_request(
-                "invalid_signature",
-                "no v1 signature matches a configured webhook secret",
-            ),
-        },
-    )?;
+    signature::verify(signature_header, body, &billing.stripe_webhook_secrets, now)?;
     let event = parse_event(body)?;
     let head: ObjectHead = event.object();
 
@@ -213,7 +191,7 @@ async fn apply(
     org_id: Uuid,
     event: &Event,
     head: &ObjectHead,
-) -> Result<(), ApiError> {
+) -> Result<(), PaymentError> {
     if let Some(customer) = customer_of(head) {
         store_customer(conn, org_id, PaymentProviderKind::Stripe, customer).await?;
     }
@@ -256,16 +234,7 @@ mod tests {
             br#"{"id":"evt_1","type":"x","created":1}"#,
         ] {
             let err = parse_event(bad).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    ApiError::BadRequest {
-                        code: "invalid_event",
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
+            assert!(matches!(err, WebhookError::InvalidEvent(_)), "{err:?}");
         }
     }
 }

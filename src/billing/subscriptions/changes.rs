@@ -6,9 +6,10 @@
 
 use chrono::TimeDelta;
 
-use super::current::{audit, current, keeps_plan, view};
+use super::current::{audit, current, view};
+use super::error::SubscriptionError;
 use super::periods::{grant_period, invoice_period, now};
-use super::plans::{ensure_same_currency, is_upgrade, plan, unknown_plan};
+use super::plans::{ensure_same_currency, is_upgrade, keeps_plan, plan};
 use super::provider_changes::{
     Change, managed_by_stripe, provider_cancel_or_resume, provider_plan_change,
 };
@@ -18,7 +19,6 @@ use crate::billing::model::{ChangePlan, FREE_PLAN, Subscription, SubscriptionVie
 use crate::billing::repo;
 use crate::config::PaymentProviderKind;
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
 
 /// Changes the org's plan: an upgrade now, a downgrade at the end of the
 /// period. A Stripe-managed subscription's change is made at Stripe.
@@ -27,10 +27,10 @@ pub async fn change_plan(
     _locked: &Actor,
     provider: PaymentProviderKind,
     input: ChangePlan,
-) -> Result<Change, ApiError> {
+) -> Result<Change, SubscriptionError> {
     let code = input.plan.trim();
     if code.is_empty() || code.len() > 64 {
-        return Err(unknown_plan(code));
+        return Err(SubscriptionError::UnknownPlan(code.to_owned()));
     }
     let org_id = tx.org_id();
     // The row lock first, then the plans: a plan's currency cannot change
@@ -40,7 +40,7 @@ pub async fn change_plan(
         Some((p, true)) => p,
         // Orgs keep a deactivated plan; choosing it again changes nothing.
         Some((p, false)) if p.code == before.plan_code && keeps_plan(&before.status) => p,
-        _ => return Err(unknown_plan(code)),
+        _ => return Err(SubscriptionError::UnknownPlan(code.to_owned())),
     };
     let current_code = if keeps_plan(&before.status) {
         before.plan_code.clone()
@@ -73,10 +73,7 @@ pub async fn change_plan(
         && target.price_minor > 0
         && before.provider_subscription_id.is_none()
     {
-        return Err(ApiError::conflict(
-            "checkout_required",
-            "a paid plan starts with a checkout: use POST /api/v1/orgs/{org_id}/billing/checkout",
-        ));
+        return Err(SubscriptionError::CheckoutRequired);
     }
 
     let mut next = before.clone();
@@ -138,15 +135,15 @@ pub async fn change_plan(
 }
 
 /// Cancels at the end of the period (back to the free plan then).
-async fn cancel(tx: &mut TenantTx, before: Subscription) -> Result<SubscriptionView, ApiError> {
+async fn cancel(
+    tx: &mut TenantTx,
+    before: Subscription,
+) -> Result<SubscriptionView, SubscriptionError> {
     if before.plan_code == FREE_PLAN || before.status == "canceled" {
-        return Err(ApiError::conflict(
-            "cannot_cancel_free",
-            "the free plan cannot be canceled",
-        ));
+        return Err(SubscriptionError::CannotCancelFree);
     }
     if before.cancel_at_period_end {
-        return view(tx.conn(), before).await;
+        return Ok(view(tx.conn(), before).await?);
     }
     let mut next = before.clone();
     next.cancel_at_period_end = true;
@@ -160,28 +157,25 @@ async fn cancel(tx: &mut TenantTx, before: Subscription) -> Result<SubscriptionV
         Some(&after),
     )
     .await?;
-    view(tx.conn(), after).await
+    Ok(view(tx.conn(), after).await?)
 }
 
 /// Takes back a cancellation that has not happened yet.
-async fn resume(tx: &mut TenantTx, before: Subscription) -> Result<SubscriptionView, ApiError> {
+async fn resume(
+    tx: &mut TenantTx,
+    before: Subscription,
+) -> Result<SubscriptionView, SubscriptionError> {
     if before.status == "canceled" {
-        return Err(ApiError::conflict(
-            "subscription_canceled",
-            "the subscription has already ended; choose a plan with PUT .../subscription",
-        ));
+        return Err(SubscriptionError::Ended);
     }
     if !before.cancel_at_period_end {
-        return Err(ApiError::conflict(
-            "not_canceling",
-            "the subscription is not set to cancel",
-        ));
+        return Err(SubscriptionError::NotCanceling);
     }
     let mut next = before.clone();
     next.cancel_at_period_end = false;
     let after = repo::update_subscription(tx.conn(), &next).await?;
     audit(tx, "subscription.resumed", Some(&before), Some(&after)).await?;
-    view(tx.conn(), after).await
+    Ok(view(tx.conn(), after).await?)
 }
 
 /// Cancel (`cancel`) or resume, under the caller's org lock: for a
@@ -191,7 +185,7 @@ pub async fn cancel_or_resume(
     tx: &mut TenantTx,
     _locked: &Actor,
     cancel: bool,
-) -> Result<Change, ApiError> {
+) -> Result<Change, SubscriptionError> {
     let before = current(tx, true).await?;
     let Some(subscription_id) = managed_by_stripe(&before) else {
         let view = if cancel {

@@ -1,23 +1,23 @@
 //! The org's subscription as it is now: created with the org, read with
-//! its plans, what it entitles the org to, and the audit of its changes.
+//! its plans, what it entitles the org to (see `plans` for the plan that
+//! applies), and the audit of its changes.
 
 use serde_json::json;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
+use super::error::SubscriptionError;
 use super::periods::{grant_period, now};
-use super::plans::plan;
-use crate::billing::model::{Entitlements, FREE_PLAN, Plan, Subscription, SubscriptionView};
+use super::plans::{entitled_plan, plan};
+use crate::billing::model::{Entitlements, FREE_PLAN, Subscription, SubscriptionView};
 use crate::billing::repo;
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
 
 pub(super) async fn audit(
     tx: &mut TenantTx,
     action: &str,
     before: Option<&Subscription>,
     after: Option<&Subscription>,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     let target_id = Some(tx.org_id().to_string());
     crate::core::audit::record(
         tx,
@@ -29,14 +29,13 @@ pub(super) async fn audit(
             after: after.map(|s| json!(s)),
         },
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Puts a new org on the free plan (status active, one period from now) and
 /// grants the period's credits, in the org's creating transaction. (The
 /// org's `org.created` audit row covers it: every org starts this way.)
-pub async fn create_for_new_org(tx: &mut TenantTx) -> Result<Subscription, ApiError> {
+pub async fn create_for_new_org(tx: &mut TenantTx) -> Result<Subscription, sqlx::Error> {
     let org_id = tx.org_id();
     let free = plan(tx.conn(), FREE_PLAN).await?;
     let start = now();
@@ -46,17 +45,20 @@ pub async fn create_for_new_org(tx: &mut TenantTx) -> Result<Subscription, ApiEr
     Ok(sub)
 }
 
-pub(super) async fn current(tx: &mut TenantTx, lock: bool) -> Result<Subscription, ApiError> {
+pub(super) async fn current(
+    tx: &mut TenantTx,
+    lock: bool,
+) -> Result<Subscription, SubscriptionError> {
     let org_id = tx.org_id();
     repo::get_subscription(tx.conn(), org_id, lock)
         .await?
-        .ok_or(ApiError::NotFound("subscription"))
+        .ok_or(SubscriptionError::NotFound)
 }
 
 pub(super) async fn view(
     conn: &mut PgConnection,
     sub: Subscription,
-) -> Result<SubscriptionView, ApiError> {
+) -> Result<SubscriptionView, sqlx::Error> {
     let plan = plan(conn, &sub.plan_code).await?;
     let pending_plan = match &sub.pending_plan_code {
         Some(code) => Some(self::plan(conn, code).await?),
@@ -70,34 +72,13 @@ pub(super) async fn view(
 }
 
 /// The org's subscription with its plan and pending plan.
-pub async fn get(tx: &mut TenantTx) -> Result<SubscriptionView, ApiError> {
+pub async fn get(tx: &mut TenantTx) -> Result<SubscriptionView, SubscriptionError> {
     let sub = current(tx, false).await?;
-    view(tx.conn(), sub).await
-}
-
-/// Whether a subscription in this state keeps its plan's entitlements; a
-/// canceled one (and one whose first payment is still open) gets the free
-/// plan's.
-pub(super) fn keeps_plan(status: &str) -> bool {
-    !matches!(status, "canceled" | "incomplete")
-}
-
-/// The plan whose entitlements apply to the org now, and the subscription.
-pub(super) async fn entitled_plan(
-    conn: &mut PgConnection,
-    org_id: Uuid,
-) -> Result<(Option<Subscription>, Plan), ApiError> {
-    let sub = repo::get_subscription(conn, org_id, false).await?;
-    let code = match &sub {
-        Some(s) if keeps_plan(&s.status) => s.plan_code.clone(),
-        _ => FREE_PLAN.to_owned(),
-    };
-    let plan = plan(conn, &code).await?;
-    Ok((sub, plan))
+    Ok(view(tx.conn(), sub).await?)
 }
 
 /// What the org may do now.
-pub async fn entitlements(tx: &mut TenantTx) -> Result<Entitlements, ApiError> {
+pub async fn entitlements(tx: &mut TenantTx) -> Result<Entitlements, sqlx::Error> {
     let org_id = tx.org_id();
     let (sub, plan) = entitled_plan(tx.conn(), org_id).await?;
     let seats_used = repo::seats_used(tx.conn(), org_id).await?;

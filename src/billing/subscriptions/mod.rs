@@ -23,6 +23,7 @@
 
 pub mod changes;
 pub mod current;
+pub mod error;
 pub mod periods;
 pub mod plans;
 pub mod provider_changes;
@@ -31,6 +32,7 @@ pub mod seats;
 
 pub use changes::{cancel_or_resume, change_plan};
 pub use current::{create_for_new_org, entitlements, get};
+pub use error::SubscriptionError;
 pub use periods::{PERIOD_GRANT_PRIORITY, now, period_ref};
 pub use plans::is_upgrade;
 pub use provider_changes::{

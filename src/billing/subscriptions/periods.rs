@@ -7,10 +7,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::billing::model::Plan;
+use crate::billing::payments::error::PaymentError;
 use crate::billing::payments::invoices::issue_invoice;
 use crate::billing::repo;
 use crate::config::PaymentProviderKind;
-use crate::core::error::ApiError;
 
 /// Priority of plan-period grants: spent before purchases (priority 0).
 pub const PERIOD_GRANT_PRIORITY: i32 = 10;
@@ -38,7 +38,7 @@ pub(super) async fn grant_period(
     plan: &Plan,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     if plan.credits_per_period <= 0 || end <= Utc::now() {
         return Ok(());
     }
@@ -69,7 +69,7 @@ pub(super) async fn invoice_period(
     plan: &Plan,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<(), PaymentError> {
     if provider != PaymentProviderKind::Manual || plan.price_minor <= 0 {
         return Ok(());
     }

@@ -16,6 +16,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgPool;
 
 use super::current::{audit, current, view};
+use super::error::SubscriptionError;
 use super::plans::{ensure_same_currency, is_upgrade};
 use super::seats::ensure_members_fit;
 use crate::billing::model::{Plan, Subscription, SubscriptionView};
@@ -24,7 +25,6 @@ use crate::billing::payments::provider::{PriceChange, SubscriptionUpdate};
 use crate::billing::payments::stripe_objects::Subscription as StripeSubscription;
 use crate::billing::repo;
 use crate::core::db::{SystemScope, TenantTx};
-use crate::core::error::ApiError;
 
 /// What a plan change, a cancellation or a resumption came to.
 pub enum Change {
@@ -66,15 +66,12 @@ pub(super) fn managed_by_stripe(sub: &Subscription) -> Option<String> {
 /// may start (its requests, at most five tried twice for 10 s, end before).
 const PROVIDER_CHANGE_LEASE_SECS: i64 = 180;
 
-/// 409 `change_in_progress` while another change of the org's subscription
-/// is being made at the provider. The caller holds the org lock.
-async fn ensure_no_change_in_flight(tx: &mut TenantTx) -> Result<(), ApiError> {
+/// Refuses a change while another change of the org's subscription is
+/// being made at the provider. The caller holds the org lock.
+async fn ensure_no_change_in_flight(tx: &mut TenantTx) -> Result<(), SubscriptionError> {
     let org_id = tx.org_id();
     if repo::provider_change_in_flight(tx.conn(), org_id).await? {
-        return Err(ApiError::conflict(
-            "change_in_progress",
-            "a change of this subscription is being made at Stripe: try again in a moment",
-        ));
+        return Err(SubscriptionError::ChangeInProgress);
     }
     Ok(())
 }
@@ -87,7 +84,7 @@ async fn ask(
     subscription_id: String,
     update: SubscriptionUpdate,
     action: &'static str,
-) -> Result<Change, ApiError> {
+) -> Result<Change, sqlx::Error> {
     let org_id = tx.org_id();
     let lease = repo::set_provider_change(tx.conn(), org_id, PROVIDER_CHANGE_LEASE_SECS).await?;
     Ok(Change::AtProvider(Box::new(ProviderChange {
@@ -107,23 +104,17 @@ pub(super) async fn provider_plan_change(
     subscription_id: String,
     current: Plan,
     target: Plan,
-) -> Result<Change, ApiError> {
+) -> Result<Change, SubscriptionError> {
     match before.status.as_str() {
         "past_due" | "incomplete" => {
-            return Err(ApiError::conflict(
-                "payment_pending",
-                format!(
-                    "the subscription has a payment outstanding (status {}): settle it in the \
-                     billing portal (POST .../billing/portal) before changing the plan",
-                    before.status
-                ),
-            ));
+            return Err(SubscriptionError::PaymentPending {
+                status: before.status.clone(),
+            });
         }
         "canceled" => {
-            return Err(ApiError::conflict(
-                "subscription_canceled",
-                "the subscription has ended; choose a plan with POST .../billing/checkout",
-            ));
+            return Err(SubscriptionError::EndedAtStripe {
+                changing_plan: true,
+            });
         }
         _ => {}
     }
@@ -150,19 +141,15 @@ pub(super) async fn provider_plan_change(
             restore: None,
         };
         let action = "subscription.downgrade_canceled";
-        return ask(tx, before, subscription_id, update, action).await;
+        return Ok(ask(tx, before, subscription_id, update, action).await?);
     }
     ensure_same_currency(&current, &target)?;
     if target.price_minor > 0 && target.interval != current.interval {
-        return Err(ApiError::conflict(
-            "interval_change",
-            format!(
-                "the {} plan is billed every {} and the current plan every {}: Stripe would \
-                 restart the billing period; cancel (POST .../subscription/cancel) and check \
-                 out the new plan when this period ends",
-                target.name, target.interval, current.interval
-            ),
-        ));
+        return Err(SubscriptionError::IntervalChange {
+            plan: target.name.clone(),
+            interval: target.interval.clone(),
+            current_interval: current.interval.clone(),
+        });
     }
     if target.price_minor <= 0 {
         // No Stripe subscription bills nothing: a free plan is the end of
@@ -173,7 +160,7 @@ pub(super) async fn provider_plan_change(
         }
         let update = SubscriptionUpdate::CancelAtPeriodEnd(true);
         let action = "subscription.cancel_scheduled";
-        return ask(tx, before, subscription_id, update, action).await;
+        return Ok(ask(tx, before, subscription_id, update, action).await?);
     }
     // A pending downgrade moved the price already, but the period was paid
     // at the current plan's.
@@ -191,7 +178,7 @@ pub(super) async fn provider_plan_change(
             restore,
         };
         let action = "subscription.upgraded";
-        return ask(tx, before, subscription_id, update, action).await;
+        return Ok(ask(tx, before, subscription_id, update, action).await?);
     }
     ensure_members_fit(tx, &target).await?;
     let from = before.current_period_end.timestamp().to_string();
@@ -204,7 +191,7 @@ pub(super) async fn provider_plan_change(
         restore: None,
     };
     let action = "subscription.downgrade_scheduled";
-    ask(tx, before, subscription_id, update, action).await
+    Ok(ask(tx, before, subscription_id, update, action).await?)
 }
 
 /// Cancel (`cancel`) or resume a Stripe-managed subscription: the change to
@@ -214,22 +201,18 @@ pub(super) async fn provider_cancel_or_resume(
     before: Subscription,
     subscription_id: String,
     cancel: bool,
-) -> Result<Change, ApiError> {
+) -> Result<Change, SubscriptionError> {
     ensure_no_change_in_flight(tx).await?;
     if before.status == "canceled" {
-        return Err(ApiError::conflict(
-            "subscription_canceled",
-            "the subscription has already ended; choose a plan with POST .../billing/checkout",
-        ));
+        return Err(SubscriptionError::EndedAtStripe {
+            changing_plan: false,
+        });
     }
     if cancel && before.cancel_at_period_end {
         return Ok(Change::Done(Box::new(view(tx.conn(), before).await?)));
     }
     if !cancel && !before.cancel_at_period_end {
-        return Err(ApiError::conflict(
-            "not_canceling",
-            "the subscription is not set to cancel",
-        ));
+        return Err(SubscriptionError::NotCanceling);
     }
     let action = if cancel {
         "subscription.cancel_scheduled"
@@ -237,7 +220,7 @@ pub(super) async fn provider_cancel_or_resume(
         "subscription.resumed"
     };
     let update = SubscriptionUpdate::CancelAtPeriodEnd(cancel);
-    ask(tx, before, subscription_id, update, action).await
+    Ok(ask(tx, before, subscription_id, update, action).await?)
 }
 
 /// Records what Stripe answered to a change sent at `sent_at` (or, after a
@@ -251,7 +234,7 @@ pub async fn record_provider_change(
     stripe_subscription: &StripeSubscription,
     sent_at: DateTime<Utc>,
     audit_change: bool,
-) -> Result<SubscriptionView, ApiError> {
+) -> Result<SubscriptionView, SubscriptionError> {
     let org_id = tx.org_id();
     // Mirroring writes rows that reference the org after locking the
     // subscription: wait for a request holding the org lock first.
@@ -275,7 +258,7 @@ pub async fn record_provider_change(
     if audit_change {
         audit(tx, change.action, Some(&change.before), Some(&after)).await?;
     }
-    view(tx.conn(), after).await
+    Ok(view(tx.conn(), after).await?)
 }
 
 /// Releases the org's lease after a change that failed: the next change
@@ -283,7 +266,7 @@ pub async fn record_provider_change(
 pub async fn release_provider_change(
     pool: &PgPool,
     change: &ProviderChange,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     let org_id = change.before.org_id;
     let mut tx = TenantTx::enter_as_system(pool, org_id, SystemScope::Billing).await?;
     repo::release_provider_change(tx.conn(), org_id, change.lease).await?;

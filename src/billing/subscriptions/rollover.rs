@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::current::{audit, keeps_plan};
+use super::current::audit;
+use super::error::SubscriptionError;
 use super::periods::{grant_period, invoice_period, now};
-use super::plans::plan;
+use super::plans::{keeps_plan, plan};
 use crate::billing::model::FREE_PLAN;
 use crate::billing::repo;
 use crate::config::PaymentProviderKind;
 use crate::core::db::{SystemScope, TenantTx, system_tx};
-use crate::core::error::ApiError;
 use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
 
 /// Orgs per discovery query of the rollover.
@@ -86,7 +86,7 @@ pub async fn rollover_org(
     pool: &PgPool,
     org_id: Uuid,
     provider: PaymentProviderKind,
-) -> Result<Rolled, ApiError> {
+) -> Result<Rolled, SubscriptionError> {
     let mut tx = TenantTx::enter_as_system(pool, org_id, SystemScope::Billing).await?;
     if !repo::try_lock_org(tx.conn(), org_id).await? {
         return Ok(Rolled::Busy);

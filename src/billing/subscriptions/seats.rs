@@ -2,7 +2,7 @@
 //! Each check runs under the org's row lock, which every change takes, so
 //! concurrent invitations, acceptances and plan changes decide one at a time.
 
-use super::current::entitled_plan;
+use super::plans::entitled_plan;
 use crate::billing::model::Plan;
 use crate::billing::repo;
 use crate::core::db::TenantTx;
