@@ -297,13 +297,7 @@ async fn limit_sends(state: &IdentityState, key: &str, quota: Quota) -> Result<(
         Decision::Allowed { .. } => Ok(()),
         Decision::Limited { retry_after } => {
             let wait = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            let mut e = AuthError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "over_email_send_rate_limit",
-                format!("For security purposes, you can only request this after {wait} seconds."),
-            );
-            e.retry_after = Some(wait);
-            Err(e)
+            Err(AuthError::email_too_soon(wait))
         }
     }
 }
@@ -585,15 +579,7 @@ pub async fn update_user(
             if let Some(sent) = account.email_change_sent_at {
                 let wait = CONFIRMATION_RESEND_SECS - (Utc::now() - sent).num_seconds();
                 if wait > 0 {
-                    let mut e = AuthError::new(
-                        axum::http::StatusCode::TOO_MANY_REQUESTS,
-                        "over_email_send_rate_limit",
-                        format!(
-                            "For security purposes, you can only request this after {wait} seconds."
-                        ),
-                    );
-                    e.retry_after = Some(wait as u64);
-                    return Err(e);
+                    return Err(AuthError::email_too_soon(wait as u64));
                 }
             }
             let token =
@@ -751,11 +737,7 @@ pub async fn set_ban(
     .await?
     .rows_affected();
     if updated == 0 {
-        return Err(AuthError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "user_not_found",
-            "User not found",
-        ));
+        return Err(AuthError::not_found("user_not_found", "User not found"));
     }
     let mut ended = Vec::new();
     if until.is_some() {

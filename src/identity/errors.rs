@@ -46,6 +46,45 @@ impl AuthError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
+    /// 401: no credentials where the endpoint needs them.
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 403: credentials that do not (or no longer) hold: a bad JWT, a gone
+    /// session or user, a used or expired link.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 429 `over_email_send_rate_limit`: the next email to this address may
+    /// go out in `wait_secs`.
+    pub fn email_too_soon(wait_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "over_email_send_rate_limit",
+            format!("For security purposes, you can only request this after {wait_secs} seconds."),
+        );
+        e.retry_after = Some(wait_secs);
+        e
+    }
+
+    /// 503 `unavailable` with `Retry-After`: a dependency (the signing keys,
+    /// the database) is down for a moment.
+    pub fn unavailable() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "The service is temporarily unavailable, please retry after a moment.",
+        );
+        e.retry_after = Some(RETRY_AFTER_SECS);
+        e
+    }
+
     pub fn validation(message: impl Into<String>) -> Self {
         Self::bad_request("validation_failed", message)
     }

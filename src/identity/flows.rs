@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -274,13 +273,7 @@ pub async fn reauthenticate(
     if let Some(ago) = last_sent {
         let wait = REAUTHENTICATION_RESEND_SECS - ago.floor() as i64;
         if wait > 0 {
-            let mut e = AuthError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "over_email_send_rate_limit",
-                format!("For security purposes, you can only request this after {wait} seconds."),
-            );
-            e.retry_after = Some(wait as u64);
-            return Err(e);
+            return Err(AuthError::email_too_soon(wait as u64));
         }
     }
     let nonce = format!("{:06}", rand::random_range(0..1_000_000u32));

@@ -3,7 +3,6 @@
 //! their hashes are stored; issuing a newer one voids the older ones of its
 //! kind.
 
-use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sqlx::PgConnection;
@@ -60,11 +59,7 @@ impl TokenKind {
 }
 
 pub fn otp_expired() -> AuthError {
-    AuthError::new(
-        StatusCode::FORBIDDEN,
-        "otp_expired",
-        "Email link is invalid or has expired",
-    )
+    AuthError::forbidden("otp_expired", "Email link is invalid or has expired")
 }
 
 /// A new token of `kind` for the user, in the transaction; returns the

@@ -14,7 +14,6 @@
 //! * any other revoked token is a replay: the session is revoked
 //!   (`refresh_token_already_used`).
 
-use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -302,8 +301,7 @@ pub async fn refresh(state: &IdentityState, token: &str) -> Result<Value, AuthEr
 }
 
 pub fn session_not_found() -> AuthError {
-    AuthError::new(
-        StatusCode::FORBIDDEN,
+    AuthError::forbidden(
         "session_not_found",
         "Session from session_id claim in JWT does not exist",
     )
@@ -333,29 +331,14 @@ pub async fn authenticate(
         .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
         .map(|(_, t)| t.trim());
     let Some(token) = token else {
-        return Err(AuthError::new(
-            StatusCode::UNAUTHORIZED,
+        return Err(AuthError::unauthorized(
             "no_authorization",
             "This endpoint requires a valid Bearer token",
         ));
     };
-    let bad_jwt = |why: String| {
-        AuthError::new(
-            StatusCode::FORBIDDEN,
-            "bad_jwt",
-            format!("invalid JWT: {why}"),
-        )
-    };
+    let bad_jwt = |why: String| AuthError::forbidden("bad_jwt", format!("invalid JWT: {why}"));
     let claims = state.verifier.verify(token).await.map_err(|e| match e {
-        crate::auth::jwt::TokenError::KeysUnavailable => {
-            let mut e = AuthError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "The service is temporarily unavailable, please retry after a moment.",
-            );
-            e.retry_after = Some(crate::core::error::RETRY_AFTER_SECS);
-            e
-        }
+        crate::auth::jwt::TokenError::KeysUnavailable => AuthError::unavailable(),
         e => bad_jwt(e.to_string()),
     })?;
     let user_id = claims
@@ -380,8 +363,7 @@ pub async fn authenticate(
     .await?;
     tx.rollback().await?;
     if !user_exists {
-        return Err(AuthError::new(
-            StatusCode::FORBIDDEN,
+        return Err(AuthError::forbidden(
             "user_not_found",
             "User from sub claim in JWT does not exist",
         ));
