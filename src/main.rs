@@ -413,13 +413,13 @@ fn plan_error(e: tenantry::billing::plans_admin::PlanError) -> anyhow::Error {
     }
 }
 
-/// The JSON parser's refusal (it answers for the HTTP edge: a body that is
-/// not JSON, or fields of the wrong shape) as one line for the operator.
-fn json_error(e: tenantry::core::error::ApiError) -> anyhow::Error {
-    use tenantry::core::error::{ApiError, Invalid};
+/// The JSON parser's refusal (not JSON, or fields of the wrong shape) as
+/// one line for the operator.
+fn json_error(e: tenantry::core::extract::JsonError) -> anyhow::Error {
+    use tenantry::core::extract::JsonError;
     match e {
-        ApiError::Validation(errors) => anyhow::anyhow!("invalid plan: {}", Invalid(errors)),
-        other => anyhow::anyhow!("{other}"),
+        JsonError::Syntax(_) => anyhow::anyhow!("{e}"),
+        JsonError::Invalid(_) => anyhow::anyhow!("invalid plan: {e}"),
     }
 }
 

@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::core::error::{ApiError, FieldError};
+use crate::core::error::{ApiError, FieldError, Invalid};
 
 /// A JSON body that must be `application/json`, within the body limit, and
 /// match `T` exactly (write DTOs deny unknown fields).
@@ -39,7 +39,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(body_rejection)?;
-        parse_json(&bytes).map(ValidJson)
+        Ok(ValidJson(parse_json(&bytes)?))
     }
 }
 
@@ -59,22 +59,41 @@ pub fn body_rejection(e: BytesRejection) -> ApiError {
     }
 }
 
+/// Why a JSON object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON at all (400 `invalid_json` at the HTTP edge).
+    #[error("{0}")]
+    Syntax(String),
+    /// JSON of the wrong shape, with the field (422).
+    #[error(transparent)]
+    Invalid(Invalid),
+}
+
+impl From<JsonError> for ApiError {
+    fn from(e: JsonError) -> Self {
+        match e {
+            JsonError::Syntax(detail) => ApiError::bad_request("invalid_json", detail),
+            JsonError::Invalid(invalid) => invalid.into(),
+        }
+    }
+}
+
 /// Parses a JSON object into `T`, reporting where it failed: 400 when the
 /// body is not JSON at all, 422 (with the field) when it is JSON of the wrong
 /// shape. Only objects are accepted: serde would otherwise read a struct from
 /// an array of its fields.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
     // A full parse first, so that every syntax error (including bad escapes
     // and invalid UTF-8 inside strings) is a 400 whatever the target type.
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| JsonError::Syntax(format!("body is not valid JSON: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::field(
+        return Err(JsonError::Invalid(Invalid::field(
             "",
             "invalid_type",
             "the body must be a JSON object",
-        ));
+        )));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -92,7 +111,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             (path, "invalid_type")
         };
-        ApiError::Validation(vec![FieldError::new(field, code, msg)])
+        JsonError::Invalid(Invalid(vec![FieldError::new(field, code, msg)]))
     })
 }
 
