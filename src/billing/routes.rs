@@ -219,3 +219,19 @@ async fn get_entitlements(
     ctx.tx.commit().await?;
     Ok(Json(e))
 }
+
+impl From<subscriptions::seats::SeatError> for ApiError {
+    fn from(e: subscriptions::seats::SeatError) -> Self {
+        use subscriptions::seats::SeatError;
+        match e {
+            SeatError::SeatLimitReached { .. }
+            | SeatError::MemberLimitReached { .. }
+            | SeatError::MembersExceedPlan { .. } => {
+                ApiError::conflict("seat_limit_reached", e.to_string())
+            }
+            // A plan missing from the catalog is a bug: 500, logged.
+            SeatError::MissingPlan(_) => ApiError::Internal(anyhow::Error::new(e)),
+            SeatError::Db(e) => e.into(),
+        }
+    }
+}

@@ -36,9 +36,12 @@ pub(super) async fn audit(
 /// Puts a new org on the free plan (status active, one period from now) and
 /// grants the period's credits, in the org's creating transaction. (The
 /// org's `org.created` audit row covers it: every org starts this way.)
-pub async fn create_for_new_org(tx: &mut TenantTx) -> Result<Subscription, ApiError> {
+pub async fn create_for_new_org(tx: &mut TenantTx) -> Result<Subscription, sqlx::Error> {
     let org_id = tx.org_id();
-    let free = plan(tx.conn(), FREE_PLAN).await?;
+    // The free plan is seeded by the migrations: without it, no org can start.
+    let (free, _) = repo::plan(tx.conn(), FREE_PLAN)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     let start = now();
     let end = free.period_end(start);
     let sub = repo::insert_subscription(tx.conn(), org_id, FREE_PLAN, start, end).await?;

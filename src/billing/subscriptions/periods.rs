@@ -38,7 +38,7 @@ pub(super) async fn grant_period(
     plan: &Plan,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     if plan.credits_per_period <= 0 || end <= Utc::now() {
         return Ok(());
     }
