@@ -92,12 +92,16 @@ pub async fn start<J: Job>(
     Ok(record)
 }
 
-/// A page of the org's records of `kind`, newest first.
-pub async fn page(
+/// A page of the org's records of `kind`, newest first, failing with the
+/// caller's domain error (a bad page request, or the database).
+pub async fn page<E>(
     tx: &mut TenantTx,
     kind: &str,
     q: &crate::core::pagination::PageQuery,
-) -> Result<crate::core::pagination::Page<JobRecord>, crate::core::error::ApiError> {
+) -> Result<crate::core::pagination::Page<JobRecord>, E>
+where
+    E: From<crate::core::pagination::PageError> + From<sqlx::Error>,
+{
     let limit = q.limit()?;
     let before: Option<Uuid> = q.after()?;
     let org_id = tx.org_id();
