@@ -2,6 +2,7 @@
 //! listing and revoking them. What a key is, and how a presented one is
 //! checked, is [`crate::auth::api_key`].
 
+pub mod error;
 pub mod model;
 mod repo;
 pub mod routes;

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ApiKeyError;
 use super::model::*;
 use super::service;
 use crate::auth::{AuthState, OrgContext, perm};
@@ -21,6 +22,21 @@ where
     OpenApiRouter::new()
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(revoke_api_key))
+}
+
+impl From<ApiKeyError> for ApiError {
+    fn from(e: ApiKeyError) -> Self {
+        let detail = e.to_string();
+        match e {
+            ApiKeyError::Invalid(e) => e.into(),
+            ApiKeyError::Page(e) => e.into(),
+            ApiKeyError::Db(e) => e.into(),
+            ApiKeyError::Orgs(e) => e.into(),
+            ApiKeyError::OwnerRole | ApiKeyError::PermissionsNotHeld => ApiError::forbidden(detail),
+            ApiKeyError::KeyLimitReached { .. } => ApiError::conflict("api_key_limit", detail),
+            ApiKeyError::NotFound => ApiError::NotFound("API key"),
+        }
+    }
 }
 
 /// Creates an API key acting in this org with `role`. The response carries

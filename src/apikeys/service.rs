@@ -8,12 +8,13 @@ use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::error::ApiKeyError;
 use super::model::*;
 use super::repo;
 use crate::auth::rbac::{Actor, OWNER, PermSet};
 use crate::core::audit;
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
+use crate::core::error::{FieldError, Invalid};
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields, RoleName};
 use crate::organizations::service as orgs;
@@ -27,7 +28,7 @@ async fn audit(
     key_id: Uuid,
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     audit::record(
         tx,
         audit::Entry {
@@ -38,20 +39,19 @@ async fn audit(
             after,
         },
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 pub async fn create(
     tx: &mut TenantTx,
     locked: &Actor,
     input: CreateApiKey,
-) -> Result<CreatedApiKey, ApiError> {
+) -> Result<CreatedApiKey, ApiKeyError> {
     let mut f = Fields::default();
     let name = f.check(validate::display_name("name", &input.name));
     let role = f.check(RoleName::parse("role", &input.role));
     if input.expires_at.is_some_and(|t| t <= Utc::now()) {
-        f.check::<()>(Err(crate::core::error::FieldError::new(
+        f.check::<()>(Err(FieldError::new(
             "expires_at",
             "in_past",
             "must be in the future",
@@ -61,25 +61,22 @@ pub async fn create(
     let (name, role) = (name.expect("checked"), role.expect("checked"));
     let org_id = tx.org_id();
     let stored = orgs::find_role(tx, role.as_str()).await?.ok_or_else(|| {
-        ApiError::field(
+        Invalid::field(
             "role",
             "unknown_role",
             format!("this organization has no role {:?}", role.as_str()),
         )
     })?;
     if role.as_str() == OWNER {
-        return Err(ApiError::forbidden("an API key cannot have the owner role"));
+        return Err(ApiKeyError::OwnerRole);
     }
     if !PermSet::from_names(&stored.permissions).is_subset_of(locked.perms()) {
-        return Err(ApiError::forbidden(
-            "you cannot create a key with a role holding permissions you do not hold",
-        ));
+        return Err(ApiKeyError::PermissionsNotHeld);
     }
     if repo::count_live(tx.conn(), org_id).await? >= MAX_LIVE_KEYS {
-        return Err(ApiError::conflict(
-            "api_key_limit",
-            format!("an organization may hold at most {MAX_LIVE_KEYS} live API keys"),
-        ));
+        return Err(ApiKeyError::KeyLimitReached {
+            limit: MAX_LIVE_KEYS,
+        });
     }
     let (key, prefix, hash) = crate::auth::api_key::generate(org_id);
     let created_by = Some(tx.user_id()).filter(|id| !id.is_nil());
@@ -109,7 +106,7 @@ pub async fn create(
     })
 }
 
-pub async fn list(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<ApiKey>, ApiError> {
+pub async fn list(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<ApiKey>, ApiKeyError> {
     let limit = q.limit()?;
     let after: Option<Uuid> = q.after()?;
     let org_id = tx.org_id();
@@ -119,11 +116,11 @@ pub async fn list(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<ApiKey>, ApiE
 
 /// Revokes a key. Revoking a revoked key again changes nothing (and succeeds);
 /// a key of another org, or none, is 404.
-pub async fn revoke(tx: &mut TenantTx, _locked: &Actor, id: Uuid) -> Result<(), ApiError> {
+pub async fn revoke(tx: &mut TenantTx, _locked: &Actor, id: Uuid) -> Result<(), ApiKeyError> {
     let org_id = tx.org_id();
     let before = repo::get(tx.conn(), org_id, id)
         .await?
-        .ok_or(ApiError::NotFound("API key"))?;
+        .ok_or(ApiKeyError::NotFound)?;
     let Some(after) = repo::revoke(tx.conn(), org_id, id).await? else {
         return Ok(());
     };

@@ -121,7 +121,7 @@ impl From<subscriptions::SubscriptionError> for ApiError {
         use subscriptions::SubscriptionError as E;
         let (status, code) = match e {
             E::NotFound => return ApiError::NotFound("subscription"),
-            E::Seats(e) => return e,
+            E::Seats(e) => return e.into(),
             E::Payment(e) => return e.into(),
             E::Db(e) => return e.into(),
             E::ChangeTask(_) => return ApiError::Internal(e.into()),
@@ -261,4 +261,18 @@ async fn get_entitlements(
     let e = subscriptions::entitlements(&mut ctx.tx).await?;
     ctx.tx.commit().await?;
     Ok(Json(e))
+}
+
+impl From<subscriptions::seats::SeatError> for ApiError {
+    fn from(e: subscriptions::seats::SeatError) -> Self {
+        use subscriptions::seats::SeatError;
+        match e {
+            SeatError::SeatLimitReached { .. }
+            | SeatError::MemberLimitReached { .. }
+            | SeatError::MembersExceedPlan { .. } => {
+                ApiError::conflict("seat_limit_reached", e.to_string())
+            }
+            SeatError::Db(e) => e.into(),
+        }
+    }
 }

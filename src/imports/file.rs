@@ -1,10 +1,7 @@
 //! The import file's format: UTF-8 CSV, the header `email,role`, then up
-//! to [`MAX_ROWS`] data lines. Checked when the file is uploaded, and read
-//! again by the job.
-
-use axum::http::StatusCode;
-
-use crate::core::error::ApiError;
+//! to [`MAX_ROWS`] data lines, and [`FileError`], what is wrong with a file
+//! that is not one. Checked when the file is uploaded, and read again by
+//! the job.
 
 /// Most data lines one file may hold.
 pub const MAX_ROWS: usize = 10_000;
@@ -20,22 +17,34 @@ pub struct CsvLine {
     pub fields: Vec<String>,
 }
 
-fn invalid(code: &'static str, detail: impl Into<String>) -> ApiError {
-    ApiError::Status {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        code,
-        detail: detail.into(),
-    }
+/// Why a file is not an import file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("the file is not UTF-8 text: {0}")]
+    NotUtf8(std::str::Utf8Error),
+    #[error("the file contains a NUL character")]
+    NulCharacter,
+    #[error("not CSV: {0}")]
+    NotCsv(csv::Error),
+    /// No header line: the file is empty, or blank.
+    #[error("the file is empty; its first line must be the header email,role")]
+    Empty,
+    /// The first line is not the header; holds it as read.
+    #[error("the first line must be the header email,role (found {0:?})")]
+    WrongHeader(String),
+    #[error("a file may hold at most {MAX_ROWS} lines besides the header")]
+    TooManyRows,
+    #[error("the file has a header but no lines to import")]
+    NoRows,
 }
 
 /// Parses an import file: UTF-8 (a leading BOM is dropped), CSV, the header
 /// `email,role`, then 1 to [`MAX_ROWS`] data lines. Blank lines are ignored;
 /// a line with the wrong number of fields is kept (it fails on its own).
-pub fn parse(bytes: &[u8]) -> Result<Vec<CsvLine>, ApiError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| invalid("invalid_csv", format!("the file is not UTF-8 text: {e}")))?;
+pub fn parse(bytes: &[u8]) -> Result<Vec<CsvLine>, FileError> {
+    let text = std::str::from_utf8(bytes).map_err(FileError::NotUtf8)?;
     if text.contains('\0') {
-        return Err(invalid("invalid_csv", "the file contains a NUL character"));
+        return Err(FileError::NulCharacter);
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = csv::ReaderBuilder::new()
@@ -46,38 +55,26 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<CsvLine>, ApiError> {
     let mut records = reader.records();
     let header = loop {
         match records.next() {
-            None => {
-                return Err(invalid(
-                    "invalid_header",
-                    "the file is empty; its first line must be the header email,role",
-                ));
-            }
-            Some(Err(e)) => return Err(invalid("invalid_csv", format!("not CSV: {e}"))),
+            None => return Err(FileError::Empty),
+            Some(Err(e)) => return Err(FileError::NotCsv(e)),
             Some(Ok(r)) if r.iter().all(str::is_empty) => continue,
             Some(Ok(r)) => break r,
         }
     };
     let names: Vec<String> = header.iter().map(|h| h.trim().to_lowercase()).collect();
     if names != HEADER {
-        return Err(invalid(
-            "invalid_header",
-            format!(
-                "the first line must be the header email,role (found {:?})",
-                header.iter().collect::<Vec<_>>().join(",")
-            ),
+        return Err(FileError::WrongHeader(
+            header.iter().collect::<Vec<_>>().join(","),
         ));
     }
     let mut lines = Vec::new();
     for record in records {
-        let record = record.map_err(|e| invalid("invalid_csv", format!("not CSV: {e}")))?;
+        let record = record.map_err(FileError::NotCsv)?;
         if record.iter().all(str::is_empty) {
             continue;
         }
         if lines.len() == MAX_ROWS {
-            return Err(invalid(
-                "too_many_rows",
-                format!("a file may hold at most {MAX_ROWS} lines besides the header"),
-            ));
+            return Err(FileError::TooManyRows);
         }
         let line = line_of(text, &record);
         lines.push(CsvLine {
@@ -86,10 +83,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<CsvLine>, ApiError> {
         });
     }
     if lines.is_empty() {
-        return Err(invalid(
-            "no_rows",
-            "the file has a header but no lines to import",
-        ));
+        return Err(FileError::NoRows);
     }
     Ok(lines)
 }
@@ -115,13 +109,6 @@ fn line_of(text: &str, record: &csv::StringRecord) -> i32 {
 mod tests {
     use super::*;
 
-    fn code(e: ApiError) -> &'static str {
-        match e {
-            ApiError::Status { code, .. } => code,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
     #[test]
     fn files_are_checked_up_front() {
         let lines = parse(
@@ -141,28 +128,28 @@ mod tests {
                 line(9, &["d@x.io", "member"]),
             ]
         );
-        assert_eq!(code(parse(b"").unwrap_err()), "invalid_header");
-        assert_eq!(
-            code(parse(b"mail,role\na@x.io,member").unwrap_err()),
-            "invalid_header"
-        );
-        assert_eq!(
-            code(parse(b"email,role,extra\n").unwrap_err()),
-            "invalid_header"
-        );
-        assert_eq!(code(parse(b"email,role\n").unwrap_err()), "no_rows");
-        assert_eq!(
-            code(parse(b"email,role\n\xff,member").unwrap_err()),
-            "invalid_csv"
-        );
-        assert_eq!(
-            code(parse(b"email,role\na\0@x.io,member").unwrap_err()),
-            "invalid_csv"
-        );
+        assert!(matches!(parse(b""), Err(FileError::Empty)));
+        assert!(matches!(
+            parse(b"mail,role\na@x.io,member"),
+            Err(FileError::WrongHeader(h)) if h == "mail,role"
+        ));
+        assert!(matches!(
+            parse(b"email,role,extra\n"),
+            Err(FileError::WrongHeader(_))
+        ));
+        assert!(matches!(parse(b"email,role\n"), Err(FileError::NoRows)));
+        assert!(matches!(
+            parse(b"email,role\n\xff,member"),
+            Err(FileError::NotUtf8(_))
+        ));
+        assert!(matches!(
+            parse(b"email,role\na\0@x.io,member"),
+            Err(FileError::NulCharacter)
+        ));
         let mut big = String::from("email,role\n");
         for i in 0..=MAX_ROWS {
             big.push_str(&format!("u{i}@x.io,member\n"));
         }
-        assert_eq!(code(parse(big.as_bytes()).unwrap_err()), "too_many_rows");
+        assert!(matches!(parse(big.as_bytes()), Err(FileError::TooManyRows)));
     }
 }

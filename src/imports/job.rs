@@ -25,11 +25,11 @@ use uuid::Uuid;
 use super::file::{self, CsvLine};
 use super::repo::{self, ImportRow};
 use crate::auth::rbac::{act_for, perm};
-use crate::core::error::ApiError;
 use crate::core::validate::{Email, RoleName};
 use crate::jobs::records::{self, JobState};
 use crate::jobs::{Job, JobContext, JobError, RetryPolicy};
-use crate::organizations::model::CreateInvitation;
+use crate::organizations::error::OrgError;
+use crate::organizations::model::{CreateInvitation, CreatedInvitation};
 use crate::organizations::service::{self as orgs, InviteSettings};
 
 /// Imports one uploaded file; the job id is the id of its record.
@@ -100,32 +100,7 @@ impl Job for ImportMembers {
                         };
                         let result =
                             orgs::create_invitation(&mut tx, &actor, settings, input).await;
-                        let (status, error, invitation_id) = match result {
-                            Ok(inv) => ("invited", None, Some(inv.id)),
-                            // The plan's seats are full: not a duplicate, an error.
-                            Err(ApiError::Conflict {
-                                code: "seat_limit_reached",
-                                detail,
-                            }) => ("error", Some(detail), None),
-                            Err(ApiError::Conflict { detail, .. }) => {
-                                ("skipped", Some(detail), None)
-                            }
-                            Err(ApiError::Forbidden { detail, .. }) => {
-                                ("error", Some(detail), None)
-                            }
-                            Err(ApiError::Validation(errors)) => (
-                                "error",
-                                Some(
-                                    errors
-                                        .into_iter()
-                                        .map(|e| format!("{}: {}", e.field, e.message))
-                                        .collect::<Vec<_>>()
-                                        .join("; "),
-                                ),
-                                None,
-                            ),
-                            Err(other) => return Err(JobError::from_service(other)),
-                        };
+                        let (status, error, invitation_id) = outcome(result)?;
                         ImportRow {
                             line: line.line,
                             email: Some(email.as_str().to_owned()),
@@ -159,6 +134,46 @@ impl Job for ImportMembers {
         tracing::info!(%org_id, invited, skipped, errors, "import finished");
         Ok(())
     }
+}
+/// A line's result from its invitation: invited; `skipped` when the address
+/// is a member's or has an open invitation; an `error` when the plan has no
+/// seat left, the requester may not grant the role, or the role is unknown.
+/// Anything else fails the batch.
+fn outcome(
+    result: Result<CreatedInvitation, OrgError>,
+) -> Result<(&'static str, Option<String>, Option<Uuid>), JobError> {
+    Ok(match result {
+        Ok(inv) => ("invited", None, Some(inv.id)),
+        // The plan's seats are full: not a duplicate, an error.
+        Err(OrgError::Seats(e)) if e.is_limit_reached() => ("error", Some(e.to_string()), None),
+        Err(e @ (OrgError::AlreadyMember | OrgError::InvitationExists)) => {
+            ("skipped", Some(e.to_string()), None)
+        }
+        Err(e @ (OrgError::OwnerOnly(_) | OrgError::PermissionsNotHeld(_))) => {
+            ("error", Some(e.to_string()), None)
+        }
+        Err(OrgError::Invalid(invalid)) => (
+            "error",
+            Some(
+                invalid
+                    .0
+                    .into_iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            None,
+        ),
+        // The org went away under the requester.
+        Err(e @ OrgError::OrgNotFound) => {
+            return Err(JobError::Refused {
+                code: "not_found",
+                message: e.to_string(),
+            });
+        }
+        Err(OrgError::Db(e)) => return Err(e.into()),
+        Err(other) => return Err(JobError::Retry(anyhow::Error::new(other))),
+    })
 }
 
 fn cell(fields: &[String], i: usize) -> Option<String> {
@@ -237,6 +252,54 @@ mod tests {
             line: n,
             fields: f.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn invitation_errors_decide_the_line_or_fail_the_batch() {
+        use crate::billing::subscriptions::seats::SeatError;
+        use crate::core::error::Invalid;
+
+        let line = |e: OrgError| outcome(Err(e));
+        let full = SeatError::SeatLimitReached {
+            plan: "Free".into(),
+            limit: 3,
+            used: 3,
+        };
+        let (status, error, id) = line(OrgError::Seats(full)).unwrap();
+        assert_eq!(status, "error");
+        assert!(error.unwrap().starts_with("the Free plan allows 3 seats"));
+        assert!(id.is_none());
+        for skipped in [OrgError::AlreadyMember, OrgError::InvitationExists] {
+            assert_eq!(line(skipped).unwrap().0, "skipped");
+        }
+        let (status, error, _) = line(OrgError::OwnerOnly("invite owners")).unwrap();
+        assert_eq!(
+            (status, error.as_deref()),
+            ("error", Some("only an owner can invite owners"))
+        );
+        let grant = OrgError::PermissionsNotHeld("you cannot invite to a role");
+        assert_eq!(line(grant).unwrap().0, "error");
+        let unknown = Invalid::field("role", "unknown_role", "no such role");
+        assert_eq!(
+            line(OrgError::Invalid(unknown)).unwrap().1.as_deref(),
+            Some("role: no such role")
+        );
+
+        assert!(matches!(
+            line(OrgError::OrgNotFound),
+            Err(JobError::Refused {
+                code: "not_found",
+                ..
+            })
+        ));
+        assert!(matches!(
+            line(OrgError::Db(sqlx::Error::PoolTimedOut)),
+            Err(JobError::Retry(_))
+        ));
+        assert!(matches!(
+            line(OrgError::Seats(SeatError::Db(sqlx::Error::PoolTimedOut))),
+            Err(JobError::Retry(_))
+        ));
     }
 
     #[test]

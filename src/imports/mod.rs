@@ -2,6 +2,7 @@
 //! and processed by a background job that invites each address and records
 //! one result per line.
 
+pub mod error;
 pub mod file;
 pub mod job;
 mod repo;

@@ -10,6 +10,8 @@ use futures_util::TryStreamExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::ImportError;
+use super::file::FileError;
 use super::service::{self, ImportDetail};
 use crate::auth::{AuthState, OrgContext, perm};
 use crate::core::error::{ApiError, Problem};
@@ -26,6 +28,31 @@ where
     OpenApiRouter::new()
         .routes(routes!(list_imports, create_import))
         .routes(routes!(get_import))
+}
+
+impl From<ImportError> for ApiError {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::File(e) => {
+                let code = match e {
+                    FileError::NotUtf8(_) | FileError::NulCharacter | FileError::NotCsv(_) => {
+                        "invalid_csv"
+                    }
+                    FileError::Empty | FileError::WrongHeader(_) => "invalid_header",
+                    FileError::TooManyRows => "too_many_rows",
+                    FileError::NoRows => "no_rows",
+                };
+                ApiError::Status {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code,
+                    detail: e.to_string(),
+                }
+            }
+            ImportError::Page(e) => e.into(),
+            ImportError::Db(e) => e.into(),
+            ImportError::NotFound => ApiError::NotFound("import"),
+        }
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {

@@ -6,11 +6,11 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::error::ImportError;
 use super::file::parse;
 use super::job::ImportMembers;
 use super::repo::{ImportRow, list_rows};
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::jobs::records::{self, JobRecord};
 
@@ -18,7 +18,7 @@ use crate::jobs::records::{self, JobRecord};
 pub const RECORD_KIND: &str = "import";
 
 /// Writes the record, the file and the job in the caller's transaction.
-pub async fn create_import(tx: &mut TenantTx, body: &[u8]) -> Result<JobRecord, ApiError> {
+pub async fn create_import(tx: &mut TenantTx, body: &[u8]) -> Result<JobRecord, ImportError> {
     let lines = parse(body)?;
     let content = std::str::from_utf8(body).expect("parse checked UTF-8");
     let params = json!({ "rows": lines.len(), "bytes": body.len() });
@@ -37,7 +37,10 @@ pub async fn create_import(tx: &mut TenantTx, body: &[u8]) -> Result<JobRecord, 
 }
 
 /// The org's imports, newest first.
-pub async fn list_imports(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<JobRecord>, ApiError> {
+pub async fn list_imports(
+    tx: &mut TenantTx,
+    q: &PageQuery,
+) -> Result<Page<JobRecord>, ImportError> {
     records::page(tx, RECORD_KIND, q).await
 }
 
@@ -56,13 +59,13 @@ pub async fn get_import(
     tx: &mut TenantTx,
     id: Uuid,
     q: &PageQuery,
-) -> Result<ImportDetail, ApiError> {
+) -> Result<ImportDetail, ImportError> {
     let limit = q.limit()?;
     let after: Option<i32> = q.after()?;
     let org_id = tx.org_id();
     let record = records::get(tx.conn(), org_id, RECORD_KIND, id)
         .await?
-        .ok_or(ApiError::NotFound("import"))?;
+        .ok_or(ImportError::NotFound)?;
     let rows = list_rows(tx.conn(), org_id, id, after, limit + 1).await?;
     let page = Page::from_rows(rows, limit, |r| r.line);
     Ok(ImportDetail {

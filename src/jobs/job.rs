@@ -8,8 +8,6 @@ use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::core::error::ApiError;
-
 /// A kind of job: its payload type, queue, retry policy and handler.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stable name stored with each job (`"email.send"`).
@@ -133,22 +131,6 @@ impl JobError {
                 format!("a service the job needs was unavailable; {outcome}"),
             ),
             JobError::Retry(_) => ("internal_error", format!("the job failed; {outcome}")),
-        }
-    }
-
-    /// A service error seen by a job: what no retry can fix (the requester
-    /// left, lost a permission, or the input is invalid) is permanent.
-    pub fn from_service(e: ApiError) -> JobError {
-        match e {
-            ApiError::Internal(e) => JobError::Retry(e),
-            ApiError::Status { status, .. } if status.is_server_error() => {
-                JobError::Retry(anyhow::anyhow!("{status}: the database is busy"))
-            }
-            // The service's own answer, written for clients.
-            other => JobError::Refused {
-                code: other.code(),
-                message: other.to_string(),
-            },
         }
     }
 }

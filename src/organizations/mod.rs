@@ -1,6 +1,7 @@
 //! Organizations (tenants): the org itself, its members and their roles,
 //! custom roles, invitations, ownership, and the audit log of every change.
 
+pub mod error;
 pub mod model;
 mod repo;
 pub mod routes;

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::OrgError;
 use super::model::*;
 use super::service;
 use crate::auth::rbac::OrgView;
@@ -41,6 +42,49 @@ where
         .routes(routes!(revoke_invitation))
         .routes(routes!(accept_invitation))
         .routes(routes!(list_audit_log))
+}
+
+impl From<OrgError> for ApiError {
+    fn from(e: OrgError) -> Self {
+        let detail = e.to_string();
+        match e {
+            OrgError::Invalid(e) => e.into(),
+            OrgError::Page(e) => e.into(),
+            OrgError::Db(e) => e.into(),
+            OrgError::Seats(e) => e.into(),
+            OrgError::OrgNotFound => ApiError::NotFound("organization"),
+            OrgError::MemberNotFound => ApiError::NotFound("member"),
+            OrgError::RoleNotFound => ApiError::NotFound("role"),
+            OrgError::InvitationNotFound => ApiError::NotFound("invitation"),
+            OrgError::OwnerOnly(_)
+            | OrgError::PermissionsNotHeld(_)
+            | OrgError::MissingPermission(_) => ApiError::forbidden(detail),
+            OrgError::EmailMismatch => ApiError::Forbidden {
+                code: "email_mismatch",
+                detail,
+            },
+            OrgError::SlugTaken => ApiError::conflict("slug_taken", detail),
+            OrgError::AlreadyMember | OrgError::AlreadyJoined => {
+                ApiError::conflict("already_member", detail)
+            }
+            OrgError::InvitationExists => ApiError::conflict("invitation_exists", detail),
+            OrgError::InvitationUsed => ApiError::conflict("invitation_used", detail),
+            OrgError::InvitationExpired => ApiError::Gone {
+                code: "invitation_expired",
+                detail,
+            },
+            OrgError::InvitationRoleMissing => ApiError::conflict("role_missing", detail),
+            OrgError::LastOwner | OrgError::LastOwnerLeaving => {
+                ApiError::conflict("last_owner", detail)
+            }
+            OrgError::BuiltinRoleName | OrgError::RoleExists => {
+                ApiError::conflict("role_exists", detail)
+            }
+            OrgError::RoleLimitReached { .. } => ApiError::conflict("role_limit", detail),
+            OrgError::BuiltinRole => ApiError::conflict("builtin_role", detail),
+            OrgError::RoleInUse => ApiError::conflict("role_in_use", detail),
+        }
+    }
 }
 
 /// Creates an organization; the caller becomes its owner.

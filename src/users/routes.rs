@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::UserError;
 use super::model::MyOrganization;
 use super::model::{UpdateMe, User};
 use super::service;
@@ -16,6 +17,17 @@ use crate::core::db::UserTx;
 use crate::core::error::ApiError;
 use crate::core::extract::{ValidJson, ValidQuery};
 use crate::core::pagination::{Page, PageQuery};
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Invalid(e) => e.into(),
+            UserError::Page(e) => e.into(),
+            UserError::Db(e) => e.into(),
+            UserError::NotFound => ApiError::NotFound("user"),
+        }
+    }
+}
 
 pub fn router<S>() -> OpenApiRouter<S>
 where

@@ -2,11 +2,11 @@
 //! other domains need (a member by email, a user's label, the confirmed
 //! address of an own account).
 
+use super::error::UserError;
 use super::model::{MyOrganization, UpdateMe, User};
 use super::repo;
 use crate::auth::AuthUser;
 use crate::core::db::UserTx;
-use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields};
 use sqlx::{PgConnection, PgPool};
@@ -15,7 +15,7 @@ use uuid::Uuid;
 /// Makes sure the token's user exists (id = `sub`, email from the claim).
 /// Returns the orgs whose cached member lists must be refreshed because the
 /// email changed (none for a new user or an unchanged one).
-pub async fn provision(tx: &mut UserTx, user: &AuthUser) -> Result<Vec<Uuid>, ApiError> {
+pub async fn provision(tx: &mut UserTx, user: &AuthUser) -> Result<Vec<Uuid>, sqlx::Error> {
     let id = tx.user_id();
     // The auth server keeps its own users' email in step (only confirmed
     // addresses); an older token must not write a previous address back.
@@ -27,12 +27,10 @@ pub async fn provision(tx: &mut UserTx, user: &AuthUser) -> Result<Vec<Uuid>, Ap
 }
 
 /// The profile, and the orgs to refresh (see [`provision`]).
-pub async fn me(tx: &mut UserTx, user: &AuthUser) -> Result<(User, Vec<Uuid>), ApiError> {
+pub async fn me(tx: &mut UserTx, user: &AuthUser) -> Result<(User, Vec<Uuid>), UserError> {
     let stale = provision(tx, user).await?;
     let id = tx.user_id();
-    let me = repo::get(tx.conn(), id)
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
+    let me = repo::get(tx.conn(), id).await?.ok_or(UserError::NotFound)?;
     Ok((me, stale))
 }
 
@@ -41,7 +39,7 @@ pub async fn update_me(
     tx: &mut UserTx,
     user: &AuthUser,
     input: UpdateMe,
-) -> Result<(User, Vec<Uuid>), ApiError> {
+) -> Result<(User, Vec<Uuid>), UserError> {
     let mut f = Fields::default();
     let display_name = match &input.display_name {
         Some(Some(n)) => f
@@ -62,9 +60,7 @@ pub async fn update_me(
     let stale = provision(tx, user).await?;
     let id = tx.user_id();
     if display_name.is_none() && avatar_url.is_none() {
-        let me = repo::get(tx.conn(), id)
-            .await?
-            .ok_or(ApiError::NotFound("user"))?;
+        let me = repo::get(tx.conn(), id).await?.ok_or(UserError::NotFound)?;
         return Ok((me, stale));
     }
     let me = repo::update_profile(
@@ -81,7 +77,7 @@ pub async fn update_me(
 pub async fn my_organizations(
     tx: &mut UserTx,
     q: &PageQuery,
-) -> Result<Page<MyOrganization>, ApiError> {
+) -> Result<Page<MyOrganization>, UserError> {
     let limit = q.limit()?;
     let after = q.after()?;
     let id = tx.user_id();
@@ -90,9 +86,9 @@ pub async fn my_organizations(
 }
 
 /// The orgs whose cached reads show this user (their member lists).
-pub async fn my_org_ids(tx: &mut UserTx) -> Result<Vec<Uuid>, ApiError> {
+pub async fn my_org_ids(tx: &mut UserTx) -> Result<Vec<Uuid>, sqlx::Error> {
     let id = tx.user_id();
-    Ok(repo::org_ids(tx.conn(), id).await?)
+    repo::org_ids(tx.conn(), id).await
 }
 
 /// The profile of an account the auth server creates, in its transaction
@@ -123,19 +119,19 @@ pub async fn is_member_email(
     conn: &mut PgConnection,
     org_id: Uuid,
     email: &str,
-) -> Result<bool, ApiError> {
-    Ok(repo::is_member_email(conn, org_id, email).await?)
+) -> Result<bool, sqlx::Error> {
+    repo::is_member_email(conn, org_id, email).await
 }
 
 /// A user's display name, else their email (for "X invited you").
-pub async fn label(conn: &mut PgConnection, user_id: Uuid) -> Result<Option<String>, ApiError> {
-    Ok(repo::label(conn, user_id).await?)
+pub async fn label(conn: &mut PgConnection, user_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    repo::label(conn, user_id).await
 }
 
 /// The confirmed email address of an account of Tenantry's auth server
 /// (`None`: no account, or not confirmed). Read from the auth server's
 /// table in a transaction of its own.
-pub async fn confirmed_email(pool: &PgPool, user_id: Uuid) -> Result<Option<String>, ApiError> {
+pub async fn confirmed_email(pool: &PgPool, user_id: Uuid) -> Result<Option<String>, sqlx::Error> {
     let mut tx = crate::core::db::auth_tx(pool).await?;
     let email = repo::confirmed_email(&mut tx, user_id).await?;
     tx.rollback().await?;

@@ -37,7 +37,10 @@ pub(super) async fn audit(
 /// org's `org.created` audit row covers it: every org starts this way.)
 pub async fn create_for_new_org(tx: &mut TenantTx) -> Result<Subscription, sqlx::Error> {
     let org_id = tx.org_id();
-    let free = plan(tx.conn(), FREE_PLAN).await?;
+    // The free plan is seeded by the migrations: without it, no org can start.
+    let (free, _) = repo::plan(tx.conn(), FREE_PLAN)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     let start = now();
     let end = free.period_end(start);
     let sub = repo::insert_subscription(tx.conn(), org_id, FREE_PLAN, start, end).await?;

@@ -6,7 +6,6 @@
 
 use super::plans::CurrencyMismatch;
 use crate::billing::payments::error::PaymentError;
-use crate::core::error::ApiError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriptionError {
@@ -58,7 +57,7 @@ pub enum SubscriptionError {
     ChangeInProgress,
     /// What the seat checks refused.
     #[error(transparent)]
-    Seats(#[from] ApiError),
+    Seats(#[from] super::seats::SeatError),
     /// What the payment provider refused or failed (a change at Stripe, a
     /// manual invoice).
     #[error(transparent)]

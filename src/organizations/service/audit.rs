@@ -5,8 +5,8 @@ use uuid::Uuid;
 
 use crate::core::audit;
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
 use crate::core::pagination::{Page, PageQuery};
+use crate::organizations::error::OrgError;
 use crate::organizations::model::AuditEntry;
 use crate::organizations::repo;
 
@@ -17,7 +17,7 @@ pub(super) async fn audit(
     target_id: Option<String>,
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     audit::record(
         tx,
         audit::Entry {
@@ -28,11 +28,10 @@ pub(super) async fn audit(
             after,
         },
     )
-    .await?;
-    Ok(())
+    .await
 }
 
-pub async fn list_audit(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<AuditEntry>, ApiError> {
+pub async fn list_audit(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<AuditEntry>, OrgError> {
     let limit = q.limit()?;
     let before: Option<Uuid> = q.after()?;
     let org_id = tx.org_id();

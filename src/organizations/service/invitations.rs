@@ -10,13 +10,14 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::audit;
-use super::roles::{deny, role_perms};
+use super::roles::role_perms;
 use crate::auth::AuthUser;
 use crate::auth::rbac::{Actor, OWNER};
 use crate::core::db::{TenantTx, UserTx};
-use crate::core::error::{ApiError, is_foreign_key_violation};
+use crate::core::error::{Invalid, is_foreign_key_violation};
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{Email, Fields, RoleName};
+use crate::organizations::error::OrgError;
 use crate::organizations::model::{
     AcceptInvitation, AcceptedInvitation, CreateInvitation, CreatedInvitation, Invitation,
 };
@@ -59,7 +60,7 @@ pub async fn create_invitation(
     locked: &Actor,
     settings: &InviteSettings,
     input: CreateInvitation,
-) -> Result<CreatedInvitation, ApiError> {
+) -> Result<CreatedInvitation, OrgError> {
     let mut f = Fields::default();
     let email = f.check(Email::parse("email", &input.email));
     let role = f.check(RoleName::parse("role", &input.role));
@@ -68,25 +69,19 @@ pub async fn create_invitation(
     let org_id = tx.org_id();
     let perms = role_perms(tx, "role", role.as_str()).await?;
     if role.as_str() == OWNER && !locked.is_owner() {
-        return Err(deny("only an owner can invite owners"));
+        return Err(OrgError::OwnerOnly("invite owners"));
     }
     if !perms.is_subset_of(locked.perms()) {
-        return Err(deny(
+        return Err(OrgError::PermissionsNotHeld(
             "you cannot invite to a role with permissions you do not hold",
         ));
     }
     if users::service::is_member_email(tx.conn(), org_id, email.as_str()).await? {
-        return Err(ApiError::conflict(
-            "already_member",
-            "a member has this email",
-        ));
+        return Err(OrgError::AlreadyMember);
     }
     repo::close_expired_invitation(tx.conn(), org_id, email.as_str()).await?;
     if repo::has_open_invitation(tx.conn(), org_id, email.as_str()).await? {
-        return Err(ApiError::conflict(
-            "invitation_exists",
-            "an open invitation to this email exists; revoke it first",
-        ));
+        return Err(OrgError::InvitationExists);
     }
     // An open invitation holds a seat of the plan (the caller holds the org lock).
     crate::billing::subscriptions::ensure_seat_for_invitation(tx).await?;
@@ -118,7 +113,7 @@ pub async fn create_invitation(
     .await?;
     let org = repo::get_org(tx.conn(), org_id)
         .await?
-        .ok_or(ApiError::NotFound("organization"))?;
+        .ok_or(OrgError::OrgNotFound)?;
     let inviter = users::service::label(tx.conn(), user_id).await?;
     crate::jobs::enqueue(
         tx.conn(),
@@ -148,7 +143,7 @@ pub async fn create_invitation(
 pub async fn list_invitations(
     tx: &mut TenantTx,
     q: &PageQuery,
-) -> Result<Page<Invitation>, ApiError> {
+) -> Result<Page<Invitation>, OrgError> {
     let limit = q.limit()?;
     let after: Option<Uuid> = q.after()?;
     let org_id = tx.org_id();
@@ -160,11 +155,11 @@ pub async fn revoke_invitation(
     tx: &mut TenantTx,
     _locked: &Actor,
     id: Uuid,
-) -> Result<(), ApiError> {
+) -> Result<(), OrgError> {
     let org_id = tx.org_id();
     let inv = repo::revoke_invitation(tx.conn(), org_id, id)
         .await?
-        .ok_or(ApiError::NotFound("invitation"))?;
+        .ok_or(OrgError::InvitationNotFound)?;
     audit(
         tx,
         "invitation.revoked",
@@ -184,14 +179,10 @@ pub async fn accept_invitation(
     pool: &sqlx::PgPool,
     user: &AuthUser,
     input: AcceptInvitation,
-) -> Result<(AcceptedInvitation, Vec<Uuid>), ApiError> {
+) -> Result<(AcceptedInvitation, Vec<Uuid>), OrgError> {
     let token = input.token.trim();
     if token.is_empty() || token.len() > 256 {
-        return Err(ApiError::field(
-            "token",
-            "invalid_token",
-            "not an invitation token",
-        ));
+        return Err(Invalid::field("token", "invalid_token", "not an invitation token").into());
     }
     let hash = token_hash(token);
     // Tenantry's own users: the account row says which address is
@@ -205,47 +196,34 @@ pub async fn accept_invitation(
     let stale = users::service::provision(&mut utx, user).await?;
     let found = repo::find_invitation_by_token(utx.conn(), &hash)
         .await?
-        .ok_or(ApiError::NotFound("invitation"))?;
+        .ok_or(OrgError::InvitationNotFound)?;
     let mut tx = TenantTx::from_user_tx(utx, found.org_id).await?;
     let org_id = tx.org_id();
     // The org row lock first (as every change to the org takes it), so the
     // seat count below cannot move under concurrent acceptances or invitations.
     if repo::lock_org(tx.conn(), org_id).await?.is_none() {
-        return Err(ApiError::NotFound("invitation"));
+        return Err(OrgError::InvitationNotFound);
     }
     let inv = repo::lock_invitation(tx.conn(), org_id, found.id)
         .await?
-        .ok_or(ApiError::NotFound("invitation"))?;
+        .ok_or(OrgError::InvitationNotFound)?;
     if inv.revoked_at.is_some() {
-        return Err(ApiError::NotFound("invitation"));
+        return Err(OrgError::InvitationNotFound);
     }
     if inv.accepted_at.is_some() {
-        return Err(ApiError::conflict(
-            "invitation_used",
-            "this invitation was already accepted",
-        ));
+        return Err(OrgError::InvitationUsed);
     }
     if inv.expires_at <= Utc::now() {
-        return Err(ApiError::Gone {
-            code: "invitation_expired",
-            detail: "this invitation has expired".into(),
-        });
+        return Err(OrgError::InvitationExpired);
     }
     if verified_email.as_deref() != Some(inv.email.as_str()) {
-        return Err(ApiError::Forbidden {
-            code: "email_mismatch",
-            detail: "this invitation was sent to another email address (or yours is not verified)"
-                .into(),
-        });
+        return Err(OrgError::EmailMismatch);
     }
     let role_exists = repo::get_role(tx.conn(), org_id, &inv.role)
         .await?
         .is_some();
     if !role_exists {
-        return Err(ApiError::conflict(
-            "role_missing",
-            "the role of this invitation no longer exists",
-        ));
+        return Err(OrgError::InvitationRoleMissing);
     }
     crate::billing::subscriptions::ensure_seat_for_member(&mut tx).await?;
     let inserted = repo::insert_membership(tx.conn(), org_id, user.id, &inv.role)
@@ -253,19 +231,13 @@ pub async fn accept_invitation(
         .map_err(|e| {
             // The role went away between the check and the insert.
             if is_foreign_key_violation(&e) {
-                ApiError::conflict(
-                    "role_missing",
-                    "the role of this invitation no longer exists",
-                )
+                OrgError::InvitationRoleMissing
             } else {
                 e.into()
             }
         })?;
     if !inserted {
-        return Err(ApiError::conflict(
-            "already_member",
-            "you are already a member of this organization",
-        ));
+        return Err(OrgError::AlreadyJoined);
     }
     repo::mark_invitation_accepted(tx.conn(), org_id, inv.id, user.id).await?;
     let member = repo::get_member(tx.conn(), org_id, user.id).await?;
@@ -289,7 +261,7 @@ pub async fn accept_invitation(
     .await?;
     let organization = repo::get_org(tx.conn(), org_id)
         .await?
-        .ok_or(ApiError::NotFound("organization"))?;
+        .ok_or(OrgError::OrgNotFound)?;
     tx.commit().await?;
     Ok((
         AcceptedInvitation {

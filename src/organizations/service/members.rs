@@ -5,16 +5,17 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::audit;
-use super::roles::{deny, role_perms};
+use super::roles::role_perms;
 use crate::auth::rbac::{Actor, OWNER, PermSet, Permission};
 use crate::core::db::TenantTx;
-use crate::core::error::ApiError;
+use crate::core::error::Invalid;
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::RoleName;
+use crate::organizations::error::OrgError;
 use crate::organizations::model::{Member, TransferOwnership, UpdateMember};
 use crate::organizations::repo;
 
-pub async fn list_members(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<Member>, ApiError> {
+pub async fn list_members(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<Member>, OrgError> {
     let limit = q.limit()?;
     let after = q.after()?;
     let org_id = tx.org_id();
@@ -27,39 +28,36 @@ pub async fn change_member_role(
     locked: &Actor,
     target: Uuid,
     input: UpdateMember,
-) -> Result<Member, ApiError> {
-    let role = RoleName::parse("role", &input.role).map_err(|e| ApiError::Validation(vec![e]))?;
+) -> Result<Member, OrgError> {
+    let role = RoleName::parse("role", &input.role).map_err(|e| Invalid(vec![e]))?;
     let org_id = tx.org_id();
     let (actor_role, actor) = (locked.role(), locked.perms());
     let (current_role, current) = repo::member_role(tx.conn(), org_id, target)
         .await?
-        .ok_or(ApiError::NotFound("member"))?;
+        .ok_or(OrgError::MemberNotFound)?;
     let current = PermSet::from_names(&current);
     let new = role_perms(tx, "role", role.as_str()).await?;
     if current_role == role.as_str() {
         return repo::get_member(tx.conn(), org_id, target)
             .await?
-            .ok_or(ApiError::NotFound("member"));
+            .ok_or(OrgError::MemberNotFound);
     }
     if (current_role == OWNER || role.as_str() == OWNER) && actor_role != OWNER {
-        return Err(deny("only an owner can make or unmake owners"));
+        return Err(OrgError::OwnerOnly("make or unmake owners"));
     }
     if !current.is_subset_of(actor) || !new.is_subset_of(actor) {
-        return Err(deny(
+        return Err(OrgError::PermissionsNotHeld(
             "you cannot change a member to or from a role with permissions you do not hold",
         ));
     }
     if current_role == OWNER && repo::owner_count(tx.conn(), org_id).await? <= 1 {
-        return Err(ApiError::conflict(
-            "last_owner",
-            "the organization must keep at least one owner",
-        ));
+        return Err(OrgError::LastOwner);
     }
     let before = repo::get_member(tx.conn(), org_id, target).await?;
     repo::set_member_role(tx.conn(), org_id, target, role.as_str()).await?;
     let after = repo::get_member(tx.conn(), org_id, target)
         .await?
-        .ok_or(ApiError::NotFound("member"))?;
+        .ok_or(OrgError::MemberNotFound)?;
     audit(
         tx,
         "member.role_changed",
@@ -78,32 +76,29 @@ pub async fn remove_member(
     tx: &mut TenantTx,
     locked: &Actor,
     target: Uuid,
-) -> Result<(), ApiError> {
+) -> Result<(), OrgError> {
     let org_id = tx.org_id();
     let (actor_role, actor) = (locked.role(), locked.perms());
     let leaving = target == tx.user_id();
     // Permission before lookup, as on every route with an object id.
     if !leaving && !actor.contains(Permission::MembersManage) {
-        return Err(deny("this action needs members:manage"));
+        return Err(OrgError::MissingPermission(Permission::MembersManage));
     }
     let (target_role, target_perms) = repo::member_role(tx.conn(), org_id, target)
         .await?
-        .ok_or(ApiError::NotFound("member"))?;
+        .ok_or(OrgError::MemberNotFound)?;
     if !leaving {
         if target_role == OWNER && actor_role != OWNER {
-            return Err(deny("only an owner can remove an owner"));
+            return Err(OrgError::OwnerOnly("remove an owner"));
         }
         if !PermSet::from_names(&target_perms).is_subset_of(actor) {
-            return Err(deny(
+            return Err(OrgError::PermissionsNotHeld(
                 "you cannot remove a member whose role has permissions you do not hold",
             ));
         }
     }
     if target_role == OWNER && repo::owner_count(tx.conn(), org_id).await? <= 1 {
-        return Err(ApiError::conflict(
-            "last_owner",
-            "the last owner cannot leave; transfer ownership or delete the organization",
-        ));
+        return Err(OrgError::LastOwnerLeaving);
     }
     let before = repo::get_member(tx.conn(), org_id, target).await?;
     repo::delete_member(tx.conn(), org_id, target).await?;
@@ -129,29 +124,30 @@ pub async fn transfer_ownership(
     tx: &mut TenantTx,
     locked: &Actor,
     input: TransferOwnership,
-) -> Result<Member, ApiError> {
+) -> Result<Member, OrgError> {
     if !locked.is_owner() {
-        return Err(deny("only an owner can transfer ownership"));
+        return Err(OrgError::OwnerOnly("transfer ownership"));
     }
     let org_id = tx.org_id();
     let me = tx.user_id();
     if input.user_id == me {
-        return Err(ApiError::field(
+        return Err(Invalid::field(
             "user_id",
             "self_transfer",
             "you already own this organization",
-        ));
+        )
+        .into());
     }
     let before = repo::get_member(tx.conn(), org_id, input.user_id)
         .await?
         .ok_or_else(|| {
-            ApiError::field("user_id", "not_a_member", "the new owner must be a member")
+            Invalid::field("user_id", "not_a_member", "the new owner must be a member")
         })?;
     repo::set_member_role(tx.conn(), org_id, input.user_id, OWNER).await?;
     repo::set_member_role(tx.conn(), org_id, me, crate::auth::rbac::ADMIN).await?;
     let after = repo::get_member(tx.conn(), org_id, input.user_id)
         .await?
-        .ok_or(ApiError::NotFound("member"))?;
+        .ok_or(OrgError::MemberNotFound)?;
     audit(
         tx,
         "org.ownership_transferred",

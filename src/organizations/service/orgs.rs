@@ -7,8 +7,9 @@ use uuid::Uuid;
 use super::audit::audit;
 use crate::auth::rbac::{Actor, OWNER};
 use crate::core::db::{TenantTx, UserTx};
-use crate::core::error::{ApiError, is_unique_violation};
+use crate::core::error::is_unique_violation;
 use crate::core::validate::{Fields, OrgName, OrgSlug};
+use crate::organizations::error::OrgError;
 use crate::organizations::model::{CreateOrganization, Organization, UpdateOrganization};
 use crate::organizations::repo;
 
@@ -16,7 +17,7 @@ use crate::organizations::repo;
 pub async fn create_org(
     utx: UserTx,
     input: CreateOrganization,
-) -> Result<(TenantTx, Organization), ApiError> {
+) -> Result<(TenantTx, Organization), OrgError> {
     let mut f = Fields::default();
     let name = f.check(OrgName::parse("name", &input.name));
     let slug = match &input.slug {
@@ -40,10 +41,7 @@ pub async fn create_org(
         slug = slug.with_suffix();
     }
     let Some(org) = org else {
-        return Err(ApiError::conflict(
-            "slug_taken",
-            "this slug is already in use",
-        ));
+        return Err(OrgError::SlugTaken);
     };
     repo::insert_builtin_roles(tx.conn(), org_id).await?;
     let user_id = tx.user_id();
@@ -62,18 +60,18 @@ pub async fn create_org(
     Ok((tx, org))
 }
 
-pub async fn get_org(tx: &mut TenantTx) -> Result<Organization, ApiError> {
+pub async fn get_org(tx: &mut TenantTx) -> Result<Organization, OrgError> {
     let org_id = tx.org_id();
     repo::get_org(tx.conn(), org_id)
         .await?
-        .ok_or(ApiError::NotFound("organization"))
+        .ok_or(OrgError::OrgNotFound)
 }
 
 pub async fn update_org(
     tx: &mut TenantTx,
     _actor: &Actor,
     input: UpdateOrganization,
-) -> Result<Organization, ApiError> {
+) -> Result<Organization, OrgError> {
     let mut f = Fields::default();
     let name = input
         .name
@@ -89,7 +87,7 @@ pub async fn update_org(
     let org_id = tx.org_id();
     let before = repo::get_org(tx.conn(), org_id)
         .await?
-        .ok_or(ApiError::NotFound("organization"))?;
+        .ok_or(OrgError::OrgNotFound)?;
     if name.is_none() && slug.is_none() {
         return Ok(before);
     }
@@ -102,7 +100,7 @@ pub async fn update_org(
     .await
     .map_err(|e| {
         if is_unique_violation(&e, "organizations_slug_key") {
-            ApiError::conflict("slug_taken", "this slug is already in use")
+            OrgError::SlugTaken
         } else {
             e.into()
         }
@@ -120,11 +118,11 @@ pub async fn update_org(
 }
 
 /// Deletes the org and everything it holds. Owners only (checked by the route's type).
-pub async fn delete_org(tx: &mut TenantTx, _actor: &Actor) -> Result<(), ApiError> {
+pub async fn delete_org(tx: &mut TenantTx, _actor: &Actor) -> Result<(), OrgError> {
     let org_id = tx.org_id();
     let org = repo::get_org(tx.conn(), org_id)
         .await?
-        .ok_or(ApiError::NotFound("organization"))?;
+        .ok_or(OrgError::OrgNotFound)?;
     repo::delete_org(tx.conn(), org_id).await?;
     tracing::info!(org_id = %org.id, slug = %org.slug, actor = %tx.user_id(), "organization deleted");
     Ok(())

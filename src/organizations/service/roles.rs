@@ -6,9 +6,10 @@ use serde_json::json;
 use super::audit::audit;
 use crate::auth::rbac::{Actor, OWNER_ONLY, PermSet, Permission, builtin_permissions};
 use crate::core::db::TenantTx;
-use crate::core::error::{ApiError, FieldError};
+use crate::core::error::{FieldError, Invalid};
 use crate::core::pagination::{Page, PageQuery};
 use crate::core::validate::{self, Fields, RoleName};
+use crate::organizations::error::OrgError;
 use crate::organizations::model::{CreateRole, Role, UpdateRole};
 use crate::organizations::repo;
 
@@ -19,22 +20,18 @@ pub(super) async fn role_perms(
     tx: &mut TenantTx,
     field: &str,
     name: &str,
-) -> Result<PermSet, ApiError> {
+) -> Result<PermSet, OrgError> {
     let org_id = tx.org_id();
     let role = repo::get_role(tx.conn(), org_id, name)
         .await?
         .ok_or_else(|| {
-            ApiError::field(
+            Invalid::field(
                 field,
                 "unknown_role",
                 format!("this organization has no role {name:?}"),
             )
         })?;
     Ok(PermSet::from_names(&role.permissions))
-}
-
-pub(super) fn deny(detail: &str) -> ApiError {
-    ApiError::forbidden(detail)
 }
 
 fn parse_permissions(field: &str, names: &[String]) -> Result<PermSet, FieldError> {
@@ -63,12 +60,12 @@ fn parse_permissions(field: &str, names: &[String]) -> Result<PermSet, FieldErro
 }
 
 /// The org's role named `name` (built-in or custom), if there is one.
-pub async fn find_role(tx: &mut TenantTx, name: &str) -> Result<Option<Role>, ApiError> {
+pub async fn find_role(tx: &mut TenantTx, name: &str) -> Result<Option<Role>, OrgError> {
     let org_id = tx.org_id();
     Ok(repo::get_role(tx.conn(), org_id, name).await?)
 }
 
-pub async fn list_roles(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<Role>, ApiError> {
+pub async fn list_roles(tx: &mut TenantTx, q: &PageQuery) -> Result<Page<Role>, OrgError> {
     let limit = q.limit()?;
     let after: Option<String> = q.after()?;
     let org_id = tx.org_id();
@@ -80,7 +77,7 @@ pub async fn create_role(
     tx: &mut TenantTx,
     locked: &Actor,
     input: CreateRole,
-) -> Result<Role, ApiError> {
+) -> Result<Role, OrgError> {
     let mut f = Fields::default();
     let name = f.check(RoleName::parse("name", &input.name));
     let description = f.check(validate::description(
@@ -95,20 +92,18 @@ pub async fn create_role(
         perms.expect("checked"),
     );
     if builtin_permissions(name.as_str()).is_some() {
-        return Err(ApiError::conflict(
-            "role_exists",
-            "a built-in role has this name",
-        ));
+        return Err(OrgError::BuiltinRoleName);
     }
     if !perms.is_subset_of(locked.perms()) {
-        return Err(deny("a role cannot hold permissions you do not hold"));
+        return Err(OrgError::PermissionsNotHeld(
+            "a role cannot hold permissions you do not hold",
+        ));
     }
     let org_id = tx.org_id();
     if repo::count_custom_roles(tx.conn(), org_id).await? >= MAX_CUSTOM_ROLES {
-        return Err(ApiError::conflict(
-            "role_limit",
-            format!("an organization may define at most {MAX_CUSTOM_ROLES} roles"),
-        ));
+        return Err(OrgError::RoleLimitReached {
+            limit: MAX_CUSTOM_ROLES,
+        });
     }
     let role = repo::insert_role(
         tx.conn(),
@@ -118,7 +113,7 @@ pub async fn create_role(
         &perms.names(),
     )
     .await?
-    .ok_or_else(|| ApiError::conflict("role_exists", "a role with this name exists"))?;
+    .ok_or(OrgError::RoleExists)?;
     audit(
         tx,
         "role.created",
@@ -131,16 +126,13 @@ pub async fn create_role(
     Ok(role)
 }
 
-async fn custom_role(tx: &mut TenantTx, name: &str) -> Result<Role, ApiError> {
+async fn custom_role(tx: &mut TenantTx, name: &str) -> Result<Role, OrgError> {
     let org_id = tx.org_id();
     let role = repo::get_role(tx.conn(), org_id, name)
         .await?
-        .ok_or(ApiError::NotFound("role"))?;
+        .ok_or(OrgError::RoleNotFound)?;
     if role.builtin {
-        return Err(ApiError::conflict(
-            "builtin_role",
-            "built-in roles cannot be changed or deleted",
-        ));
+        return Err(OrgError::BuiltinRole);
     }
     Ok(role)
 }
@@ -150,7 +142,7 @@ pub async fn update_role(
     locked: &Actor,
     name: &str,
     input: UpdateRole,
-) -> Result<Role, ApiError> {
+) -> Result<Role, OrgError> {
     let mut f = Fields::default();
     let description = input
         .description
@@ -167,7 +159,7 @@ pub async fn update_role(
     if !PermSet::from_names(&before.permissions).is_subset_of(locked.perms())
         || perms.is_some_and(|p| !p.is_subset_of(locked.perms()))
     {
-        return Err(deny(
+        return Err(OrgError::PermissionsNotHeld(
             "you cannot change a role with permissions you do not hold",
         ));
     }
@@ -192,19 +184,16 @@ pub async fn update_role(
     Ok(after)
 }
 
-pub async fn delete_role(tx: &mut TenantTx, locked: &Actor, name: &str) -> Result<(), ApiError> {
+pub async fn delete_role(tx: &mut TenantTx, locked: &Actor, name: &str) -> Result<(), OrgError> {
     let org_id = tx.org_id();
     let before = custom_role(tx, name).await?;
     if !PermSet::from_names(&before.permissions).is_subset_of(locked.perms()) {
-        return Err(deny(
+        return Err(OrgError::PermissionsNotHeld(
             "you cannot delete a role with permissions you do not hold",
         ));
     }
     if repo::role_usage(tx.conn(), org_id, name).await? > 0 {
-        return Err(ApiError::conflict(
-            "role_in_use",
-            "members, open invitations or live API keys still have this role",
-        ));
+        return Err(OrgError::RoleInUse);
     }
     repo::delete_role(tx.conn(), org_id, name).await?;
     audit(
