@@ -123,20 +123,18 @@ impl AuthError {
     /// 503 for a slow or unreachable database, with `Retry-After`.
     fn db_trouble(trouble: DbTrouble, cause: &dyn std::fmt::Display) -> Self {
         tracing::warn!(error = %cause, ?trouble, "database trouble");
-        let mut e = match trouble {
-            DbTrouble::Busy => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
-                "Processing this request timed out, please retry after a moment.",
-            ),
-            DbTrouble::Unavailable => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "The service is temporarily unavailable, please retry after a moment.",
-            ),
-        };
-        e.retry_after = Some(RETRY_AFTER_SECS);
-        e
+        match trouble {
+            DbTrouble::Busy => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "request_timeout",
+                    "Processing this request timed out, please retry after a moment.",
+                );
+                e.retry_after = Some(RETRY_AFTER_SECS);
+                e
+            }
+            DbTrouble::Unavailable => Self::unavailable(),
+        }
     }
 
     /// 500, logged with its cause; the client learns nothing more.
